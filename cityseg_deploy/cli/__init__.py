@@ -1,0 +1,5 @@
+"""``cityseg`` console script.  Importing a sub-command module attaches its commands to the group."""
+from __future__ import annotations
+
+from ._app import app, main, run  # noqa: F401
+from . import data, models, train, export, runtime, segment, quickstart  # noqa: F401,E402

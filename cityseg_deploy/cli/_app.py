@@ -1,0 +1,66 @@
+"""The click group every sub-command attaches to, and the single place errors become exit codes.
+
+Sub-command modules (``cli/data.py``, ``cli/train.py``, ...) stay thin: parse options, call one
+library function, print.  A :class:`~cityseg_deploy.errors.CitysegError` raised anywhere below
+ends as one ``error: ...`` line on stderr with exit status 2.
+"""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..errors import CitysegError
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
+@click.version_option(package_name="cityseg-deploy", prog_name="cityseg")
+def app() -> None:
+    """cityseg: Cityscapes segmentation networks, trained, exported and measured for accuracy
+    and speed side by side (DeepLabV3, U-Net, DenseASPP over PyTorch, ONNX Runtime, OpenVINO,
+    TensorRT and AOTInductor)."""
+
+
+def parse_size(value: str | None) -> tuple[int, int] | None:
+    """``"512x1024"`` -> ``(512, 1024)`` (height x width, as DESIGN.md's HxW)."""
+    if value is None:
+        return None
+    try:
+        h, w = (int(v) for v in value.lower().replace("×", "x").split("x"))
+    except ValueError:
+        raise CitysegError(f"--size {value!r}: expected HxW, for example 512x1024") from None
+    if h <= 0 or w <= 0:
+        raise CitysegError(f"--size {value!r}: height and width must be positive")
+    return h, w
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit status (never raises for user errors)."""
+    try:
+        app.main(args=argv, prog_name="cityseg", standalone_mode=False)
+    except CitysegError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return 2
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("error: aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        message = exc.format_message()
+        hint = ""
+        ctx = getattr(exc, "ctx", None)
+        if ctx is not None:
+            hint = f" (see '{ctx.command_path} --help')"
+        click.echo(f"error: {message}{hint}", err=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("error: interrupted", err=True)
+        return 130
+    return 0
+
+
+def main() -> None:
+    sys.exit(run())
