@@ -115,7 +115,7 @@ class SceneParams:
     things: list[Thing]
     colours: dict[str, tuple[float, float, float]]  # per-scene colour of the background classes
     ego_height: float         # fraction of H
-    roi_border: int           # pixels
+    roi_border: float         # fraction of W (at least one pixel)
 
 
 def _jitter(rng: np.random.Generator, name: str) -> tuple[float, float, float]:
@@ -143,7 +143,7 @@ def scene_params(rng: np.random.Generator | int, size: tuple[int, int]) -> Scene
         speed=float(rng.uniform(5.0, 12.0)), light=float(rng.uniform(0.65, 1.25)),
         tint=tuple(float(v) for v in rng.uniform(0.9, 1.1, 3)), facades=facades, things=things,
         colours=colours, ego_height=float(rng.uniform(0.08, 0.14)),
-        roi_border=int(rng.integers(1, 4)),
+        roi_border=float(rng.uniform(0.001, 0.004)),
     )
 
 
@@ -471,7 +471,7 @@ def _void_overlays(c: _Canvas) -> None:
     c.ellipse(ego, c.w / 2, c.h + c.h * p.ego_height * 0.6, c.w * 0.62, c.h * p.ego_height * 1.6)
     c.rect(ego, 0, top + c.h * p.ego_height * 0.5, c.w, c.h)
     roi = c.new("out of roi", p.colours["out of roi"])
-    b = p.roi_border
+    b = max(1, int(round(p.roi_border * c.w)))
     c.inst[:b] = roi
     c.inst[-b:] = roi
     c.inst[:, :b] = roi
