@@ -47,4 +47,13 @@ def check(root: str) -> None:
     report = check_dataset(root)
     click.echo(format_report(report))
     if not report.ok:
-        raise click.exceptions.Exit(1)
+        raise ProblemsFound(f"{root}: {len(report.problems)} problem(s) found (listed above)")
+
+
+class ProblemsFound(click.ClickException):
+    """Exit status 1: the audit ran and found problems (not a usage error, which is 2).
+
+    A ClickException carries its exit code through both the console script and ``cli.run``.
+    """
+
+    exit_code = 1

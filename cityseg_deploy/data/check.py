@@ -142,7 +142,7 @@ def check_dataset(root: str | os.PathLike,
     """Audit every split of ``root``; CitysegError when the root is missing or holds no images."""
     root = check_root(root)
     splits = find_splits(root)
-    if not any((root / "leftImg8bit" / s).glob(f"*/*{IMAGE_SUFFIX}") for s in splits):
+    if not any(next((root / "leftImg8bit" / s).glob(f"*/*{IMAGE_SUFFIX}"), None) for s in splits):
         raise CitysegError(f"{root}: no *{IMAGE_SUFFIX} images in any split; {HINT}")
     return CheckReport(root, {s: check_split(root, s, progress) for s in splits})
 
