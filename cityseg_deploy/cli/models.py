@@ -1,4 +1,37 @@
-"""Sub-commands of this stage (see DESIGN.md's CLI contract); attached to the `cityseg` group."""
+"""``cityseg models`` and ``cityseg convert-weights`` (DESIGN.md's CLI contract).
+
+Thin: parse options, call :mod:`cityseg_deploy.models`, print.
+"""
 from __future__ import annotations
 
-from ._app import app  # noqa: F401
+import click
+
+from ._app import app, parse_size
+
+
+@app.command("models")
+@click.option("--size", default=None, metavar="HxW",
+              help="count GFLOPs at this input size (default: each model's own input size)")
+def models_cmd(size: str | None) -> None:
+    """List the architectures: family, parameters, GFLOPs, label set, input size."""
+    from ..models.flops import all_model_stats, format_table
+
+    click.echo(format_table(all_model_stats(size=parse_size(size))))
+
+
+@app.command("convert-weights")
+@click.argument("src", type=click.Path(dir_okay=False))
+@click.option("--arch", required=True, help="architecture the file holds, e.g. deeplabv3_resnet50, "
+              "unet, denseaspp161, denseaspp121 (see 'cityseg models')")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="checkpoint to write (.pt)")
+def convert_weights_cmd(src: str, arch: str, out: str) -> None:
+    """Convert published weights SRC (torchvision, milesial, DenseASPP release, ImageNet
+    backbones) into a cityseg checkpoint.  SRC may be unpickled: convert only files you trust."""
+    from ..models.checkpoint import read_meta
+    from ..models.convert import convert_weights
+
+    path = convert_weights(src, arch, out)
+    meta = read_meta(path)
+    note = " (backbone only; head freshly initialised)" if meta.extra.get("backbone_only") else ""
+    click.echo(f"wrote {path}: {meta.arch}, {meta.num_classes} classes ({meta.label_set}){note}")
+    click.echo(f"next: cityseg eval {path} --data ROOT")
