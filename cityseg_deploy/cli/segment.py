@@ -1,4 +1,92 @@
-"""Sub-commands of this stage (see DESIGN.md's CLI contract); attached to the `cityseg` group."""
+"""``cityseg segment SOURCE --model MODEL``: segment a video, camera, stream or image sequence.
+
+Thin: parses options, opens sources and the model, calls :mod:`cityseg_deploy.video.pipeline`,
+prints one line per source, warnings, and the closing speed line.
+
+Outputs: ``--out FILE`` an annotated video at the source FPS (``--mode``); ``--labels-dir DIR``
+one single-channel PNG per processed frame, ``DIR/frame_<source frame index:06d>.png`` (trainIds
+by default, official label ids with ``--label-format labelIds``).  With a ``.txt``/``.streams``
+list of sources, each source gets ``<out-stem>_<source-stem><suffix>`` and ``DIR/<source-stem>/``.
+"""
 from __future__ import annotations
 
-from ._app import app  # noqa: F401
+import sys
+
+import click
+
+from ..errors import CitysegError
+from ._app import app
+
+
+def _load_segmenter(path: str, *, device: str, threads: int | None):
+    """The runtime's Segmenter for any artifact (a seam tests replace with a stand-in)."""
+    from .. import runtime
+
+    return runtime.load(path, device=device, threads=threads)
+
+
+@app.command()
+@click.argument("source")
+@click.option("--model", "model_path", required=True, help="Any artifact: .pt, .onnx, .engine, .pt2, OpenVINO IR.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Annotated video (.mp4 mp4v, .avi MJPG, .mkv) at the source FPS.")
+@click.option("--labels-dir", type=click.Path(file_okay=False), default=None,
+              help="Write DIR/frame_<index:06d>.png label maps, one per processed frame.")
+@click.option("--vid-stride", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Process every N-th frame.")
+@click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Stop after N processed frames.")
+@click.option("--show", is_flag=True, help="Show the result in a window (q quits).")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Frames per inference call (files; live sources use 1).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Inference threads.")
+@click.option("--mode", type=click.Choice(["overlay", "side-by-side", "mask"]), default="overlay",
+              show_default=True)
+@click.option("--alpha", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True,
+              help="Mask opacity in overlay mode.")
+@click.option("--label-format", type=click.Choice(["trainIds", "labelIds"]), default="trainIds",
+              show_default=True)
+@click.option("--realtime/--no-realtime", default=None,
+              help="Drop stale frames to keep up (default: on for cameras/streams, off for files).")
+@click.option("--reconnect", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Reconnect attempts (exponential back-off) when a stream drops.")
+@click.option("--fourcc", default=None, help="Override the video codec FourCC (e.g. mp4v, MJPG, avc1).")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+def segment(source: str, model_path: str, out: str | None, labels_dir: str | None, vid_stride: int,
+            max_frames: int | None, show: bool, batch: int, device: str, threads: int | None,
+            mode: str, alpha: float, label_format: str, realtime: bool | None, reconnect: int,
+            fourcc: str | None, progress: bool | None) -> None:
+    """Segment SOURCE: a video file, image folder or glob, camera index (0), rtsp/rtmp/http URL,
+    or a .txt/.streams list of those (processed one after another)."""
+    from ..video import PipelineOptions, Window, parse_sources, run_sources
+    from ..video.pipeline import iter_results_summary
+
+    if out is None and labels_dir is None and not show:
+        raise CitysegError("segment: nothing to write; give --out FILE, --labels-dir DIR and/or --show")
+    sources = parse_sources(source, reconnect=reconnect)
+    sources[0].open()  # fail on an unopenable source before paying for the model
+    window = Window() if show else None
+    segmenter = _load_segmenter(model_path, device=device, threads=threads)
+    label_lut = None
+    if label_format == "labelIds":
+        from ..labels import get_label_set
+
+        label_lut = get_label_set(segmenter.meta.label_set).to_label_id_lut()
+    opts = PipelineOptions(batch=batch, vid_stride=vid_stride, max_frames=max_frames, realtime=realtime,
+                           mode=mode, alpha=alpha, label_lut=label_lut, fourcc=fourcc,
+                           progress=sys.stderr.isatty() if progress is None else progress)
+    try:
+        results = run_sources(sources, segmenter, out=out, labels_dir=labels_dir, window=window,
+                              opts=opts, echo=click.echo)
+    finally:
+        if window is not None:
+            window.close()
+    for res in results:
+        wrote = [str(p) for p in (res.out, res.labels_dir) if p is not None]
+        click.echo(f"{res.source}: {res.frames} frames -> {', '.join(wrote) or 'window'}")
+        if res.warning:
+            click.echo(f"warning: {res.warning}", err=True)
+    click.echo(iter_results_summary(results).speed_line())
+    if results and results[-1].interrupted:
+        click.echo(f"interrupted: outputs kept with the {results[-1].frames} frames written", err=True)
+        raise click.exceptions.Exit(130)

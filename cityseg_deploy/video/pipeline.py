@@ -1,0 +1,375 @@
+"""reader → runner → renderer → writer, each in its own thread, joined by bounded queues.
+
+Why threads: decoding (FFmpeg), inference (torch/onnxruntime/...) and encoding (FFmpeg, PNG) all
+release the GIL, so overlapping them makes the pipeline run at the speed of its slowest stage —
+the model — instead of the sum of all stages.  Bounded queues keep memory flat and make a fast
+stage wait for a slow one.
+
+Two queue kinds:
+- files (``realtime=False``): a bounded FIFO; every frame is processed, the reader waits.
+- live sources (``realtime=True``): a one-slot "newest frame" queue; the reader overwrites a frame
+  the runner has not taken yet and counts it as dropped, so the output tracks the present instead
+  of lagging further and further behind.
+
+Shutdown: every stage ends its output with an ``END`` sentinel; all blocking waits use short
+timeouts and check a shared ``stop`` event, so an error anywhere stops every thread.  The first
+exception of a worker (KeyboardInterrupt included) is re-raised in the main thread.  The writer
+runs in the main thread (where Ctrl-C lands and where ``cv2.imshow`` must run): on Ctrl-C it
+finishes the video so the file stays playable with the frames so far; on an error it removes it.
+"""
+from __future__ import annotations
+
+import math
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Protocol
+
+import numpy as np
+
+from .overlay import Renderer
+from .sources import Frame, Source
+from .writers import LabelPngSink, VideoSink, Window
+
+END = object()   # sentinel closing a stage's output
+POLL_S = 0.05    # how often a blocked stage re-checks the stop event
+
+
+class SegmenterLike(Protocol):
+    """What the pipeline needs of ``runtime.Segmenter``: ``predict`` on an NHWC batch, ``meta``."""
+
+    meta: Any
+
+    def predict(self, images: Any) -> np.ndarray: ...
+
+
+class _Stopped(Exception):
+    """Raised inside a worker when another stage failed or the run was cancelled."""
+
+
+class FifoQueue:
+    """Bounded FIFO with stop-aware blocking put/get (files: keep every frame)."""
+
+    def __init__(self, maxsize: int) -> None:
+        self._q: queue.Queue = queue.Queue(maxsize=maxsize)
+        self.dropped = 0
+
+    def put(self, item: Any, stop: threading.Event) -> None:
+        while True:
+            if stop.is_set():
+                raise _Stopped
+            try:
+                self._q.put(item, timeout=POLL_S)
+                return
+            except queue.Full:
+                continue
+
+    def close(self, stop: threading.Event) -> None:
+        self.put(END, stop)
+
+    def get(self, stop: threading.Event) -> Any:
+        while True:
+            if stop.is_set():
+                raise _Stopped
+            try:
+                return self._q.get(timeout=POLL_S)
+            except queue.Empty:
+                continue
+
+
+class LatestQueue:
+    """One slot holding the newest item: ``put`` never blocks, it replaces (and counts) a stale one.
+
+    The end is a flag, not an item, so closing never overwrites the last frame.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._item: Any = None
+        self._full = False
+        self._closed = False
+        self.dropped = 0
+
+    def put(self, item: Any, stop: threading.Event) -> None:
+        with self._cond:
+            if self._full:
+                self.dropped += 1
+            self._item, self._full = item, True
+            self._cond.notify()
+
+    def close(self, stop: threading.Event) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+
+    def get(self, stop: threading.Event) -> Any:
+        with self._cond:
+            while not self._full and not self._closed:
+                if stop.is_set():
+                    raise _Stopped
+                self._cond.wait(POLL_S)
+            if self._full:
+                item, self._item, self._full = self._item, None, False
+                return item
+            return END
+
+
+@dataclass
+class PipelineOptions:
+    """Knobs of one run (the CLI's options, minus where results go)."""
+
+    batch: int = 1
+    vid_stride: int = 1
+    max_frames: int | None = None
+    realtime: bool | None = None          # None: on for live sources, off for files
+    mode: str = "overlay"
+    alpha: float = 0.5
+    label_lut: np.ndarray | None = None   # trainId -> written value (labelIds); None = trainIds
+    fourcc: str | None = None
+    queue_frames: int = 8                 # per bounded queue, in frames (at least 2 batches)
+    progress: bool = False
+
+
+@dataclass
+class SourceResult:
+    """What one source produced, and how fast each stage was."""
+
+    source: str
+    frames: int = 0                       # frames segmented and written
+    decoded: int = 0                      # frames decoded (before stride/drops)
+    dropped: int = 0                      # stale frames skipped in realtime mode
+    size: tuple[int, int] | None = None   # (H, W) of the source frames
+    fps: float = 0.0
+    out: Path | None = None
+    labels_dir: Path | None = None
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
+        ("decode", "inference", "render", "encode"), 0.0))
+    wall_s: float = 0.0
+    warning: str | None = None
+    interrupted: bool = False             # Ctrl-C: outputs kept with the frames so far
+    quit: bool = False                    # q pressed in the --show window
+    realtime: bool = False
+
+    @property
+    def pipeline_fps(self) -> float:
+        return self.frames / self.wall_s if self.wall_s > 0 else 0.0
+
+    def ms_per_frame(self, stage: str) -> float:
+        n = self.decoded if stage == "decode" else self.frames
+        return 1000.0 * self.seconds[stage] / n if n else 0.0
+
+    def speed_line(self) -> str:
+        stages = ", ".join(f"{s} {self.ms_per_frame(s):.1f} ms" for s in self.seconds)
+        line = (f"speed: {stages} per frame; pipeline {self.pipeline_fps:.1f} FPS "
+                f"({self.frames} frames in {self.wall_s:.2f} s)")
+        if self.realtime:
+            line += f"; realtime: dropped {self.dropped} stale frames"
+        return line
+
+
+def _pace(start: float, index: int, fps: float) -> None:
+    """Play a file in real time (``--realtime`` on a file): wait for the frame's timestamp."""
+    delay = start + index / fps - time.perf_counter()
+    if delay > 0:
+        time.sleep(delay)
+
+
+def _expected_frames(source: Source, opts: PipelineOptions) -> int | None:
+    n = math.ceil(source.length / opts.vid_stride) if source.length is not None else None
+    if opts.max_frames is not None:
+        n = opts.max_frames if n is None else min(n, opts.max_frames)
+    return n
+
+
+def run_source(source: Source, segmenter: SegmenterLike, *, out: str | os.PathLike | None = None,
+               labels_dir: str | os.PathLike | None = None, window: Window | None = None,
+               opts: PipelineOptions | None = None) -> SourceResult:
+    """Segment every (kept) frame of an opened ``source``; write the video / PNGs / window.
+
+    Returns when the source ends, ``max_frames`` is reached, q is pressed or Ctrl-C arrives (then
+    ``interrupted`` is set and the outputs hold the frames so far).  Worker exceptions propagate,
+    and then the partial video is removed.
+    """
+    opts = opts or PipelineOptions()
+    realtime = source.live if opts.realtime is None else bool(opts.realtime)
+    result = SourceResult(source=source.name, size=source.size, fps=source.fps, realtime=realtime)
+    batch = 1 if realtime else max(1, int(opts.batch))
+    stride = max(1, int(opts.vid_stride))
+    cap = max(opts.queue_frames, 2 * batch)
+    q_frames: FifoQueue | LatestQueue = LatestQueue() if realtime else FifoQueue(cap)
+    q_labels, q_render = FifoQueue(cap), FifoQueue(cap)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    render = (Renderer(segmenter.meta.palette, mode=opts.mode, alpha=opts.alpha)
+              if out is not None or window is not None else None)
+    secs = result.seconds
+
+    def reader() -> None:
+        try:
+            frames = iter(source.frames())
+            kept, start = 0, time.perf_counter()
+            while opts.max_frames is None or kept < opts.max_frames:
+                t0 = time.perf_counter()
+                frame = next(frames, None)
+                secs["decode"] += time.perf_counter() - t0
+                if frame is None or stop.is_set():
+                    break
+                result.decoded += 1
+                if frame.index % stride:
+                    continue
+                if realtime and not source.live:
+                    _pace(start, frame.index, source.fps)
+                q_frames.put(frame, stop)
+                kept += 1
+            q_frames.close(stop)
+        finally:
+            source.close()
+
+    def runner() -> None:
+        while True:
+            first = q_frames.get(stop)
+            if first is END:
+                break
+            items: list[Frame] = [first]
+            ended = False
+            while len(items) < batch:
+                nxt = q_frames.get(stop)
+                if nxt is END:
+                    ended = True
+                    break
+                items.append(nxt)
+            t0 = time.perf_counter()
+            images = [f.image for f in items]
+            same = all(im.shape == images[0].shape for im in images)
+            labels = np.asarray(segmenter.predict(np.stack(images) if same else images))
+            if labels.ndim == 2:
+                labels = labels[None]
+            secs["inference"] += time.perf_counter() - t0
+            for frame, lab in zip(items, labels):
+                q_labels.put((frame, lab), stop)
+            if ended:
+                break
+        q_labels.close(stop)
+
+    def renderer() -> None:
+        while True:
+            item = q_labels.get(stop)
+            if item is END:
+                break
+            frame, lab = item
+            t0 = time.perf_counter()
+            drawn = render(frame.image, lab) if render is not None else None
+            secs["render"] += time.perf_counter() - t0
+            q_render.put((frame.index, lab, drawn), stop)
+        q_render.close(stop)
+
+    def guard(fn: Callable[[], None]) -> Callable[[], None]:
+        def body() -> None:
+            try:
+                fn()
+            except _Stopped:
+                pass
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+                errors.append(exc)
+                stop.set()
+        return body
+
+    video = VideoSink(out, source.fps, fourcc=opts.fourcc) if out is not None else None
+    pngs = LabelPngSink(labels_dir, lut=opts.label_lut) if labels_dir is not None else None
+    result.labels_dir = Path(labels_dir) if labels_dir is not None else None
+    threads = [threading.Thread(target=guard(fn), name=f"cityseg-{fn.__name__}", daemon=True)
+               for fn in (reader, runner, renderer)]
+    from tqdm import tqdm
+
+    bar = tqdm(total=_expected_frames(source, opts), unit="frame", desc=source.stem,
+               disable=not opts.progress, leave=False)
+    ok = False
+    start = time.perf_counter()
+    try:
+        for t in threads:
+            t.start()
+        while True:
+            if errors:
+                raise errors[0]
+            try:
+                item = q_render.get(stop)
+            except _Stopped:
+                raise errors[0] if errors else RuntimeError("pipeline stopped without an error")
+            if item is END:
+                break
+            index, lab, drawn = item
+            t0 = time.perf_counter()
+            if video is not None:
+                video.write(drawn)
+            if pngs is not None:
+                pngs.write(index, lab)
+            keep_going = window.show(drawn) if window is not None else True
+            secs["encode"] += time.perf_counter() - t0
+            result.frames += 1
+            bar.update(1)
+            if not keep_going:
+                result.quit = True
+                break
+        ok = True
+    except KeyboardInterrupt:
+        result.interrupted = True
+    finally:
+        result.wall_s = time.perf_counter() - start
+        stop.set()
+        for t in threads:
+            t.join(timeout=5.0)
+        bar.close()
+        if video is not None:
+            result.out = video.close(keep=ok or result.interrupted)
+    result.dropped = q_frames.dropped
+    result.warning = source.warning
+    return result
+
+
+def output_paths(sources: list[Source], out: str | os.PathLike | None,
+                 labels_dir: str | os.PathLike | None) -> list[tuple[Path | None, Path | None]]:
+    """One source: the paths as given.  Several: ``<out-stem>_<source-stem><suffix>`` and
+    ``<labels-dir>/<source-stem>/`` so outputs of a list file never collide."""
+    if len(sources) == 1:
+        return [(Path(out) if out is not None else None, Path(labels_dir) if labels_dir is not None else None)]
+    paths = []
+    for src in sources:
+        o = Path(out) if out is not None else None
+        paths.append((o.with_name(f"{o.stem}_{src.stem}{o.suffix}") if o is not None else None,
+                      Path(labels_dir) / src.stem if labels_dir is not None else None))
+    return paths
+
+
+def run_sources(sources: list[Source], segmenter: SegmenterLike, *, out: str | os.PathLike | None = None,
+                labels_dir: str | os.PathLike | None = None, window: Window | None = None,
+                opts: PipelineOptions | None = None,
+                echo: Callable[[str], None] = lambda s: None) -> list[SourceResult]:
+    """Process sources one after another; stop early on Ctrl-C or q.  Opens each source lazily so
+    an unopenable one fails before anything is written for it."""
+    results: list[SourceResult] = []
+    for i, (src, (o, ld)) in enumerate(zip(sources, output_paths(sources, out, labels_dir)), 1):
+        src.open()
+        prefix = f"source {i}/{len(sources)} " if len(sources) > 1 else "source "
+        echo(prefix + src.describe())
+        res = run_source(src, segmenter, out=o, labels_dir=ld, window=window, opts=opts)
+        results.append(res)
+        if res.interrupted or res.quit:
+            break
+    return results
+
+
+def iter_results_summary(results: Iterable[SourceResult]) -> SourceResult:
+    """Sum several sources' results into one (for the closing speed line)."""
+    total = SourceResult(source="all")
+    for r in results:
+        total.frames += r.frames
+        total.decoded += r.decoded
+        total.dropped += r.dropped
+        total.wall_s += r.wall_s
+        total.realtime = total.realtime or r.realtime
+        for k, v in r.seconds.items():
+            total.seconds[k] += v
+    return total

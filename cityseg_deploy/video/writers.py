@@ -1,0 +1,125 @@
+"""Where results go: an annotated video, per-frame label PNGs, a window.
+
+The video is written under a hidden temporary name in the target folder and renamed when it is
+closed, so a reader never sees a half-written file under the final name.  ``close(keep=True)``
+(normal end, Ctrl-C, a truncated input) finalises the container — the file stays playable with the
+frames so far; ``close(keep=False)`` (an error) removes it.  The temporary keeps the final suffix
+because OpenCV picks the container from the extension.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..errors import CitysegError
+from ..fileio import write_png
+
+# Container suffix -> FourCC OpenCV's bundled FFmpeg can encode (avc1/H.264 needs an encoder the
+# pip wheels lack; ask for it with --fourcc avc1 where your OpenCV has one).
+FOURCC_BY_SUFFIX = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi": "MJPG"}
+
+
+class VideoSink:
+    """A ``cv2.VideoWriter`` opened on the first frame (its size) and renamed into place on close."""
+
+    def __init__(self, path: str | os.PathLike, fps: float, *, fourcc: str | None = None) -> None:
+        self.path = Path(path)
+        suffix = self.path.suffix.lower()
+        if fourcc is None:
+            if suffix not in FOURCC_BY_SUFFIX:
+                raise CitysegError(f"--out {self.path}: unknown video suffix {suffix!r}; use one of "
+                                   f"{', '.join(FOURCC_BY_SUFFIX)} (or pass --fourcc)")
+            fourcc = FOURCC_BY_SUFFIX[suffix]
+        if len(fourcc) != 4:
+            raise CitysegError(f"--fourcc {fourcc!r}: a FourCC has four characters, e.g. mp4v")
+        self.fourcc, self.fps = fourcc, fps
+        self.frames = 0
+        self.size: tuple[int, int] | None = None  # (H, W)
+        self.tmp: Path | None = None
+        self._writer: cv2.VideoWriter | None = None
+
+    def _open(self, h: int, w: int) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=f".partial{self.path.suffix}",
+                                    dir=self.path.parent)
+        os.close(fd)
+        self.tmp = Path(name)
+        writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*self.fourcc), self.fps, (w, h))
+        if not writer.isOpened():
+            self.tmp.unlink(missing_ok=True)
+            self.tmp = None
+            raise CitysegError(f"--out {self.path}: OpenCV cannot encode {self.fourcc!r} into "
+                               f"{self.path.suffix}; use .mp4 (mp4v) or .avi (MJPG)")
+        self._writer, self.size = writer, (h, w)
+
+    def write(self, frame_bgr: np.ndarray) -> None:
+        h, w = frame_bgr.shape[:2]
+        if self._writer is None:
+            self._open(h, w)
+        elif (h, w) != self.size:  # image folders may mix sizes; a video cannot
+            frame_bgr = cv2.resize(frame_bgr, (self.size[1], self.size[0]), interpolation=cv2.INTER_AREA)
+        self._writer.write(frame_bgr)
+        self.frames += 1
+
+    def close(self, *, keep: bool = True) -> Path | None:
+        """Finish the container; rename it into place (``keep``) or delete it.  Idempotent."""
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+        tmp, self.tmp = self.tmp, None
+        if tmp is None:
+            return None
+        if keep and self.frames:
+            os.replace(tmp, self.path)
+            return self.path
+        tmp.unlink(missing_ok=True)
+        return None
+
+
+class LabelPngSink:
+    """One single-channel PNG per frame: ``<dir>/frame_<source frame index:06d>.png``.
+
+    Values are trainIds of the model's label set, or official label ids through ``lut``.  Each PNG
+    is written atomically, so an interrupted run leaves only complete files.
+    """
+
+    def __init__(self, folder: str | os.PathLike, *, lut: np.ndarray | None = None,
+                 pattern: str = "frame_{:06d}.png") -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.lut, self.pattern = lut, pattern
+        self.frames = 0
+
+    def write(self, index: int, labels: np.ndarray) -> None:
+        write_png(self.folder / self.pattern.format(index), self.lut[labels] if self.lut is not None else labels)
+        self.frames += 1
+
+
+class Window:
+    """``--show``: a resizable window; ``q`` or Esc asks to stop."""
+
+    def __init__(self, title: str = "cityseg") -> None:
+        self.title = title
+        if os.name != "nt" and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+            raise CitysegError("--show: no display here (DISPLAY is not set); drop --show and "
+                               "write the result with --out instead")
+        try:
+            cv2.namedWindow(title, cv2.WINDOW_NORMAL)
+        except cv2.error:
+            raise CitysegError("--show: this OpenCV build has no GUI (opencv-python-headless); "
+                               "install opencv-python for windows, or use --out") from None
+
+    def show(self, frame_bgr: np.ndarray) -> bool:
+        """Show a frame; False when the user pressed q/Esc."""
+        cv2.imshow(self.title, frame_bgr)
+        return (cv2.waitKey(1) & 0xFF) not in (ord("q"), 27)
+
+    def close(self) -> None:
+        try:
+            cv2.destroyWindow(self.title)
+        except cv2.error:
+            pass
