@@ -89,4 +89,4 @@ def segment(source: str, model_path: str, out: str | None, labels_dir: str | Non
     click.echo(iter_results_summary(results).speed_line())
     if results and results[-1].interrupted:
         click.echo(f"interrupted: outputs kept with the {results[-1].frames} frames written", err=True)
-        raise click.exceptions.Exit(130)
+        raise KeyboardInterrupt  # the CLI edge turns it into exit status 130
