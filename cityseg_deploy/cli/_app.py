@@ -39,7 +39,8 @@ def parse_size(value: str | None) -> tuple[int, int] | None:
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit status (never raises for user errors)."""
     try:
-        app.main(args=argv, prog_name="cityseg", standalone_mode=False)
+        # With standalone_mode=False, click returns ctx.exit(N)'s code instead of exiting.
+        status = app.main(args=argv, prog_name="cityseg", standalone_mode=False)
     except CitysegError as exc:
         click.echo(f"error: {exc}", err=True)
         return 2
@@ -59,7 +60,7 @@ def run(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("error: interrupted", err=True)
         return 130
-    return 0
+    return status if isinstance(status, int) else 0
 
 
 def main() -> None:
