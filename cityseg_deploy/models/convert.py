@@ -151,15 +151,17 @@ def fit_state_dict(model: nn.Module, state_dict: StateDict, *, what: str, partia
     for key, value in own.items():
         if key.endswith("num_batches_tracked") and key not in sd:
             sd[key] = torch.zeros_like(value)
-    unexpected = sorted(k for k in sd if k not in own)
-    missing = sorted(k for k in own if k not in sd)
+    # Model order for missing/mismatched, file order for unexpected: the first names shown are
+    # the network's first layers, where a wrong --arch or width shows at once.
+    unexpected = [k for k in sd if k not in own]
+    missing = [k for k in own if k not in sd]
     if partial_prefixes:
         for key in missing:
             if not key.startswith(partial_prefixes) or key.endswith("num_batches_tracked"):
                 sd[key] = own[key]
         missing = [k for k in missing if k not in sd]
     mismatched = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}"
-                  for k in sorted(set(sd) & set(own)) if sd[k].shape != own[k].shape]
+                  for k in own if k in sd and sd[k].shape != own[k].shape]
     if missing or unexpected or mismatched:
         raise CitysegError(
             f"{what}: missing keys: {_short(missing)}; unexpected keys: {_short(unexpected)}; "
@@ -170,8 +172,8 @@ def fit_state_dict(model: nn.Module, state_dict: StateDict, *, what: str, partia
 
 def _num_classes(sd: StateDict, key: str, what: str) -> int:
     if key not in sd:
-        raise CitysegError(f"{what}: no classifier weight {key!r} (unexpected keys: "
-                           f"{_short(sorted(sd))}); check that --arch matches the file")
+        raise CitysegError(f"{what}: no classifier weight {key!r} (keys in the file: "
+                           f"{_short(list(sd))}); check that --arch matches the file")
     return int(sd[key].shape[0])
 
 
@@ -205,7 +207,7 @@ def _plan(arch: str, sd: StateDict, what: str) -> tuple[StateDict, dict[str, Any
                         "features.transition1.", "features.transition2.", "features.transition3.")
             return filter_imagenet_densenet(sd), {}, required, "imagenet-densenet"
     raise CitysegError(f"{what}: keys do not look like weights for {arch!r} ({family}); first keys: "
-                       f"{_short(sorted(sd), 4)}")
+                       f"{_short(list(sd), 4)}")
 
 
 # --------------------------------------------------------------------------------------------
