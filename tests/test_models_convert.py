@@ -170,3 +170,20 @@ def test_cli_convert_weights(tmp_path, capsys):
 def test_voc_palette_is_distinct():
     palette = voc_palette(256)
     assert len({tuple(c) for c in palette}) == 256
+
+
+def test_pickle_of_unimportable_code_says_what_to_do(tmp_path):
+    import pickle
+    import sys
+    import types
+
+    fake = types.ModuleType("fake_release_models")
+    exec("class Net:\n    pass\n", fake.__dict__)
+    fake.Net.__module__ = "fake_release_models"
+    sys.modules["fake_release_models"] = fake
+    try:
+        torch.save({"model": fake.Net()}, tmp_path / "whole.pkl", pickle_module=pickle)
+    finally:
+        del sys.modules["fake_release_models"]
+    with pytest.raises(CitysegError, match="'fake_release_models'.*state_dict"):
+        convert_weights(tmp_path / "whole.pkl", "denseaspp161", tmp_path / "x.pt")

@@ -65,6 +65,9 @@ def read_source(path: str | os.PathLike) -> StateDict:
     except Exception:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=False)
+        except ModuleNotFoundError as exc:
+            raise CitysegError(f"{path}: a pickled model whose code ({exc.name!r}) is not importable "
+                               f"here; save its state_dict() with the original code and convert that") from None
         except Exception as exc:
             raise CitysegError(f"{path}: not a readable PyTorch weights file ({type(exc).__name__}: "
                                f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
