@@ -95,7 +95,9 @@ class LabelPngSink:
         self.frames = 0
 
     def write(self, index: int, labels: np.ndarray) -> None:
-        write_png(self.folder / self.pattern.format(index), self.lut[labels] if self.lut is not None else labels)
+        if self.lut is not None:
+            labels = cv2.LUT(np.ascontiguousarray(labels, dtype=np.uint8), self.lut)
+        write_png(self.folder / self.pattern.format(index), labels)
         self.frames += 1
 
 
