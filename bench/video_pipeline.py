@@ -96,6 +96,8 @@ def load_segmenter(path: Path, threads: int):
         from cityseg_deploy import runtime
     except ImportError:
         return _TorchFallback(path)
+    if not hasattr(runtime, "load"):  # the runtime package is being written
+        return _TorchFallback(path)
     return runtime.load(path, device="cpu", threads=threads)
 
 
