@@ -1,0 +1,192 @@
+"""``cityseg export``: one checkpoint → ONNX (fp32/fp16/int8), TensorRT, AOTInductor, OpenVINO.
+
+A format table (as data, like Ultralytics' exporter) drives validation, defaults and help; each
+format is one module (``onnx.py``, ``fp16.py``, ``quantize.py``, ``tensorrt.py``, ``aoti.py``,
+``openvino.py``) that turns an :class:`ExportJob` into an :class:`ExportResult`.  Adding a format
+is one row here and one file.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import CitysegError
+from .job import ExportJob, ExportResult
+
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    aliases: tuple[str, ...]
+    suffix: str                 # file suffix, or "_openvino_model" for a folder
+    precisions: tuple[str, ...]
+    needs_gpu: bool
+    module: str                 # cityseg_deploy.export.<module>.export_<name>
+    description: str
+    from_onnx: bool = False     # built from the project's ONNX (so MODEL may be a .onnx)
+
+
+FORMATS: tuple[Format, ...] = (
+    Format("onnx", (), ".onnx", ("fp32", "fp16", "int8"), False, "onnx",
+           "ONNX (onnxruntime, TensorRT input)"),
+    Format("trt", ("engine", "tensorrt"), ".engine", ("fp32", "fp16", "int8"), True, "tensorrt",
+           "TensorRT engine (strongly typed, from the ONNX graph)", from_onnx=True),
+    Format("aoti", ("pt2", "aotinductor"), ".pt2", ("fp32",), False, "aoti",
+           "AOTInductor package (torch._inductor.aoti_load_package)"),
+    Format("openvino", ("ov", "ir"), "_openvino_model", ("fp32", "bf16", "int8"), False, "openvino",
+           "OpenVINO IR folder", from_onnx=True),
+)
+
+
+def format_names() -> list[str]:
+    return [f.name for f in FORMATS] + [a for f in FORMATS for a in f.aliases]
+
+
+def get_format(name: str) -> Format:
+    key = (name or "").strip().lower()
+    for fmt in FORMATS:
+        if key == fmt.name or key in fmt.aliases:
+            return fmt
+    close = difflib.get_close_matches(key, format_names(), n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise CitysegError(f"--format {name!r}: unknown export format{hint} "
+                       f"(choose {', '.join(f.name for f in FORMATS)})")
+
+
+def format_table() -> str:
+    """Markdown table of the formats (for help and the README)."""
+    rows = ["| format | aliases | suffix | precisions | GPU |", "| --- | --- | --- | --- | --- |"]
+    for f in FORMATS:
+        rows.append(f"| {f.name} | {', '.join(f.aliases) or '-'} | {f.suffix} | "
+                    f"{', '.join(f.precisions)} | {'yes' if f.needs_gpu else 'no'} |")
+    return "\n".join(rows)
+
+
+def default_output(model_path: Path, fmt: Format, precision: str) -> Path:
+    """Next to the checkpoint: <stem>.onnx, <stem>_fp16.onnx, <stem>_int8_openvino_model/, ..."""
+    stem = model_path.stem
+    if model_path.suffix == ".onnx":
+        stem = stem.removesuffix("_fp16").removesuffix("_int8")
+    tag = "" if precision == "fp32" else f"_{precision}"
+    return model_path.with_name(f"{stem}{tag}{fmt.suffix}")
+
+
+def _validate(fmt: Format, precision: str, opts: dict[str, Any], source: Path) -> None:
+    if precision not in PRECISIONS:
+        close = difflib.get_close_matches(precision, PRECISIONS, n=1)
+        raise CitysegError(f"--precision {precision!r}: unknown"
+                           f"{'; did you mean ' + repr(close[0]) + '?' if close else ''} (choose {', '.join(PRECISIONS)})")
+    if precision not in fmt.precisions:
+        raise CitysegError(f"--precision {precision} is not supported by --format {fmt.name} "
+                           f"(it supports {', '.join(fmt.precisions)})")
+    if fmt.name == "aoti" and (opts.get("preprocess") or opts.get("argmax")):
+        raise CitysegError("--preprocess/--argmax are ONNX-graph options; --format aoti exports the "
+                           "network as it is (float NCHW in, logits out)")
+    if opts.get("int8_method") and not (fmt.name == "openvino" and precision == "int8"):
+        raise CitysegError("--int8-method applies to --format openvino --precision int8 only")
+    if opts.get("keep_fp32") and precision != "int8":
+        raise CitysegError("--keep-fp32 applies to --precision int8 only")
+    if source.suffix == ".onnx" and not fmt.from_onnx:
+        raise CitysegError(f"{source}: --format {fmt.name} exports from a checkpoint (.pt), not from "
+                           f"an ONNX file")
+
+
+def _sha256(path: Path) -> str:
+    from ..models.checkpoint import file_sha256
+
+    return file_sha256(path)
+
+
+def make_job(model_path: str | os.PathLike, *, size=None, batch: int = 1, dynamic: bool = False,
+             **kwargs: Any) -> ExportJob:
+    from ..artifacts import read_artifact_meta
+    from ..models.checkpoint import read_meta
+
+    source = Path(model_path)
+    if not source.is_file():
+        raise CitysegError(f"{source}: no such file; pass a cityseg checkpoint (.pt) "
+                           f"written by 'cityseg train' or 'cityseg convert-weights'")
+    if batch < 1:
+        raise CitysegError(f"--batch {batch}: must be at least 1")
+    source_onnx = None
+    if source.suffix == ".onnx":
+        meta, io = read_artifact_meta(source)
+        if io.get("precision") != "fp32":
+            raise CitysegError(f"{source}: a {io.get('precision')} ONNX; compile the fp32 graph "
+                               f"or export from the checkpoint with --precision")
+        source_onnx = source
+        size = size or tuple(io["size"])
+        kwargs.setdefault("preprocess", io.get("input") == "uint8_nhwc")
+        kwargs.setdefault("argmax", io.get("output") == "labels")
+        dynamic = dynamic or bool(io.get("dynamic"))
+        batch = batch if batch != 1 else int(io.get("batch", 1))
+        sha = io.get("source_sha256") or _sha256(source)
+    else:
+        meta = read_meta(source)
+        sha = _sha256(source)
+    size = tuple(size) if size else tuple(meta.input_size)
+    for v in size:
+        if v % 8:
+            raise CitysegError(f"--size {size[0]}x{size[1]}: height and width must be multiples of 8 "
+                               f"(the networks downsample by 8 or more)")
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    for key in ("calib_data", "data"):
+        if key in kwargs:
+            kwargs[key] = Path(kwargs[key])
+            if not kwargs[key].is_dir():
+                raise CitysegError(f"--{key.replace('_', '-')} {kwargs[key]}: no such folder; pass a "
+                                   f"Cityscapes root (leftImg8bit/, gtFine/)")
+    return ExportJob(source=source, meta=meta, source_sha256=sha, size=size, batch=batch,
+                     dynamic=dynamic, source_onnx=source_onnx, **kwargs)
+
+
+def export(model_path: str | os.PathLike, *, format: str = "onnx", precision: str = "fp32",
+           out: str | os.PathLike | None = None, size: tuple[int, int] | None = None, batch: int = 1,
+           dynamic: bool = False, calib_data: str | os.PathLike | None = None,
+           data: str | os.PathLike | None = None, log: Callable[[str], None] | None = print,
+           **options: Any) -> ExportResult:
+    """Export ``model_path`` (a checkpoint; a project fp32 ONNX for trt/openvino) to ``format``.
+
+    Options (all keyword): ``preprocess``, ``argmax``, ``opset``, ``calib_images``, ``keep_fp32``
+    (``"auto"`` or node names), ``int8_method`` (openvino: ``"qdq"``|``"nncf"``), ``device``,
+    ``verify`` (parity check, default True), ``verify_images``, ``workspace_gb``, ``opt_level``.
+    Returns the :class:`ExportResult` of the artifact; ONNX files written on the way are in
+    ``result.intermediates``.
+    """
+    import importlib
+
+    fmt = get_format(format)
+    precision = (precision or "fp32").lower()
+    source = Path(model_path)
+    _validate(fmt, precision, options, source)
+    job = make_job(source, size=size, batch=batch, dynamic=dynamic, calib_data=calib_data,
+                   data=data, log=log or (lambda _msg: None), **options)
+    out_path = Path(out) if out else default_output(source, fmt, precision)
+    if fmt.suffix == "_openvino_model" and out and not out_path.name.endswith("_openvino_model"):
+        if out_path.suffix == ".xml":
+            out_path = out_path.parent
+    if out_path.resolve() == source.resolve():
+        raise CitysegError(f"--out {out_path}: that is the model being exported; choose another name")
+    module = importlib.import_module(f"{__name__}.{fmt.module}")
+    shape_in = "x".join(map(str, job.example_shape())) + (" (dynamic)" if job.dynamic else "")
+    shape_out = "x".join(map(str, job.output_shape()))
+    job.log(f"cityseg export: {source.name} ({job.meta.arch}, {job.meta.num_classes} classes) → "
+            f"{fmt.name} {precision}, input {job.input_name} {shape_in} "
+            f"{'uint8' if job.preprocess else 'float32'}, output {job.output_name} {shape_out}")
+    result = getattr(module, f"export_{fmt.name}")(job, out_path, precision)
+    return result
+
+
+def next_commands(result: ExportResult, model_path: str | os.PathLike, data: str | None = None) -> list[str]:
+    root = data or "ROOT"
+    return [f"cityseg bench {result.path}",
+            f"cityseg check {model_path} {result.path} --data {root}"]
+
+
+__all__ = ["FORMATS", "Format", "ExportJob", "ExportResult", "export", "get_format", "format_table",
+           "default_output", "next_commands"]

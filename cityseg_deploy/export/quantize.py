@@ -1,0 +1,226 @@
+"""int8 ONNX with Q/DQ nodes, calibrated on real images, with a calibration cache.
+
+TensorRT 10 deprecated and TensorRT 11 removed implicit int8 (``BuilderFlag.INT8`` + calibrator),
+so int8 lives in the graph as QuantizeLinear/DequantizeLinear pairs (DESIGN.md).  Made with
+onnxruntime's ``quantize_static``:
+
+- QDQ format, per-channel int8 weights, int8 activations, both **symmetric** — TensorRT's parser
+  requires zero points of 0 (onnx-tensorrt docs/operators.md: Quantize/DequantizeLinear);
+- MinMax calibration on ``--calib-images`` images of the train split of ``--calib-data``
+  (a tqdm bar counts them);
+- the tensor ranges are cached in ``<out stem>.calib.json`` keyed by the graph (source checkpoint
+  hash + export settings), the calibration images (hash of their pixels) and the method: a rebuild
+  with the same key quantises from the cache without running calibration; any change recalibrates;
+- ``--keep-fp32 NAME,...`` leaves those nodes unquantised; ``--keep-fp32 auto`` measures, on up to
+  4 calibration images, the mean absolute logit error of the int8 graph against the fp32 graph with
+  nothing excluded, with only the first Conv excluded and with only the last Conv (the classifier)
+  excluded, and keeps each of the two in fp32 if that alone cuts the error by ≥ 10 %.  (Cheap:
+  quantising from cached ranges takes a second; a full per-layer sweep is not worth it here.)
+"""
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import CitysegError
+from ..fileio import atomic_path, write_text_atomic
+from .job import ExportJob, ExportResult, Timer, path_size_mb
+
+METHOD = "minmax/qdq/int8-symmetric/per-channel"
+CACHE_VERSION = 1
+AUTO_GAIN = 0.10  # keep a candidate layer in fp32 if excluding it cuts the error by >= 10 %
+
+
+def cache_path(out: Path) -> Path:
+    out = Path(out)
+    return out.with_name(out.name[: -len(out.suffix)] + ".calib.json" if out.suffix else out.name + ".calib.json")
+
+
+def calibration_images(job: ExportJob) -> tuple[np.ndarray, str]:
+    root = job.calib_data or job.data
+    images, _, where = job.images("train", job.calib_images, root=root, seed=1)
+    if root is None:
+        job.log("  note: no --calib-data given: calibrating int8 on random images; accuracy will "
+                "suffer, pass --calib-data ROOT (its train split) for real figures")
+    return images, where
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over prepared batches, with a progress bar."""
+
+    def __init__(self, job: ExportJob, images: np.ndarray):
+        from tqdm import tqdm
+
+        self.name = job.input_name
+        self.chunks = [c for c, _ in job.batches(job.to_input(images))]
+        self.bar = tqdm(total=len(images), desc="  calibrating", unit="img", leave=False,
+                        disable=None)
+        self.counts = [min(len(c), len(images) - i * len(c)) for i, c in enumerate(self.chunks)]
+        self.i = 0
+
+    def get_next(self):
+        if self.i >= len(self.chunks):
+            self.bar.close()
+            return None
+        chunk = self.chunks[self.i]
+        self.bar.update(max(0, self.counts[self.i]))
+        self.i += 1
+        return {self.name: chunk}
+
+    def rewind(self):
+        self.i = 0
+
+
+@contextlib.contextmanager
+def _quiet_ort():
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _ranges_to_json(ort_cache: Path) -> dict[str, list[float]]:
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    data = load_tensors_data(ort_cache)
+    return {name: [float(np.asarray(td.range_value[0]).ravel()[0]), float(np.asarray(td.range_value[1]).ravel()[0])]
+            for name, td in data.data.items()}
+
+
+def _json_to_ort_cache(ranges: dict[str, list[float]], path: Path) -> None:
+    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
+
+    data = TensorsData(CalibrationMethod.MinMax, {
+        name: TensorData(lowest=np.float32(lo), highest=np.float32(hi)) for name, (lo, hi) in ranges.items()})
+    save_tensors_data(data, path)
+
+
+def quantize(fp32_path: Path, out_path: Path, job: ExportJob, *, ort_cache: Path,
+             images: np.ndarray | None, exclude: list[str]) -> None:
+    """quantize_static into ``out_path``; calibrates only when ``ort_cache`` does not exist."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    reader = _Reader(job, images) if images is not None and not ort_cache.exists() else None
+    with _quiet_ort():
+        quantize_static(
+            str(fp32_path), str(out_path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude or None,
+            calibration_cache_path=str(ort_cache),
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+
+
+def _mean_err(job: ExportJob, fp32_path: Path, int8_path: Path, images: np.ndarray) -> float:
+    from .verify import ort_runner, run_batched
+
+    a = run_batched(job, ort_runner(fp32_path), images).astype(np.float32)
+    b = run_batched(job, ort_runner(int8_path), images).astype(np.float32)
+    if job.argmax:
+        return float((a != b).mean())
+    return float(np.abs(a - b).mean())
+
+
+def conv_nodes(model) -> list[str]:
+    return [n.name for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose")]
+
+
+def choose_keep_fp32(job: ExportJob, fp32_path: Path, model, images: np.ndarray, ort_cache: Path,
+                     tmpdir: Path) -> tuple[list[str], dict[str, Any]]:
+    """``--keep-fp32`` → node names (see the module doc for ``auto``)."""
+    spec = (job.keep_fp32 or "").strip()
+    if not spec:
+        return [], {}
+    names = [n.name for n in model.graph.node]
+    if spec != "auto":
+        wanted = [s.strip() for s in spec.split(",") if s.strip()]
+        for w in wanted:
+            if w not in names:
+                close = difflib.get_close_matches(w, names, n=3)
+                hint = f"; did you mean {', '.join(close)}?" if close else f"; nodes are e.g. {', '.join(conv_nodes(model)[:3])}"
+                raise CitysegError(f"--keep-fp32 {w!r}: no node of that name in the graph{hint}")
+        return wanted, {"keep_fp32": wanted}
+    convs = conv_nodes(model)
+    candidates = list(dict.fromkeys([convs[0], convs[-1]])) if convs else []
+    probe = images[:4]
+    errs: dict[str, float] = {}
+    for label, exclude in [("none", [])] + [(c, [c]) for c in candidates]:
+        trial = tmpdir / f"trial_{len(errs)}.onnx"
+        quantize(fp32_path, trial, job, ort_cache=ort_cache, images=images, exclude=exclude)
+        errs[label] = _mean_err(job, fp32_path, trial, probe)
+    base = errs["none"]
+    keep = [c for c in candidates if base > 0 and errs[c] <= (1 - AUTO_GAIN) * base]
+    shown = ", ".join(f"{k}: {v:.4f}" for k, v in errs.items())
+    job.log(f"  keep-fp32 auto: int8 error without/with each excluded ({shown}) → "
+            f"{', '.join(keep) if keep else 'quantise all'}")
+    return keep, {"keep_fp32": keep, "keep_fp32_errors": errs}
+
+
+def build_int8_graph(job: ExportJob, tmp_out: Path, out: Path) -> dict[str, Any]:
+    """fp32 graph → calibrated Q/DQ graph at ``tmp_out`` (metadata set); cache next to ``out``."""
+    import onnx
+    import onnxruntime
+
+    from .onnx import build_fp32_graph, set_metadata
+
+    info: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="cityseg-int8-") as d:
+        tmpdir = Path(d)
+        fp32_path = tmpdir / "fp32.onnx"
+        fp32 = build_fp32_graph(job, fp32_path)
+        images, where = calibration_images(job)
+        key = {"version": CACHE_VERSION, "graph": job.settings_key(), "method": METHOD,
+               "onnxruntime": onnxruntime.__version__,
+               "images": hashlib.sha256(images.tobytes()).hexdigest(), "n_images": int(len(images))}
+        cache = cache_path(out)
+        ort_cache = tmpdir / "ort_calib.json"
+        hit = False
+        if cache.is_file():
+            try:
+                stored = json.loads(cache.read_text())
+                if stored.get("key") == key:
+                    _json_to_ort_cache(stored["ranges"], ort_cache)
+                    hit = True
+            except (ValueError, KeyError, TypeError):
+                hit = False
+        if hit:
+            job.log(f"  calibration: cached ranges from {cache.name} ({where})")
+        else:
+            job.log(f"  calibration: {where}, {METHOD}")
+            # Calibrate once (ranges of every tensor), then quantise from the ranges.
+            quantize(fp32_path, tmp_out, job, ort_cache=ort_cache, images=images, exclude=[])
+            write_text_atomic(cache, json.dumps({"key": key, "ranges": _ranges_to_json(ort_cache)},
+                                                indent=1, sort_keys=True))
+        keep, keep_info = choose_keep_fp32(job, fp32_path, fp32, images, ort_cache, tmpdir)
+        info.update(keep_info)
+        if hit or keep:
+            quantize(fp32_path, tmp_out, job, ort_cache=ort_cache, images=images, exclude=keep)
+    model = onnx.load(str(tmp_out))
+    set_metadata(model, job, "int8", calibration=where, calib_method=METHOD, keep_fp32=keep)
+    onnx.save(model, str(tmp_out))
+    info.update({"calibration": where, "calibration_cached": hit, "calib_cache": str(cache)})
+    return info
+
+
+def export_int8(job: ExportJob, out: Path) -> ExportResult:
+    from . import verify
+    from .onnx import check_model
+
+    with Timer() as t, atomic_path(out) as tmp:
+        info = build_int8_graph(job, tmp, out)
+        check_model(tmp)
+        checks = dict(info)
+        if job.verify:
+            checks.update(verify.check(job, verify.ort_runner(tmp), "int8", out.name))
+    return ExportResult(out, "onnx", "int8", t.seconds, path_size_mb(out), checks)
