@@ -191,7 +191,7 @@ def test_ctrl_c_keeps_a_playable_video_with_the_frames_so_far(clip, tmp_path):
     k = 7
     res = run_source(_open(clip), StandInSegmenter(raise_after=k), out=tmp_path / "o.mp4",
                      labels_dir=tmp_path / "l")
-    assert res.interrupted and res.frames <= k
+    assert res.interrupted and res.frames == k  # frames segmented before the interrupt are kept
     n, h, w, fps = video_info(tmp_path / "o.mp4")
     assert n == res.frames and (h, w, fps) == (64, 96, 25.0)
     assert _no_temp(tmp_path)
@@ -203,3 +203,28 @@ def test_worker_error_reaches_the_main_thread_and_leaves_no_output(clip, tmp_pat
         run_source(_open(clip), StandInSegmenter(raise_after=3, exc=RuntimeError), out=tmp_path / "o.mp4")
     assert not (tmp_path / "o.mp4").exists() and _no_temp(tmp_path)
     assert threading.active_count() == before
+
+
+def test_source_kinds_are_recognised(tmp_path):
+    (cam,) = parse_sources("0")
+    (url,) = parse_sources("rtsp://10.0.0.5:554/stream1")
+    assert cam.live and cam.camera and cam.stem == "camera0"
+    assert url.live and not url.camera
+    with pytest.raises(CitysegError, match="no such file"):
+        parse_sources(str(tmp_path / "missing.mp4"))
+    (tmp_path / "empty.txt").write_text("# nothing\n")
+    with pytest.raises(CitysegError, match="names no sources"):
+        parse_sources(str(tmp_path / "empty.txt"))
+
+
+def test_live_source_defaults_to_realtime_and_counts_drops(tmp_path):
+    class SlowCamera(FakeCapture):
+        def read(self):
+            import time
+
+            time.sleep(0.002)  # a 500 fps camera
+            return super().read()
+
+    src = VideoSource(0, reconnect=0, capture_factory=lambda target: SlowCamera(60))
+    res = run_source(src.open(), StandInSegmenter(delay_s=0.02), labels_dir=tmp_path / "l")
+    assert res.realtime and res.dropped > 0 and res.frames + res.dropped == 60

@@ -13,7 +13,9 @@ Two queue kinds:
 
 Shutdown: every stage ends its output with an ``END`` sentinel; all blocking waits use short
 timeouts and check a shared ``stop`` event, so an error anywhere stops every thread.  The first
-exception of a worker (KeyboardInterrupt included) is re-raised in the main thread.  The writer
+exception of a worker is re-raised in the main thread.  A KeyboardInterrupt raised by the runner
+(a cancelling backend) ends only the input: frames already segmented are still rendered and
+written, then the run reports itself interrupted.  The writer
 runs in the main thread (where Ctrl-C lands and where ``cv2.imshow`` must run): on Ctrl-C it
 finishes the video so the file stays playable with the frames so far; on an error it removes it.
 """
@@ -201,8 +203,10 @@ def run_source(source: Source, segmenter: SegmenterLike, *, out: str | os.PathLi
     cap = max(opts.queue_frames, 2 * batch)
     q_frames: FifoQueue | LatestQueue = LatestQueue() if realtime else FifoQueue(cap)
     q_labels, q_render = FifoQueue(cap), FifoQueue(cap)
-    stop = threading.Event()
+    stop = threading.Event()   # everything ends now (error, main-thread Ctrl-C, q)
+    halt = threading.Event()   # only the reader ends; later stages finish what they hold
     errors: list[BaseException] = []
+    interrupts: list[BaseException] = []
     render = (Renderer(segmenter.meta.palette, mode=opts.mode, alpha=opts.alpha)
               if out is not None or window is not None else None)
     secs = result.seconds
@@ -215,16 +219,16 @@ def run_source(source: Source, segmenter: SegmenterLike, *, out: str | os.PathLi
                 t0 = time.perf_counter()
                 frame = next(frames, None)
                 secs["decode"] += time.perf_counter() - t0
-                if frame is None or stop.is_set():
+                if frame is None or halt.is_set():
                     break
                 result.decoded += 1
                 if frame.index % stride:
                     continue
                 if realtime and not source.live:
                     _pace(start, frame.index, source.fps)
-                q_frames.put(frame, stop)
+                q_frames.put(frame, halt)
                 kept += 1
-            q_frames.close(stop)
+            q_frames.close(halt)
         finally:
             source.close()
 
@@ -266,22 +270,34 @@ def run_source(source: Source, segmenter: SegmenterLike, *, out: str | os.PathLi
             q_render.put((frame.index, lab, drawn), stop)
         q_render.close(stop)
 
-    def guard(fn: Callable[[], None]) -> Callable[[], None]:
+    def guard(fn: Callable[[], None], downstream: FifoQueue | None) -> Callable[[], None]:
+        """Run a stage; a KeyboardInterrupt raised inside it (a runner told to cancel) ends the
+        input, lets the later stages write what is already done, then the main thread reports it;
+        any other exception stops every stage and is re-raised in the main thread."""
         def body() -> None:
             try:
                 fn()
             except _Stopped:
                 pass
+            except KeyboardInterrupt as exc:
+                interrupts.append(exc)
+                halt.set()
+                try:
+                    if downstream is not None:
+                        downstream.close(stop)
+                except _Stopped:
+                    pass
             except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
                 errors.append(exc)
+                halt.set()
                 stop.set()
         return body
 
     video = VideoSink(out, source.fps, fourcc=opts.fourcc) if out is not None else None
     pngs = LabelPngSink(labels_dir, lut=opts.label_lut) if labels_dir is not None else None
     result.labels_dir = Path(labels_dir) if labels_dir is not None else None
-    threads = [threading.Thread(target=guard(fn), name=f"cityseg-{fn.__name__}", daemon=True)
-               for fn in (reader, runner, renderer)]
+    threads = [threading.Thread(target=guard(fn, down), name=f"cityseg-{fn.__name__}", daemon=True)
+               for fn, down in ((reader, None), (runner, q_labels), (renderer, q_render))]
     from tqdm import tqdm
 
     bar = tqdm(total=_expected_frames(source, opts), unit="frame", desc=source.stem,
@@ -313,11 +329,14 @@ def run_source(source: Source, segmenter: SegmenterLike, *, out: str | os.PathLi
             if not keep_going:
                 result.quit = True
                 break
+        if interrupts:
+            raise interrupts[0]
         ok = True
     except KeyboardInterrupt:
         result.interrupted = True
     finally:
         result.wall_s = time.perf_counter() - start
+        halt.set()
         stop.set()
         for t in threads:
             t.join(timeout=5.0)
