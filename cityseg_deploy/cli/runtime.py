@@ -1,4 +1,169 @@
-"""Sub-commands of this stage (see DESIGN.md's CLI contract); attached to the `cityseg` group."""
+"""Sub-commands of the run stage: ``eval``, ``predict``, ``check``, ``bench`` (DESIGN.md contract).
+
+Thin: parse, call :mod:`cityseg_deploy.evaluation` / :mod:`cityseg_deploy.bench`, print.
+"""
 from __future__ import annotations
 
-from ._app import app  # noqa: F401
+import json
+
+import click
+
+from ..errors import CitysegError
+from ._app import app, parse_size
+
+DEVICE = click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N")
+THREADS = click.option("--threads", type=int, default=None, help="CPU threads (default: all)")
+SPLIT = click.option("--split", default="val", show_default=True)
+PRECISION = click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8"]),
+                         default=None, help="run precision where the backend chooses it "
+                                            "(or MODEL@bf16)")
+
+
+def _int_list(value: str | None, what: str) -> list[int]:
+    if not value:
+        return [1]
+    try:
+        out = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise CitysegError(f"{what} {value!r}: expected integers separated by commas, e.g. 1,4") from None
+    if not out or any(v < 1 for v in out):
+        raise CitysegError(f"{what} {value!r}: values must be >= 1")
+    return out
+
+
+@app.command("eval")
+@click.argument("model", required=False)
+@click.option("--data", "data_root", required=True, help="Cityscapes-layout root")
+@SPLIT
+@click.option("--json", "json_path", default=None, help="write the metrics JSON here")
+@click.option("--pred-dir", default=None, help="score prediction PNGs from this folder instead")
+@click.option("--pred-format", type=click.Choice(["labelIds", "trainIds"]), default="labelIds",
+              show_default=True)
+@click.option("--label-set", default=None, help="class set of the data (default: the model's; "
+                                                 "cityscapes19 for --pred-dir)")
+@DEVICE
+@PRECISION
+@THREADS
+@click.option("--batch", type=int, default=1, show_default=True)
+@click.option("--no-progress", is_flag=True)
+def eval_cmd(model, data_root, split, json_path, pred_dir, pred_format, label_set, device, precision,
+             threads, batch, no_progress):
+    """Score MODEL (any artifact) or --pred-dir PNGs on a split: Table 2 and Table 1."""
+    from ..evaluation import evaluate, evaluate_pred_dir
+    from ..metrics.tables import table1_markdown, table2_markdown, write_eval_json
+
+    if (model is None) == (pred_dir is None):
+        raise CitysegError("give either MODEL or --pred-dir DIR (not both, not neither)")
+    if pred_dir is not None:
+        doc = evaluate_pred_dir(pred_dir, data_root, split=split, pred_format=pred_format,
+                                label_set=label_set or "cityscapes19", progress=not no_progress)
+    else:
+        doc = evaluate(model, data_root, split=split, device=device, precision=precision,
+                       threads=threads, batch=batch, label_set=label_set, progress=not no_progress)
+    name = doc["model"]
+    click.echo(table2_markdown({name: doc}))
+    click.echo(table1_markdown({name: doc}))
+    if json_path:
+        write_eval_json(json_path, doc, name)
+        click.echo(f"wrote {json_path}")
+
+
+@app.command("predict")
+@click.argument("model")
+@click.option("--data", "data_root", required=True)
+@SPLIT
+@click.option("--out", required=True, help="output folder for the PNGs")
+@click.option("--format", "fmt", type=click.Choice(["labelIds", "trainIds", "color", "overlay"]),
+              default="labelIds", show_default=True)
+@DEVICE
+@PRECISION
+@THREADS
+@click.option("--batch", type=int, default=1, show_default=True)
+@click.option("--no-progress", is_flag=True)
+def predict_cmd(model, data_root, split, out, fmt, device, precision, threads, batch, no_progress):
+    """Write one PNG per image of a split (labelIds = the official submission format)."""
+    from ..evaluation import predict_split
+
+    res = predict_split(model, data_root, out, split=split, fmt=fmt, device=device,
+                        precision=precision, threads=threads, batch=batch, progress=not no_progress)
+    click.echo(f"wrote {res['written']} {fmt} PNGs to {res['out']} (mIoU on the way: "
+               f"{100 * res['metrics']['miou']:.2f}); score them with "
+               f"'cityseg eval --pred-dir {res['out']} --data {data_root} --split {split}"
+               f"{' --pred-format trainIds' if fmt == 'trainIds' else ''}'")
+
+
+@app.command("check")
+@click.argument("baseline")
+@click.argument("candidates", nargs=-1, required=True)
+@click.option("--data", "data_root", required=True)
+@SPLIT
+@click.option("--json", "json_path", default=None)
+@click.option("--max-miou-drop", type=float, default=None,
+              help="gate: exit 1 when a candidate's mIoU is more than PTS points below the baseline")
+@click.option("--out", default=None, help="folder for Markdown/CSV tables, JSON and the delta plot")
+@DEVICE
+@THREADS
+@click.option("--batch", type=int, default=1, show_default=True)
+@click.option("--logit-images", type=int, default=4, show_default=True,
+              help="images over which logit error statistics are computed")
+@click.option("--no-progress", is_flag=True)
+def check_cmd(baseline, candidates, data_root, split, json_path, max_miou_drop, out, device, threads,
+              batch, logit_images, no_progress):
+    """Accuracy of CANDIDATE artifacts vs BASELINE: deltas, agreement, logit error, gate."""
+    from ..evaluation.check import check
+
+    report = check(baseline, candidates, data_root, split=split, device=device, threads=threads,
+                   batch=batch, max_miou_drop=max_miou_drop, out=out, json_path=json_path,
+                   logit_images=logit_images, progress=not no_progress)
+    click.echo(report["markdown"])
+    if out:
+        click.echo(f"wrote tables, check.json and check_delta.png to {out}")
+    gate = report.get("gate")
+    if gate and not gate["passed"]:
+        for failure in gate["failures"]:
+            click.echo(f"check failed: {failure}", err=True)
+        click.get_current_context().exit(1)
+
+
+@app.command("bench")
+@click.argument("models", nargs=-1)
+@DEVICE
+@click.option("--batch", "batch", default="1", show_default=True, help="N or N,N,...")
+@click.option("--size", "size", default=None, help="HxW or HxW,HxW (default: each model's size)")
+@click.option("--warmup", type=int, default=3, show_default=True)
+@click.option("--iters", type=int, default=None, help="timed iterations (default 20)")
+@click.option("--duration", type=float, default=None, help="time each row for S seconds instead")
+@THREADS
+@PRECISION
+@click.option("--reference", default=None, help="row name the ratios refer to (default: first)")
+@click.option("--sgemm", is_flag=True, help="also measure sgemm GFLOP/s and report fractions of it")
+@click.option("--json", "json_path", default=None)
+@click.option("--md", "md_path", default=None)
+@click.option("--plot", "plot_path", default=None)
+@click.option("--suite", default=None, help="run a YAML suite (bench/*.yaml) instead of MODELS")
+@click.option("--no-progress", is_flag=True)
+def bench_cmd(models, device, batch, size, warmup, iters, duration, threads, precision, reference,
+              sgemm, json_path, md_path, plot_path, suite, no_progress):
+    """Latency per stage, throughput and memory of MODEL artifacts (MODEL@bf16 for a precision)."""
+    from ..bench.benchmark import benchmark, format_markdown
+
+    if suite:
+        from ..bench.suite import run_suite
+
+        report = run_suite(suite, progress=not no_progress)
+        click.echo(format_markdown(report))
+        return
+    if not models:
+        raise CitysegError("give MODEL artifacts to bench (or --suite FILE)")
+    if iters is not None and duration is not None:
+        raise CitysegError("--iters and --duration exclude each other; give one")
+    sizes = [parse_size(s) for s in size.split(",")] if size else [None]
+    report = benchmark(list(models), device=device, batches=_int_list(batch, "--batch"), sizes=sizes,
+                       warmup=warmup, iters=iters if iters is not None else (None if duration else 20),
+                       duration=duration, threads=threads, precision=precision, reference=reference,
+                       sgemm=sgemm, progress=not no_progress, json_path=json_path, md_path=md_path,
+                       plot_path=plot_path)
+    click.echo(format_markdown(report))
+    failed = [r for r in report["results"] if r["status"] != "ok"]
+    if failed:
+        click.echo(f"{len(failed)} of {len(report['results'])} rows failed (see the note column)", err=True)

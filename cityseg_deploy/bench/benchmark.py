@@ -1,0 +1,389 @@
+"""``cityseg bench``: per-stage latency, throughput and memory of artifacts, side by side.
+
+A row per artifact x batch x size.  Each row loads the artifact through the same
+:func:`cityseg_deploy.runtime.load` as every other stage, warms up, then times whole
+``Segmenter.run`` calls with a :class:`~.timing.StageTimer` (CUDA events on a GPU): preprocess,
+host→device, compute, device→host (incl. argmax), postprocess and end to end.  A backend that
+fails (missing library, unsupported precision, static shape) becomes a ``failed`` row with the
+reason and the sweep goes on.  Throughputs are compared as ratios to a reference row measured in
+the same run, because the machines change.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import CitysegError
+from ..fileio import atomic_path, write_text_atomic
+from .machine import load_average, machine_info, machine_line
+from .timing import StageTimer, stats
+
+STAGES = ("preprocess", "h2d", "compute", "d2h", "postprocess", "end_to_end")
+
+
+def path_mb(path: str | os.PathLike) -> float | None:
+    path = Path(path)
+    if path.is_file():
+        return round(path.stat().st_size / 2**20, 2)
+    if path.is_dir():
+        return round(sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20, 2)
+    return None
+
+
+# ---- host memory without psutil: /proc/self/status VmRSS / VmHWM ---------------------------
+def _proc_status_kb(key: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def rss_mb() -> float | None:
+    kb = _proc_status_kb("VmRSS")
+    return kb / 1024 if kb is not None else None
+
+
+def peak_rss_mb() -> float | None:
+    kb = _proc_status_kb("VmHWM")
+    return kb / 1024 if kb is not None else None
+
+
+def model_flops(meta, size: Sequence[int]) -> int | None:
+    """FLOPs of one forward at ``size`` (counted on the meta device; None when not countable)."""
+    try:
+        import torch
+
+        from ..models.flops import count_flops
+        from ..models.registry import build_model
+
+        with torch.device("meta"):
+            net = build_model(meta.arch, **meta.arch_args)
+        return count_flops(net, size)
+    except Exception:
+        return None
+
+
+def _images(batch: int, size: Sequence[int], seed: int = 0) -> np.ndarray:
+    """A batch of smooth random images (not pure noise: resizes and codecs behave normally)."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    h, w = int(size[0]), int(size[1])
+    small = rng.integers(0, 256, (batch, max(2, h // 16), max(2, w // 16), 3), dtype=np.uint8)
+    return np.stack([cv2.resize(im, (w, h), interpolation=cv2.INTER_LINEAR) for im in small])
+
+
+class PlainOpenVINO:
+    """Reference row: raw ``core.compile_model`` + ``infer`` on a pre-normalised float tensor.
+
+    No resize, no normalisation, no argmax: what OpenVINO alone does with the same IR, to show
+    what the project's Segmenter adds end to end (uint8 image in, labels out).
+    """
+
+    backend = "openvino-plain"
+
+    def __init__(self, path, *, threads: int | None = None, precision: str | None = None, **_):
+        import openvino as ov
+
+        from ..artifacts import openvino_files, read_artifact_meta
+
+        self.meta, self.io = read_artifact_meta(path)
+        self.path = Path(path)
+        self.device = "cpu"
+        self.precision = precision or self.io.get("precision", "fp32")
+        xml, _, _ = openvino_files(path)
+        config = {"INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
+                  "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        self.compiled = ov.Core().compile_model(str(xml), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.input_size = tuple(self.io.get("size") or self.meta.input_size)
+        self._x = None
+
+    def run(self, images, *, want_logits=False, timer=None):
+        from ..runtime.base import normalise_nchw
+
+        if self._x is None or self._x.shape[0] != len(images):
+            self._x = normalise_nchw(np.asarray(images), self.meta.mean, self.meta.std)
+        with timer.stage("compute"):
+            self.request.infer({0: self._x})
+        return None, None, False
+
+    def describe(self):
+        return {"backend": self.backend, "precision": self.precision}
+
+    def close(self):
+        self.request = None
+
+
+RUNNERS = {"segmenter": None, "plain_openvino": PlainOpenVINO}
+
+
+def _load(spec: str, runner: str, *, device, precision, threads, size, options):
+    from .. import runtime
+
+    if runner in (None, "segmenter"):
+        if size is not None:
+            options = dict(options, size=tuple(size))
+        return runtime.load(spec, device=device, precision=precision, threads=threads, **options)
+    cls = RUNNERS.get(runner)
+    if cls is None:
+        raise CitysegError(f"runner {runner!r}: choose one of {', '.join(RUNNERS)}")
+    path, spec_precision = runtime.parse_model_spec(spec)
+    return cls(path, threads=threads, precision=precision or spec_precision, **options)
+
+
+def bench_one(spec: str, *, device: str = "cpu", batch: int = 1, size: Sequence[int] | None = None,
+              warmup: int = 3, iters: int | None = 20, duration: float | None = None,
+              threads: int | None = None, precision: str | None = None, runner: str | None = None,
+              label: str | None = None, options: dict | None = None) -> dict[str, Any]:
+    """One row of the bench JSON; never raises for a failing backend (status ``failed``)."""
+    from ..runtime import parse_model_spec
+
+    path, spec_precision = parse_model_spec(spec)
+    row: dict[str, Any] = {
+        "model": label or Path(path).name + (f"@{precision or spec_precision}" if (precision or spec_precision) else ""),
+        "path": str(path), "backend": None, "precision": precision or spec_precision, "device": device,
+        "batch": int(batch), "size": list(size) if size else None, "status": "failed", "error": None,
+        "latency_ms": None, "throughput_fps": None, "peak_mem_mb": None, "file_mb": path_mb(path),
+    }
+    seg = None
+    try:
+        import torch
+
+        cuda = str(device).startswith("cuda")
+        gc.collect()
+        reset_peak_rss()
+        rss0 = rss_mb()
+        if cuda and torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+            dev_mem0 = torch.cuda.memory_allocated()
+        seg = _load(spec, runner, device=device, precision=precision, threads=threads, size=size,
+                    options=options or {})
+        row["backend"] = seg.backend
+        row["precision"] = seg.precision
+        row["detail"] = seg.describe()
+        run_size = tuple(size) if size else tuple(seg.input_size)
+        row["size"] = list(run_size)
+        images = _images(int(batch), run_size)
+        timer = StageTimer(device if cuda else "cpu")
+        for _ in range(max(0, int(warmup))):
+            timer.begin()
+            seg.run(images, timer=timer)
+            timer.step()
+        timer.reset()
+        t_end = time.perf_counter() + duration if duration else None
+        count = 0
+        while True:
+            timer.begin()
+            seg.run(images, timer=timer)
+            timer.step()
+            count += 1
+            if t_end is not None:
+                if time.perf_counter() >= t_end and count >= 2:
+                    break
+            elif count >= max(1, int(iters or 1)):
+                break
+        summary = timer.summary()
+        row["latency_ms"] = summary["end_to_end"]
+        row["stages"] = {k: summary[k] for k in STAGES if k in summary}
+        row["iters"] = count
+        row["throughput_fps"] = 1000.0 * int(batch) / row["latency_ms"]["mean"]
+        host_peak = peak_rss_mb()
+        row["host_peak_rss_mb"] = round(host_peak - rss0, 1) if host_peak and rss0 else None
+        row["peak_mem_mb"] = row["host_peak_rss_mb"]
+        if cuda and torch.cuda.is_available():
+            row["device_peak_mb"] = round((torch.cuda.max_memory_allocated() - dev_mem0) / 2**20, 1)
+            row["peak_mem_mb"] = row["device_peak_mb"]
+        flops = model_flops(seg.meta, run_size)
+        if flops:
+            row["gflops"] = flops * int(batch) / 1e9
+            compute = summary.get("compute", summary["end_to_end"])["median"]
+            row["gflops_per_s"] = row["gflops"] / (summary["end_to_end"]["median"] / 1e3)
+            row["compute_gflops_per_s"] = row["gflops"] / (compute / 1e3)
+        row["status"] = "ok"
+    except Exception as exc:  # one failing backend must not abort the others
+        message = str(exc).splitlines()[0][:300] if str(exc) else ""
+        row["error"] = message if isinstance(exc, CitysegError) else f"{type(exc).__name__}: {message}"
+    finally:
+        if seg is not None:
+            try:
+                seg.close()
+            except Exception:
+                pass
+        del seg
+        gc.collect()
+    return row
+
+
+def _parse_entry(entry) -> dict[str, Any]:
+    if isinstance(entry, dict):
+        return dict(entry)
+    return {"model": str(entry)}
+
+
+def add_ratios(results: list[dict], reference: str | None = None, sgemm: float | None = None) -> None:
+    """``ratio`` = throughput / the reference row's (same batch and size); ``sgemm_fraction``."""
+    ok = [r for r in results if r["status"] == "ok"]
+    for r in results:
+        ref = None
+        same = [o for o in ok if o["batch"] == r["batch"] and o["size"] == r["size"]]
+        if reference is not None:
+            ref = next((o for o in same if o["model"] == reference), None)
+        elif same:
+            ref = same[0]
+        r["reference"] = ref["model"] if ref else None
+        r["ratio"] = (r["throughput_fps"] / ref["throughput_fps"]
+                      if ref and r["status"] == "ok" else None)
+        if sgemm and r.get("gflops_per_s"):
+            r["sgemm_fraction"] = r["gflops_per_s"] / sgemm
+
+
+def benchmark(models: Sequence, *, device: str = "cpu", batches: Sequence[int] = (1,),
+              sizes: Sequence[Sequence[int] | None] = (None,), warmup: int = 3,
+              iters: int | None = 20, duration: float | None = None, threads: int | None = None,
+              precision: str | None = None, reference: str | None = None,
+              sgemm: bool = False, progress: bool = True, json_path=None, md_path=None,
+              plot_path=None, title: str | None = None) -> dict:
+    """Measure every model (path, ``path@precision`` or a dict with ``model``, ``label``,
+    ``precision``, ``runner``, ``options``) at every batch x size; returns the bench JSON dict."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    machine = machine_info(threads)
+    entries = [_parse_entry(m) for m in models]
+    if not entries:
+        raise CitysegError("bench needs at least one MODEL")
+    settings = [(b, s) for s in (sizes or (None,)) for b in (batches or (1,))]
+    total = len(entries) * len(settings)
+    results = []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc="bench", unit="row", dynamic_ncols=True)
+    for entry in entries:
+        for b, s in settings:
+            if bar is not None:
+                bar.set_postfix_str(f"{entry.get('label') or Path(str(entry['model'])).name} b{b}")
+            row = bench_one(str(entry["model"]), device=device, batch=b, size=s, warmup=warmup,
+                            iters=iters, duration=duration, threads=threads,
+                            precision=entry.get("precision", precision), runner=entry.get("runner"),
+                            label=entry.get("label"), options=entry.get("options"))
+            results.append(row)
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    sgemm_rate = None
+    if sgemm:
+        from .gemm import sgemm_gflops
+
+        sgemm_rate = sgemm_gflops(device="cuda" if str(device).startswith("cuda") else "cpu",
+                                  threads=threads)
+        machine["sgemm_gflops"] = sgemm_rate
+    machine["load_average_end"] = load_average()
+    add_ratios(results, reference, sgemm_rate)
+    report = {"machine": machine, "settings": {"device": device, "warmup": warmup, "iters": iters,
+                                               "duration": duration, "threads": threads},
+              "results": results}
+    if title:
+        report["title"] = title
+    if json_path:
+        write_text_atomic(json_path, json.dumps(report, indent=2, default=str) + "\n")
+    if md_path:
+        write_text_atomic(md_path, format_markdown(report))
+    if plot_path:
+        plot(report, plot_path)
+    return report
+
+
+def _ms(row, key="mean", stage="end_to_end") -> str:
+    st = (row.get("stages") or {}).get(stage) if stage != "end_to_end" else row.get("latency_ms")
+    return f"{st[key]:.1f}" if st else "–"
+
+
+def format_markdown(report: dict) -> str:
+    """One table, a row per artifact x setting, ranked within the run by the ratio column."""
+    m = report["machine"]
+    lines = []
+    if report.get("title"):
+        lines += [f"# {report['title']}", ""]
+    lines += [f"Machine: {machine_line(m)}" + (f"; sgemm {m['sgemm_gflops']:.0f} GFLOP/s"
+                                                if m.get("sgemm_gflops") else ""), ""]
+    has_sgemm = any(r.get("sgemm_fraction") for r in report["results"])
+    head = ["model", "backend", "precision", "device", "batch", "size", "status", "mean ms", "p50 ms",
+            "p99 ms", "pre ms", "compute ms", "d2h ms", "fps", "x ref", "GFLOP/s"]
+    if has_sgemm:
+        head.append("% sgemm")
+    head += ["peak MB", "file MB", "note"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 7 + ["---:"] * (len(head) - 8) + ["---"]) + "|"]
+    for r in report["results"]:
+        ok = r["status"] == "ok"
+        cells = [r["model"], r["backend"] or "–", r["precision"] or "–", r["device"], str(r["batch"]),
+                 "x".join(map(str, r["size"])) if r["size"] else "–", r["status"],
+                 _ms(r), _ms(r, "median"), _ms(r, "p99"), _ms(r, "mean", "preprocess"),
+                 _ms(r, "mean", "compute"), _ms(r, "mean", "d2h"),
+                 f"{r['throughput_fps']:.2f}" if ok else "–",
+                 f"{r['ratio']:.2f}x" if r.get("ratio") else "–",
+                 f"{r['gflops_per_s']:.0f}" if r.get("gflops_per_s") else "–"]
+        if has_sgemm:
+            cells.append(f"{100 * r['sgemm_fraction']:.0f}%" if r.get("sgemm_fraction") else "–")
+        cells += [f"{r['peak_mem_mb']:.0f}" if r.get("peak_mem_mb") is not None else "–",
+                  f"{r['file_mb']:.1f}" if r.get("file_mb") is not None else "–",
+                  (r.get("error") or "").replace("|", "/")]
+        lines.append("| " + " | ".join(cells) + " |")
+    ref = next((r["reference"] for r in report["results"] if r.get("reference")), None)
+    if ref:
+        lines += ["", f"x ref = throughput / throughput of `{ref}` at the same batch and size, same run."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """Horizontal bars of throughput per row (failed rows drawn empty and marked)."""
+    from ..metrics.plots import _pyplot
+
+    plt = _pyplot()
+    rows = report["results"]
+    labels = [f"{r['model']} b{r['batch']} {'x'.join(map(str, r['size'])) if r['size'] else ''}" for r in rows]
+    values = [r["throughput_fps"] if r["status"] == "ok" else 0.0 for r in rows]
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.5))
+    y = np.arange(len(rows))
+    bars = ax.barh(y, values, color=["tab:blue" if r["status"] == "ok" else "tab:gray" for r in rows])
+    for bar, r in zip(bars, rows):
+        text = (f"{r['throughput_fps']:.2f} fps" + (f" ({r['ratio']:.2f}x)" if r.get("ratio") else "")
+                if r["status"] == "ok" else "failed")
+        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, " " + text, va="center", fontsize=8)
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("throughput (images/s)")
+    ax.set_title((report.get("title") or "cityseg bench") + f"\n{report['machine']['cpu']}", fontsize=9)
+    ax.set_xlim(0, max(values + [1e-9]) * 1.35)
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return path

@@ -1,0 +1,236 @@
+"""``cityseg check``: is a candidate artifact as accurate as its baseline?
+
+One pass per model over the split (baseline first), every model scored with the same confusion
+matrix engine; for each candidate: the metric deltas vs the baseline (Table 2 rows), its pixel
+agreement with the baseline's labels, and — where both expose logits at the same size — logit
+error statistics as Polygraphy's comparator reports them (max / mean / median / p99 absolute
+error, max relative error), over the first ``logit_images`` images.  Comparison is kept apart
+from running: the runs produce labels and logits, :func:`logit_error` and :func:`compare` judge.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+
+from ..errors import CitysegError
+from ..fileio import atomic_path, write_text_atomic
+from ..metrics.tables import table1_markdown, table2_markdown, write_tables
+from .evaluate import run_split
+from ..metrics.tables import eval_json
+
+DELTA_KEYS = ("per_pixel", "micro", "macro", "weighted", "miou")
+_MAX_PERCENTILE_SAMPLES = 4_000_000
+
+
+def _flat(result: dict) -> dict[str, float]:
+    return {"per_pixel": result["per_pixel"], **{k: result["jaccard"][k] for k in ("micro", "macro", "weighted")},
+            "miou": result["miou"]}
+
+
+def delta(candidate: dict, baseline: dict) -> dict[str, float]:
+    """Candidate minus baseline for per_pixel, micro, macro, weighted, miou (fractions)."""
+    c, b = _flat(candidate), _flat(baseline)
+    return {k: float(c[k] - b[k]) for k in DELTA_KEYS}
+
+
+class LogitError:
+    """Streaming |candidate - baseline| statistics (exact max/mean, p99 on a strided sample)."""
+
+    def __init__(self):
+        self.max_abs = 0.0
+        self.sum_abs = 0.0
+        self.count = 0
+        self.max_ref = 0.0
+        self.images = 0
+        self.samples: list[np.ndarray] = []
+
+    def update(self, candidate: np.ndarray, baseline: np.ndarray) -> None:
+        diff = np.abs(candidate.astype(np.float32) - baseline.astype(np.float32)).ravel()
+        self.max_abs = max(self.max_abs, float(diff.max()))
+        self.sum_abs += float(diff.sum(dtype=np.float64))
+        self.count += diff.size
+        self.max_ref = max(self.max_ref, float(np.abs(baseline).max()))
+        self.images += 1
+        stride = max(1, diff.size * 8 // _MAX_PERCENTILE_SAMPLES)
+        self.samples.append(diff[::stride])
+
+    def result(self) -> dict[str, Any] | None:
+        if not self.count:
+            return None
+        sample = np.concatenate(self.samples)
+        med, p99 = np.percentile(sample, [50, 99])
+        return {"max_abs": self.max_abs, "mean_abs": self.sum_abs / self.count,
+                "median_abs": float(med), "p99_abs": float(p99),
+                "max_rel": self.max_abs / self.max_ref if self.max_ref else None,
+                "images": self.images}
+
+
+def _names(specs: Sequence[str]) -> list[str]:
+    names, seen = [], {}
+    for spec in specs:
+        from ..runtime import parse_model_spec
+
+        path, precision = parse_model_spec(spec)
+        name = Path(path).name + (f"@{precision}" if precision else "")
+        seen[name] = seen.get(name, 0) + 1
+        names.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return names
+
+
+def check(baseline, candidates: Sequence, data_root: str | os.PathLike, *, split: str = "val",
+          device: str = "cpu", threads: int | None = None, batch: int = 1,
+          max_miou_drop: float | None = None, out: str | os.PathLike | None = None,
+          json_path: str | os.PathLike | None = None, logit_images: int = 4,
+          progress: bool = True, label_set: str | None = None) -> dict:
+    """Compare ``candidates`` with ``baseline`` on ``split``; returns the check JSON dict.
+
+    Models are paths or ``path@precision`` specs.  ``max_miou_drop`` (percentage points) adds
+    ``gate`` = ``{"max_miou_drop", "passed", "failures": [...]}``.  ``out``: folder for
+    Markdown/CSV tables, the JSON and the per-class delta plot.
+    """
+    from .. import runtime
+
+    if not candidates:
+        raise CitysegError("check needs at least one CANDIDATE besides the BASELINE")
+    specs = [str(baseline), *[str(c) for c in candidates]]
+    names = _names(specs)
+    base_labels: dict[str, bytes] = {}
+    base_logits: dict[str, np.ndarray] = {}
+    results: dict[str, dict] = {}
+    docs: list[dict] = []
+    base_seg = None
+    for k, (spec, name) in enumerate(zip(specs, names)):
+        seg = runtime.load(spec, device=device, threads=threads)
+        if base_seg is None:
+            base_seg = seg
+        elif seg.meta.num_classes != base_seg.meta.num_classes:
+            raise CitysegError(f"{spec}: predicts {seg.meta.num_classes} classes, the baseline "
+                               f"{base_seg.meta.num_classes}; compare models of one class set")
+        agree = [0, 0]
+        err = LogitError()
+
+        def on_prediction(sample, image, labels, logits, _k=k, _agree=agree, _err=err):
+            if _k == 0:
+                ok, buf = cv2.imencode(".png", labels)
+                base_labels[sample.stem] = buf.tobytes()
+                if logits is not None:
+                    base_logits[sample.stem] = logits
+                return
+            ref = cv2.imdecode(np.frombuffer(base_labels[sample.stem], np.uint8), cv2.IMREAD_UNCHANGED)
+            _agree[0] += int((ref == labels).sum())
+            _agree[1] += labels.size
+            ref_logits = base_logits.get(sample.stem)
+            if logits is not None and ref_logits is not None and ref_logits.shape == logits.shape:
+                _err.update(logits, ref_logits)
+
+        cm = run_split(seg, data_root, split=split, label_set=label_set, batch=batch,
+                       progress=progress, desc=f"check {name}", on_prediction=on_prediction,
+                       want_logits=lambda index: index < logit_images)
+        result = cm.compute(seg.meta.class_names)
+        results[name] = result
+        doc = eval_json(result, name)
+        doc.update(path=spec, backend=seg.backend, precision=seg.precision, device=seg.device, split=split)
+        if k > 0:
+            doc["delta"] = delta(result, results[names[0]])
+            doc["agreement"] = agree[0] / agree[1] if agree[1] else None
+            doc["logit_error"] = err.result()
+        docs.append(doc)
+        if seg is not base_seg:
+            seg.close()
+    report: dict[str, Any] = {"baseline": docs[0], "candidates": docs[1:]}
+    if max_miou_drop is not None:
+        failures = []
+        for doc in docs[1:]:
+            drop = -100.0 * doc["delta"]["miou"]
+            if drop > max_miou_drop:
+                failures.append(f"{doc['model']}: mIoU {100 * doc['miou']:.2f} vs baseline "
+                                f"{100 * docs[0]['miou']:.2f}, a drop of {drop:.2f} pts > "
+                                f"{max_miou_drop:g} allowed")
+        report["gate"] = {"max_miou_drop": max_miou_drop, "passed": not failures, "failures": failures}
+    report["markdown"] = format_markdown(report, results)
+    if out is not None:
+        write_outputs(report, results, out)
+    if json_path is not None:
+        write_text_atomic(json_path, json.dumps(_json_doc(report), indent=2) + "\n")
+    return report
+
+
+def _json_doc(report: dict) -> dict:
+    return {k: v for k, v in report.items() if k != "markdown"}
+
+
+def _fmt(v, scale=1.0, digits=4) -> str:
+    return "–" if v is None else f"{v * scale:.{digits}g}" if scale == 1.0 else f"{v * scale:+.2f}"
+
+
+def candidates_markdown(report: dict) -> str:
+    rows = ["| candidate | backend | precision | ΔmIoU (pts) | Δper-pixel (pts) | agreement (%) | "
+            "logit max abs | mean abs | p99 abs | max rel |",
+            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for c in report["candidates"]:
+        e = c.get("logit_error") or {}
+        agreement = "–" if c.get("agreement") is None else f"{100 * c['agreement']:.3f}"
+        rows.append(f"| {c['model']} | {c['backend']} | {c['precision']} | {_fmt(c['delta']['miou'], 100)} | "
+                    f"{_fmt(c['delta']['per_pixel'], 100)} | {agreement} | {_fmt(e.get('max_abs'))} | "
+                    f"{_fmt(e.get('mean_abs'))} | {_fmt(e.get('p99_abs'))} | {_fmt(e.get('max_rel'))} |")
+    return "\n".join(rows) + "\n"
+
+
+def format_markdown(report: dict, results: dict[str, dict]) -> str:
+    parts = [f"## Table 2: overall (baseline {report['baseline']['model']})\n", table2_markdown(results),
+             "\n## Candidates vs baseline\n", candidates_markdown(report),
+             "\n## Table 1: per-class IoU\n", table1_markdown(results)]
+    gate = report.get("gate")
+    if gate:
+        parts.append(f"\nGate (max mIoU drop {gate['max_miou_drop']:g} pts): "
+                     f"{'passed' if gate['passed'] else 'FAILED'}\n")
+        parts.extend(f"- {f}\n" for f in gate["failures"])
+    return "".join(parts)
+
+
+def plot_class_delta(report: dict, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """Per-class IoU delta (points) of each candidate vs the baseline, grouped bars."""
+    from ..metrics.plots import _pyplot
+
+    plt = _pyplot()
+    base = report["baseline"]["per_class_iou"]
+    classes = list(base)
+    x = np.arange(len(classes))
+    cands = report["candidates"]
+    width = 0.8 / max(1, len(cands))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(classes) + 2), 4))
+    for k, c in enumerate(cands):
+        vals = [np.nan if (c["per_class_iou"].get(n) is None or base[n] is None)
+                else 100.0 * (c["per_class_iou"][n] - base[n]) for n in classes]
+        ax.bar(x + (k - (len(cands) - 1) / 2) * width, vals, width,
+               label=f"{c['model']} (ΔmIoU {100 * c['delta']['miou']:+.2f})")
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(x, classes, rotation=60, ha="right")
+    ax.set_ylabel("IoU - baseline IoU (pts)")
+    ax.set_title(f"Per-class IoU delta vs {report['baseline']['model']}")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return path
+
+
+def write_outputs(report: dict, results: dict[str, dict], out: str | os.PathLike) -> list[str]:
+    """check.json, check.md, check_table{1,2}.{md,csv}, check_delta.png under ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = write_tables(out / "check", results)
+    write_text_atomic(out / "check.json", json.dumps(_json_doc(report), indent=2) + "\n")
+    write_text_atomic(out / "check.md", report["markdown"])
+    plot_class_delta(report, out / "check_delta.png")
+    written += [str(out / "check.json"), str(out / "check.md"), str(out / "check_delta.png")]
+    return written

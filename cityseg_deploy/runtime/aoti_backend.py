@@ -1,0 +1,68 @@
+"""AOTInductor runner for a ``.pt2`` package (``torch._inductor.aoti_load_package``).
+
+The package is compiled for one device (its sidecar's ``io["device"]``, cpu by default) and, for
+static exports, one input shape; the metadata sidecar says which.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..artifacts import read_artifact_meta
+from ..errors import CitysegError
+from .base import Segmenter, check_precision
+
+
+class AOTISegmenter(Segmenter):
+    backend = "aoti"
+
+    def __init__(self, path: str | os.PathLike, *, device: str = "cpu", precision: str | None = None,
+                 threads: int | None = None, size: Sequence[int] | None = None, **_: Any):
+        import torch
+
+        meta, io = read_artifact_meta(path)
+        precision = check_precision(precision)
+        if precision and precision != io.get("precision", "fp32"):
+            raise CitysegError(f"{path}: this package is {io.get('precision', 'fp32')}; "
+                               f"export a {precision} package instead")
+        built_for = str(io.get("device", "cpu")).split(":")[0]
+        wanted = str(device).split(":")[0]
+        if built_for != wanted:
+            raise CitysegError(f"{path}: an AOTInductor package compiled for {built_for}, asked to run "
+                               f"on {device}; export it again with --device {wanted}")
+        if wanted == "cuda" and not torch.cuda.is_available():
+            raise CitysegError(f"{path}: compiled for CUDA but no CUDA GPU is visible")
+        super().__init__(path, meta, io, device=str(device), precision=io.get("precision", "fp32"),
+                         threads=threads, size=size)
+        if threads:
+            torch.set_num_threads(int(threads))
+        try:
+            from torch._inductor import aoti_load_package
+
+            self.runner = aoti_load_package(str(path))
+        except Exception as exc:
+            raise CitysegError(f"{path}: not a loadable AOTInductor package ({type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); re-export it "
+                               f"with this torch ({torch.__version__})") from None
+        self.torch_device = torch.device(str(device) if wanted == "cuda" else "cpu")
+
+    def to_device(self, x: np.ndarray):
+        import torch
+
+        t = torch.from_numpy(x)
+        if self.torch_device.type == "cuda":
+            t = t.pin_memory().to(self.torch_device, non_blocking=True)
+        return t
+
+    def compute(self, x):
+        import torch
+
+        with torch.inference_mode():
+            out = self.runner(x)
+        if isinstance(out, (list, tuple)):
+            out = out[0]
+        if isinstance(out, dict):
+            out = out.get("out", next(iter(out.values())))
+        return out

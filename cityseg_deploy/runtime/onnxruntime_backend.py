@@ -1,0 +1,125 @@
+"""ONNX Runtime runner: CPU EP, or CUDA/TensorRT EPs with I/O binding when onnxruntime-gpu is there.
+
+Precision lives in the graph (fp32, fp16 with fp32 I/O, int8 QDQ); the runner reads it from the
+metadata and refuses a request for another.  On CUDA the input is uploaded once into a torch CUDA
+tensor and bound, the output is bound to a torch CUDA tensor, and argmax runs there: nothing
+bounces through the host but the final uint8 labels.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..artifacts import read_artifact_meta
+from ..errors import CitysegError
+from .base import Segmenter, check_precision
+
+ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8,
+             "tensor(int64)": np.int64, "tensor(int32)": np.int32}
+
+
+def _import_ort():
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise CitysegError("onnxruntime is not installed; pip install 'cityseg-deploy[cpu]' "
+                           "(or onnxruntime-gpu for CUDA)") from None
+    return ort
+
+
+class OnnxRuntimeSegmenter(Segmenter):
+    backend = "onnxruntime"
+
+    def __init__(self, path: str | os.PathLike, *, device: str = "cpu", precision: str | None = None,
+                 threads: int | None = None, size: Sequence[int] | None = None,
+                 tensorrt_ep: bool = False, providers: list | None = None, **_: Any):
+        ort = _import_ort()
+        meta, io = read_artifact_meta(path)
+        precision = check_precision(precision)
+        if precision and precision != io.get("precision", "fp32"):
+            raise CitysegError(f"{path}: this ONNX graph is {io.get('precision', 'fp32')}; precision "
+                               f"is fixed by the graph — export a {precision} graph instead")
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        if threads:
+            so.intra_op_num_threads = int(threads)
+            so.inter_op_num_threads = 1
+        available = ort.get_available_providers()
+        self.cuda = str(device).startswith("cuda")
+        if providers is None:
+            if self.cuda:
+                if "CUDAExecutionProvider" not in available:
+                    raise CitysegError(f"device {device}: this onnxruntime has no CUDA provider "
+                                       f"(has {', '.join(available)}); pip install onnxruntime-gpu")
+                dev_id = int(str(device).split(":")[1]) if ":" in str(device) else 0
+                providers = [("CUDAExecutionProvider", {"device_id": dev_id}), "CPUExecutionProvider"]
+                if tensorrt_ep and "TensorrtExecutionProvider" in available:
+                    providers.insert(0, ("TensorrtExecutionProvider", {"device_id": dev_id,
+                                                                       "trt_fp16_enable": io.get("precision") == "fp16"}))
+            elif str(device) != "cpu":
+                raise CitysegError(f"device {device!r}: use cpu or cuda")
+            else:
+                providers = ["CPUExecutionProvider"]
+        try:
+            self.session = ort.InferenceSession(str(path), so, providers=providers)
+        except Exception as exc:
+            raise CitysegError(f"{path}: onnxruntime cannot load this graph ({type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0][:200]}); re-export it") from None
+        inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
+        self.in_name, self.out_name = inp.name, out.name
+        self.in_dtype = ORT_TYPES.get(inp.type, np.float32)
+        self.out_dtype = ORT_TYPES.get(out.type, np.float32)
+        self.out_rank = len(out.shape)
+        dynamic = any(not isinstance(d, int) for d in inp.shape)
+        io = dict(io)
+        io["dynamic"] = bool(io.get("dynamic", False) or dynamic)
+        if io.get("input") is None:
+            io["input"] = "uint8_nhwc" if self.in_dtype == np.uint8 else "float_nchw"
+        if not dynamic and isinstance(inp.shape[0], int):
+            io["batch"] = inp.shape[0]
+        super().__init__(path, meta, io, device=str(device), precision=io.get("precision", "fp32"),
+                         threads=threads, size=size)
+        if self.cuda:
+            import torch
+
+            self.torch_device = torch.device(str(device) if ":" in str(device) else "cuda:0")
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d["providers"] = self.session.get_providers()
+        return d
+
+    def to_device(self, x: np.ndarray):
+        if not self.cuda:
+            return x
+        import torch
+
+        return torch.from_numpy(x).pin_memory().to(self.torch_device, non_blocking=True)
+
+    def _out_shape(self, n: int) -> tuple[int, ...]:
+        h, w = self.input_size
+        if self.outputs_logits:
+            return (n, self.num_classes, h, w)
+        return (n, 1, h, w) if self.out_rank == 4 else (n, h, w)
+
+    def compute(self, x):
+        if not self.cuda:
+            return self.session.run([self.out_name], {self.in_name: x})[0]
+        import torch
+
+        x = x.contiguous()
+        out = torch.empty(self._out_shape(x.shape[0]), device=self.torch_device,
+                          dtype=torch.from_numpy(np.zeros(1, self.out_dtype)).dtype)
+        binding = self.session.io_binding()
+        idx = self.torch_device.index or 0
+        binding.bind_input(self.in_name, "cuda", idx, self.in_dtype, tuple(x.shape), x.data_ptr())
+        binding.bind_output(self.out_name, "cuda", idx, self.out_dtype, tuple(out.shape), out.data_ptr())
+        torch.cuda.current_stream().synchronize()  # the upload must land before ORT's stream reads it
+        self.session.run_with_iobinding(binding)
+        return out
+
+    def close(self) -> None:
+        self.session = None
