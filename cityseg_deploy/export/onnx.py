@@ -44,7 +44,9 @@ class ExportWrapper(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.preprocess:
-            x = (x.permute(0, 3, 1, 2).float() - self.mean255) / self.std255
+            # Cast first: TensorRT takes UINT8 only as a network input/output (Cast reads it),
+            # not as a Transpose input.
+            x = (x.float().permute(0, 3, 1, 2) - self.mean255) / self.std255
         y = self.model(x)
         if isinstance(y, dict):
             y = y["out"]

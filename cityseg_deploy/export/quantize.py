@@ -5,7 +5,8 @@ so int8 lives in the graph as QuantizeLinear/DequantizeLinear pairs (DESIGN.md).
 onnxruntime's ``quantize_static``:
 
 - QDQ format, per-channel int8 weights, int8 activations, both **symmetric** — TensorRT's parser
-  requires zero points of 0 (onnx-tensorrt docs/operators.md: Quantize/DequantizeLinear);
+  requires zero points of 0 (onnx-tensorrt docs/operators.md: Quantize/DequantizeLinear); biases
+  stay float (``QuantizeBias=False``): an int32 bias DequantizeLinear is not parseable by TensorRT;
 - MinMax calibration on ``--calib-images`` images of the train split of ``--calib-data``
   (a tqdm bar counts them);
 - the tensor ranges are cached in ``<out stem>.calib.json`` keyed by the graph (source checkpoint
@@ -119,7 +120,9 @@ def quantize(fp32_path: Path, out_path: Path, job: ExportJob, *, ort_cache: Path
             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude or None,
             calibration_cache_path=str(ort_cache),
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                           # int32 bias Q/DQ: TensorRT's DequantizeLinear takes INT8/FP8/INT4 only
+                           "QuantizeBias": False})
 
 
 def _mean_err(job: ExportJob, fp32_path: Path, int8_path: Path, images: np.ndarray) -> float:
