@@ -1,0 +1,403 @@
+"""``cityseg quickstart``: the whole toolchain, end to end, on the embedded synthetic default.
+
+data → train (three small recipes) → export (ONNX fp32 / int8, OpenVINO int8, AOTInductor) →
+check (Tables 1 and 2 against each PyTorch baseline) → bench (every artifact) → segment (a
+generated video with the best model) → ``DIR/report.md``.
+
+Each step is a function that reads what earlier steps wrote under ``DIR`` and records what it
+produced in ``DIR/quickstart.json``.  Re-running into the same ``DIR`` skips finished steps whose
+outputs still exist, so an interrupted quickstart resumes where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import CitysegError
+from .fileio import atomic_path, write_png, write_text_atomic
+
+#: The three networks of the report, as CPU-sized presets (recipes in ``training/``).
+MODELS = ("deeplabv3_small", "unet_small", "denseaspp_small")
+STATE_FILE = "quickstart.json"
+
+
+@dataclass
+class QuickstartConfig:
+    """Sizes that keep the whole run under ~10 minutes on 2 CPU cores."""
+
+    out: Path
+    models: tuple[str, ...] = MODELS
+    n_train: int = 48
+    n_val: int = 12
+    size: tuple[int, int] = (128, 256)
+    seed: int = 0
+    epochs: int | None = None          # None: each recipe's own
+    aoti: bool = True                  # AOTInductor compiles C++: ~1 min per model on 2 cores
+    bench_iters: int = 10
+    video_frames: int = 48
+    threads: int | None = None
+    progress: bool = True
+    log: Callable[[str], None] = print
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def data(self) -> Path:
+        return self.out / "data"
+
+
+class State:
+    """``DIR/quickstart.json``: which steps finished, what they produced, and how long they took."""
+
+    def __init__(self, out: Path):
+        self.path = out / STATE_FILE
+        self.steps: dict[str, dict[str, Any]] = {}
+        if self.path.is_file():
+            try:
+                self.steps = json.loads(self.path.read_text()).get("steps", {})
+            except ValueError:
+                self.steps = {}  # a damaged state file only costs a re-run
+
+    def done(self, step: str) -> dict[str, Any] | None:
+        record = self.steps.get(step)
+        if not record:
+            return None
+        if not all(Path(p).exists() for p in record.get("outputs", [])):
+            return None
+        return record
+
+    def finish(self, step: str, *, outputs: list[str], seconds: float, **info: Any) -> None:
+        self.steps[step] = {"outputs": outputs, "seconds": round(seconds, 2), **info}
+        write_text_atomic(self.path, json.dumps({"steps": self.steps}, indent=2, default=str) + "\n")
+
+
+def _step(cfg: QuickstartConfig, state: State, name: str, title: str,
+          body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``body`` unless ``name`` already finished; ``body`` returns ``{"outputs": [...], ...}``."""
+    record = state.done(name)
+    if record is not None:
+        cfg.log(f"[quickstart] {title}: done before, reused ({record['seconds']:.1f} s then)")
+        cfg.timings[name] = 0.0
+        return record
+    cfg.log(f"[quickstart] {title} ...")
+    start = time.perf_counter()
+    info = body()
+    seconds = time.perf_counter() - start
+    cfg.timings[name] = seconds
+    state.finish(name, seconds=seconds, **info)
+    cfg.log(f"[quickstart] {title}: {seconds:.1f} s")
+    return state.steps[name]
+
+
+# --------------------------------------------------------------------------- steps
+
+def step_data(cfg: QuickstartConfig) -> dict[str, Any]:
+    from .data.synth import synthesize
+
+    synthesize(cfg.data, n_train=cfg.n_train, n_val=cfg.n_val, size=cfg.size, seed=cfg.seed)
+    return {"outputs": [str(cfg.data / "leftImg8bit"), str(cfg.data / "gtFine")]}
+
+
+def step_train(cfg: QuickstartConfig, arch: str) -> dict[str, Any]:
+    from .training import fit
+    from .training.recipe import load_recipe
+
+    overrides: dict[str, Any] = {}
+    if cfg.epochs is not None:
+        overrides["epochs"] = cfg.epochs
+    recipe = load_recipe(arch, overrides)
+    run_dir = cfg.out / "runs" / arch
+    resume = (run_dir / "last.pt").is_file()
+    result = fit(recipe, cfg.data, run_dir, resume=resume, progress=cfg.progress,
+                 log=cfg.log, overwrite=not resume)
+    best = result["best"] or {}
+    return {"outputs": [str(run_dir / "best.pt")], "miou": best.get("miou"),
+            "best_epoch": result.get("best_epoch"), "epochs": result.get("epochs_run")}
+
+
+def _artifact_plan(cfg: QuickstartConfig) -> list[tuple[str, str, str]]:
+    """(label, format, precision) of every artifact exported per model."""
+    plan = [("onnx fp32", "onnx", "fp32"), ("onnx int8", "onnx", "int8"),
+            ("openvino int8", "openvino", "int8")]
+    if cfg.aoti:
+        plan.append(("aoti fp32", "aoti", "fp32"))
+    return plan
+
+
+def step_export(cfg: QuickstartConfig, arch: str) -> dict[str, Any]:
+    from .export import export
+
+    ckpt = cfg.out / "runs" / arch / "best.pt"
+    folder = cfg.out / "artifacts"
+    artifacts: dict[str, dict[str, Any]] = {}
+    for label, fmt, precision in _artifact_plan(cfg):
+        suffix = {"onnx": ".onnx", "aoti": ".pt2", "openvino": "_openvino_model"}[fmt]
+        out = folder / f"{arch}_{precision}{suffix}"
+        try:
+            result = export(ckpt, format=fmt, precision=precision, out=out,
+                            calib_data=cfg.data, data=cfg.data, log=cfg.log)
+        except CitysegError as exc:
+            # One failing format must not sink the others; the report shows the reason.
+            cfg.log(f"[quickstart] export {arch} {label} failed: {exc}")
+            artifacts[label] = {"status": "failed", "error": str(exc)}
+            continue
+        artifacts[label] = {"status": "ok", "path": str(result.path),
+                            "seconds": round(result.seconds, 2), "size_mb": round(result.size_mb, 3)}
+    outputs = [a["path"] for a in artifacts.values() if a["status"] == "ok"]
+    return {"outputs": outputs, "artifacts": artifacts}
+
+
+def step_check(cfg: QuickstartConfig, arch: str, artifacts: dict[str, dict]) -> dict[str, Any]:
+    from .evaluation.check import check
+
+    ckpt = cfg.out / "runs" / arch / "best.pt"
+    candidates = [a["path"] for a in artifacts.values() if a["status"] == "ok"]
+    out = cfg.out / "check" / arch
+    report = check(ckpt, candidates, cfg.data, out=out, json_path=out / "check.json",
+                   threads=cfg.threads, progress=cfg.progress)
+    return {"outputs": [str(out / "check.json")], "json": str(out / "check.json")}
+
+
+def step_bench(cfg: QuickstartConfig, entries: list[dict[str, Any]]) -> dict[str, Any]:
+    from .bench.benchmark import benchmark
+
+    out = cfg.out / "bench"
+    benchmark(entries, iters=cfg.bench_iters, warmup=2, threads=cfg.threads, progress=cfg.progress,
+              json_path=out / "bench.json", md_path=out / "bench.md", plot_path=out / "latency.png",
+              title="quickstart: every artifact, batch 1, model input size")
+    return {"outputs": [str(out / "bench.json"), str(out / "latency.png")]}
+
+
+def write_demo_video(path: Path, *, size: tuple[int, int], frames: int, seed: int, fps: float = 10.0) -> Path:
+    """A drive through one synthetic street (the data generator's moving camera), as MJPG AVI."""
+    import cv2
+
+    from .data.synth import render_frame, scene_params
+
+    params = scene_params(seed, size)
+    with atomic_path(path) as tmp:
+        # The temporary name must keep the container's extension for OpenCV to pick the muxer.
+        tmp_video = tmp.with_suffix(path.suffix)
+        writer = cv2.VideoWriter(str(tmp_video), cv2.VideoWriter_fourcc(*"MJPG"), fps,
+                                 (size[1], size[0]))
+        try:
+            for i in range(frames):
+                image, _ = render_frame(params, i / fps)
+                writer.write(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        finally:
+            writer.release()
+        os.replace(tmp_video, tmp)
+    return path
+
+
+def step_segment(cfg: QuickstartConfig, model: str) -> dict[str, Any]:
+    from . import runtime
+    from .video import PipelineOptions, VideoSource, run_source
+
+    video = write_demo_video(cfg.out / "video" / "drive.avi", size=cfg.size,
+                             frames=cfg.video_frames, seed=cfg.seed + 1000)
+    out = cfg.out / "video" / "drive_segmented.mp4"
+    segmenter = runtime.load(model, threads=cfg.threads)
+    try:
+        source = VideoSource(str(video)).open()
+        result = run_source(source, segmenter, out=out, opts=PipelineOptions(progress=cfg.progress))
+    finally:
+        segmenter.close()
+    # One frame of the output for the report (videos do not show in Markdown).
+    import cv2
+
+    cap = cv2.VideoCapture(str(out))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, min(20, cfg.video_frames - 1))
+    ok, frame = cap.read()
+    cap.release()
+    still = cfg.out / "video" / "drive_frame.png"
+    if ok:
+        write_png(still, frame)
+    return {"outputs": [str(out)], "model": model, "frames": result.frames,
+            "fps": result.pipeline_fps, "still": str(still) if ok else None}
+
+
+def sample_figure(cfg: QuickstartConfig, models: dict[str, str], path: Path, n: int = 3) -> Path:
+    """Image / ground truth / prediction of each model for ``n`` val images (the report's figure)."""
+    from . import runtime
+    from .data.cityscapes import CityscapesDataset
+    from .labels import get_label_set
+
+    import cv2
+
+    rows = []
+    segmenters = {arch: runtime.load(ckpt, threads=cfg.threads) for arch, ckpt in models.items()}
+    try:
+        datasets = {}
+        for i in range(n):
+            cells = []
+            for arch, seg in segmenters.items():
+                label_set = get_label_set(seg.meta.label_set)
+                ds = datasets.setdefault(label_set.name, CityscapesDataset(cfg.data, "val",
+                                                                           label_set=label_set.name))
+                image, truth = ds[i % len(ds)]
+                if not cells:
+                    cells.append(image)
+                cells.append(label_set.colorize(truth))
+                cells.append(label_set.colorize(seg.predict(image)))
+            rows.append(np.concatenate(cells, axis=1))
+    finally:
+        for seg in segmenters.values():
+            seg.close()
+    grid = np.concatenate(rows, axis=0)
+    write_png(path, grid, rgb=True)
+    return path
+
+
+# --------------------------------------------------------------------------- report
+
+def _machine_line() -> str:
+    from .bench.machine import machine_info
+
+    m = machine_info(None)
+    flags = ", ".join(m.get("cpu_flags") or []) or "none of the listed"
+    return f"{m.get('cpu')} ({m.get('threads')} threads; {flags}); {platform.python_version()}"
+
+
+def write_report(cfg: QuickstartConfig, state: State) -> Path:
+    """``DIR/report.md``: Table 2 and Table 1 per model, plots, speed, sample images, video."""
+    from .metrics.plots import plot_class_iou, plot_confusion
+    from .metrics.tables import table1_markdown, table2_markdown
+
+    out = cfg.out
+    rel = lambda p: os.path.relpath(p, out)  # noqa: E731
+    lines = ["# cityseg quickstart report", "",
+             f"Synthetic Cityscapes-layout data ({cfg.n_train} train / {cfg.n_val} val at "
+             f"{cfg.size[0]}x{cfg.size[1]}, seed {cfg.seed}); the three networks of the report as "
+             f"small CPU presets. Machine: {_machine_line()}.", ""]
+
+    baselines: dict[str, dict] = {}
+    for arch in cfg.models:
+        check_doc = json.loads(Path(state.steps[f"check:{arch}"]["json"]).read_text())
+        results = {check_doc["baseline"]["model"]: check_doc["baseline"]}
+        for cand in check_doc["candidates"]:
+            results[cand["model"]] = cand
+        baselines[arch] = check_doc["baseline"]
+        train = state.steps[f"train:{arch}"]
+        lines += [f"## {arch}", "",
+                  f"Trained {train.get('epochs')} epochs (best epoch {train.get('best_epoch')}); "
+                  f"training curves: ![curves]({rel(out / 'runs' / arch / 'curves.png')})", "",
+                  "**Table 2** (metrics × artifacts, %):", "", table2_markdown(results), "",
+                  "**Agreement with the PyTorch baseline** (fraction of pixels with the same label) "
+                  "and mIoU change:", "",
+                  "| artifact | backend | precision | agreement | Δ mIoU (pts) | logit error max / p99 |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for cand in check_doc["candidates"]:
+            err = cand.get("logit_error") or {}
+            err_text = (f"{err['max_abs']:.2e} / {err['p99_abs']:.2e}" if err.get("max_abs") is not None
+                        else "n/a (labels only)")
+            lines.append(f"| {cand['model']} | {cand.get('backend')} | {cand.get('precision')} | "
+                         f"{cand['agreement']:.4f} | {100 * cand['delta']['miou']:+.2f} | {err_text} |")
+        failed = {k: v for k, v in state.steps[f"export:{arch}"]["artifacts"].items()
+                  if v["status"] != "ok"}
+        for label, info in failed.items():
+            lines.append(f"| {label} | — | — | export failed: {info['error']} | | |")
+        lines += ["", "**Table 1** (per-class IoU, %):", "", table1_markdown(results), ""]
+
+    # Cross-model views: per-class IoU of the three baselines, confusion of the best one.
+    figures = out / "figures"
+    plot_class_iou({arch: doc for arch, doc in baselines.items()}, figures / "class_iou.png",
+                   title="Per-class IoU of the PyTorch baselines")
+    best_arch = max(baselines, key=lambda a: baselines[a]["miou"] or 0.0)
+    best = baselines[best_arch]
+    plot_confusion(best["confusion"], best["classes"], figures / "confusion.png",
+                   title=f"Confusion of {best_arch} (rows: truth, normalised)")
+    lines += ["## The three networks side by side", "",
+              "| network | classes | mIoU % | per-pixel % |", "| --- | --- | --- | --- |"]
+    for arch, doc in baselines.items():
+        lines.append(f"| {arch} | {doc['num_classes']} | {100 * doc['miou']:.2f} | "
+                     f"{100 * doc['per_pixel']:.2f} |")
+    lines += ["", "U-Net predicts the report's 10 merged classes, the others the 19 Cityscapes "
+              "classes, so their mIoUs are not on the same scale (as in the report).", "",
+              f"![per-class IoU]({rel(figures / 'class_iou.png')})", "",
+              f"![confusion]({rel(figures / 'confusion.png')})", ""]
+
+    sample = sample_figure(cfg, {a: str(out / "runs" / a / "best.pt") for a in cfg.models},
+                           figures / "samples.png")
+    lines += ["## Sample predictions", "",
+              "Each row: image, then ground truth / prediction for " + ", ".join(cfg.models) + ".",
+              "", f"![samples]({rel(sample)})", ""]
+
+    bench_md = (out / "bench" / "bench.md").read_text()
+    lines += ["## Speed", "", bench_md.strip(), "", f"![latency]({rel(out / 'bench' / 'latency.png')})", ""]
+
+    seg = state.steps.get("segment")
+    if seg:
+        lines += ["## Video", "",
+                  f"`cityseg segment` on a generated drive ({seg['frames']} frames) with "
+                  f"`{rel(seg['model'])}`: {seg['fps']:.1f} FPS end to end → "
+                  f"`{rel(seg['outputs'][0])}`.", ""]
+        if seg.get("still"):
+            lines += [f"![frame]({rel(seg['still'])})", ""]
+
+    total = sum(s.get("seconds", 0.0) for s in state.steps.values())
+    lines += ["## Steps and wall time", "", "| step | seconds |", "| --- | --- |"]
+    lines += [f"| {name} | {s.get('seconds', 0.0):.1f} |" for name, s in state.steps.items()]
+    lines += [f"| **total** | **{total:.1f}** |", ""]
+    report = out / "report.md"
+    write_text_atomic(report, "\n".join(lines))
+    return report
+
+
+# --------------------------------------------------------------------------- driver
+
+def _pick_video_model(cfg: QuickstartConfig, state: State) -> str:
+    """The most accurate network; its fastest artifact that keeps mIoU within 1 point."""
+    best_arch, best_miou = None, -1.0
+    for arch in cfg.models:
+        miou = state.steps[f"train:{arch}"].get("miou") or 0.0
+        if miou > best_miou:
+            best_arch, best_miou = arch, miou
+    check_doc = json.loads(Path(state.steps[f"check:{best_arch}"]["json"]).read_text())
+    bench_doc = json.loads((cfg.out / "bench" / "bench.json").read_text())
+    latency = {str(Path(r["model"]).resolve()): r["latency_ms"]["median"]
+               for r in bench_doc["results"] if r.get("status") == "ok"}
+    choice = str(cfg.out / "runs" / best_arch / "best.pt")
+    best_ms = latency.get(str(Path(choice).resolve()), float("inf"))
+    for cand in check_doc["candidates"]:
+        ms = latency.get(str(Path(cand["path"]).resolve()))
+        if ms is not None and ms < best_ms and -100 * cand["delta"]["miou"] <= 1.0:
+            choice, best_ms = cand["path"], ms
+    return choice
+
+
+def quickstart(cfg: QuickstartConfig) -> Path:
+    """Run every step (skipping finished ones) and return the report's path."""
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+    state = State(cfg.out)
+    start = time.perf_counter()
+    _step(cfg, state, "data", "synthetic data set", lambda: step_data(cfg))
+    for arch in cfg.models:
+        _step(cfg, state, f"train:{arch}", f"train {arch}", lambda a=arch: step_train(cfg, a))
+    bench_entries: list[dict[str, Any]] = []
+    for arch in cfg.models:
+        exported = _step(cfg, state, f"export:{arch}", f"export {arch}",
+                         lambda a=arch: step_export(cfg, a))
+        _step(cfg, state, f"check:{arch}", f"check {arch}",
+              lambda a=arch, e=exported: step_check(cfg, a, e["artifacts"]))
+        bench_entries.append({"model": str(cfg.out / "runs" / arch / "best.pt"),
+                              "label": f"{arch} torch fp32"})
+        for label, info in exported["artifacts"].items():
+            if info["status"] == "ok":
+                bench_entries.append({"model": info["path"], "label": f"{arch} {label}"})
+    _step(cfg, state, "bench", "benchmark every artifact", lambda: step_bench(cfg, bench_entries))
+    _step(cfg, state, "segment", "segment a generated video",
+          lambda: step_segment(cfg, _pick_video_model(cfg, state)))
+    report = write_report(cfg, state)
+    cfg.log(f"[quickstart] report: {report}  (this run: {time.perf_counter() - start:.1f} s)")
+    return report
