@@ -1,0 +1,62 @@
+"""cityseg bench: contract JSON keys, stage statistics, and failing rows that do not abort."""
+from __future__ import annotations
+
+import json
+
+from cityseg_deploy.bench.benchmark import benchmark
+from cityseg_deploy.bench.timing import STAT_KEYS, StageTimer, stats
+from cityseg_deploy.cli import run
+from test_runtime_artifacts import arts  # noqa: F401
+
+ROW = {"model", "backend", "precision", "device", "batch", "size", "status", "error", "latency_ms",
+       "throughput_fps", "peak_mem_mb", "file_mb"}
+
+
+def test_bench_json_md_plot_and_failed_rows(arts, tmp_path, capsys):
+    js, md, png = tmp_path / "b.json", tmp_path / "b.md", tmp_path / "b.png"
+    code = run(["bench", str(arts["ckpt"]), str(tmp_path / "missing.onnx"), str(arts["onnx"]),
+                f"{arts['ov']}@bf16", str(arts["ov_int8"]), "--batch", "1,2", "--warmup", "1",
+                "--iters", "2", "--threads", "1", "--json", str(js), "--md", str(md), "--plot", str(png),
+                "--no-progress"])
+    assert code == 0
+    doc = json.loads(js.read_text())
+    assert {"cpu", "cpu_flags", "threads", "gpu", "versions"} <= set(doc["machine"])
+    rows = doc["results"]
+    assert len(rows) == 10
+    for row in rows:
+        assert ROW <= set(row)
+    by = {(r["model"], r["batch"]): r for r in rows}
+    assert by[("missing.onnx", 1)]["status"] == "failed" and "no such file" in by[("missing.onnx", 1)]["error"]
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert {r["backend"] for r in ok} >= {"torch", "onnxruntime", "openvino"}
+    for r in ok:
+        assert set(r["latency_ms"]) == set(STAT_KEYS)
+        assert r["latency_ms"]["min"] <= r["latency_ms"]["median"] <= r["latency_ms"]["max"]
+        assert r["throughput_fps"] > 0 and r["size"] == [64, 128] and r["file_mb"] > 0
+        assert {"preprocess", "compute", "d2h", "end_to_end"} <= set(r["stages"])
+    assert by[(arts["ckpt"].name, 1)]["ratio"] == 1.0
+    assert md.read_text().count("\n| ") >= 10 and png.stat().st_size > 0
+    assert "failed" in md.read_text()
+
+
+def test_size_sweep_static_graph_fails_alone(arts):
+    report = benchmark([arts["ckpt"], arts["onnx"]], sizes=[(64, 128), (32, 64)], warmup=0, iters=1,
+                       threads=1, progress=False)
+    status = {(r["model"], tuple(r["size"] or ())): r["status"] for r in report["results"]}
+    assert status[(arts["ckpt"].name, (32, 64))] == "ok"
+    assert status[(arts["onnx"].name, (64, 128))] == "ok"
+    failed = [r for r in report["results"] if r["status"] == "failed"]
+    assert len(failed) == 1 and "static graph" in failed[0]["error"]
+
+
+def test_stage_timer_and_stats():
+    t = StageTimer("cpu")
+    for _ in range(3):
+        t.begin()
+        with t.stage("compute"):
+            sum(range(1000))
+        t.step()
+    s = t.summary()
+    assert set(s) == {"compute", "end_to_end"} and len(t.samples["compute"]) == 3
+    st = stats([1.0, 2.0, 3.0, 4.0])
+    assert st["min"] == 1.0 and st["max"] == 4.0 and st["median"] == 2.5
