@@ -72,6 +72,19 @@ def wrap_model(model: nn.Module, env: DistEnv, device: torch.device) -> nn.Modul
     return nn.parallel.DistributedDataParallel(model)
 
 
+def broadcast_buffers(model: nn.Module, env: DistEnv) -> None:
+    """Give every process rank 0's buffers (BN running statistics).
+
+    DDP broadcasts buffers at the *start* of each training forward, so after the last step every
+    process holds statistics updated by its own last batch; evaluating with those would score
+    each shard with a slightly different network than the one rank 0 saves.
+    """
+    if not env.enabled:
+        return
+    for buffer in unwrap(model).buffers():
+        dist.broadcast(buffer, src=0)
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 

@@ -281,6 +281,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_cla
     """Validation metrics (DESIGN.md's contract) from one confusion matrix summed over processes."""
     from tqdm import tqdm
 
+    ddp.broadcast_buffers(model, env)  # every shard scored with the weights rank 0 saves
     model = ddp.unwrap(model)
     model.eval()
     confusion = ConfusionMatrix(num_classes, device=device)

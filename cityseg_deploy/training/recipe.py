@@ -93,7 +93,7 @@ def _type_name(hint: Any) -> str:
 def _convert(value: Any, hint: Any, key: str) -> Any:
     """``value`` checked (and lightly coerced: int → float, '1e-5' → float) against ``hint``."""
     origin = typing.get_origin(hint)
-    bad = CitysegError(f"recipe key {key!r}: expected {_type_name(hint)}, got {value!r}")
+    bad = CitysegError(f"recipe key '{key}': expected {_type_name(hint)}, got {value!r}")
     if origin in (Union, types.UnionType):
         args = typing.get_args(hint)
         if value is None and type(None) in args:
@@ -158,12 +158,12 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
 
         key = unknown[0]
         close = difflib.get_close_matches(str(key), list(fields), n=1)
-        hint = f"; did you mean {prefix}{close[0]!r}?" if close else f"; known keys: {', '.join(fields)}"
-        raise CitysegError(f"recipe key {prefix}{key!r}: unknown{hint}")
+        hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known keys: {', '.join(fields)}"
+        raise CitysegError(f"recipe key '{prefix}{key}': unknown{hint}")
     missing = [name for name, f in fields.items() if name not in data
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
-        raise CitysegError(f"recipe key {prefix}{missing[0]!r}: required but missing")
+        raise CitysegError(f"recipe key '{prefix}{missing[0]}': required but missing")
     values = {k: _convert(v, hints[k], f"{prefix}{k}") for k, v in data.items()}
     return cls(**values)
 
