@@ -145,3 +145,29 @@ def test_missing_tensorboard_warns_once_and_trains(synth_root, tmp_path, monkeyp
     with pytest.warns(UserWarning, match="TensorBoard logging off"):
         fit(tiny(), synth_root, tmp_path / "run", device="cpu", progress=False, log=None)
     assert (tmp_path / "run" / "best.pt").is_file()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_amp_channels_last_run(synth_root, tmp_path):
+    # autocast (bf16 where supported, else fp16 + GradScaler), channels_last, pinned memory
+    out = tmp_path / "gpu"
+    result = fit(tiny("deeplabv3_small", epochs=2, aux_loss_weight=0.4), synth_root, out,
+                 device="cuda", progress=False, log=None)
+    assert result["best"]["miou"] > 0
+    model, meta = load_checkpoint(out / "best.pt")
+    assert next(model.parameters()).device.type == "cpu"  # checkpoints hold CPU tensors
+    resumed = fit(tiny("deeplabv3_small", epochs=3, aux_loss_weight=0.4), synth_root, out,
+                  device="cuda", resume=True, progress=False, log=None)
+    assert resumed["epochs_run"] == 3
+
+
+def test_amp_and_device_resolution_on_cpu():
+    cpu = torch.device("cpu")
+    assert loop.resolve_amp("auto", cpu) == (None, False)
+    assert loop.resolve_amp("bf16", cpu) == (torch.bfloat16, False)
+    with pytest.raises(CitysegError, match="fp16 needs a CUDA GPU"):
+        loop.resolve_amp("fp16", cpu)
+    assert loop.resolve_device("cpu") == cpu
+    with pytest.raises(CitysegError, match="--device 'gpu7'"):
+        loop.resolve_device("gpu7")

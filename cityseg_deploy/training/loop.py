@@ -482,7 +482,7 @@ def fit(recipe: Recipe | str | Path | dict, data_root: str | Path, out_dir: str 
 
         # -- epochs
         stopped_early = False
-        epoch = state["epoch"]
+        epoch = saved_epoch = state["epoch"]
         try:
             while epoch < recipe.epochs:
                 sampler.set_epoch(epoch)
@@ -542,6 +542,7 @@ def fit(recipe: Recipe | str | Path | dict, data_root: str | Path, out_dir: str 
                         f"lr {stats['lr']:.2e}  {stats['images_per_s']:.1f} img/s"
                         + ("  (best)" if improved else ""))
                 ddp.barrier(env)
+                saved_epoch = epoch
                 patience = recipe.early_stop_patience
                 if patience and state["bad_epochs"] >= patience and epoch < recipe.epochs:
                     stopped_early = True
@@ -550,8 +551,8 @@ def fit(recipe: Recipe | str | Path | dict, data_root: str | Path, out_dir: str 
                     break
         except KeyboardInterrupt:
             raise TrainingInterrupted(
-                f"interrupted during epoch {epoch + 1}; {last_path} holds the state after epoch "
-                f"{state['epoch']} (the interrupted epoch's steps are not kept); continue with: "
+                f"interrupted in epoch {saved_epoch + 1}; {last_path} holds the state after epoch "
+                f"{saved_epoch} (the interrupted epoch's steps are not kept); continue with: "
                 f"cityseg train --recipe RECIPE --data {data_root} --out {out_dir} --resume") from None
 
         if env.is_main and state["history"]:
