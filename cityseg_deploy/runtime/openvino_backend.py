@@ -5,6 +5,8 @@
 - Precision is explicit: ``INFERENCE_PRECISION_HINT`` = f32 for fp32 and int8 IRs (OpenVINO would
   otherwise run fp32 in bf16 on AMX CPUs), bf16 for ``precision="bf16"`` — refused where the CPU
   has no native bf16, because OpenVINO would silently fall back to f32 and the row would lie.
+- Argmax runs inside the compiled model (TopK on the logits → uint8 labels, a second output), so
+  the labels come out of OpenVINO's own threads; the logits output is read only when asked.
 - Latency mode (one request) for single images; for batches a second compilation in throughput
   mode with several streams and an ``AsyncInferQueue`` (``mode="auto"``, the default; or force
   ``mode="latency" | "throughput"``; ``streams=N``; ``threads=N`` = INFERENCE_NUM_THREADS).
@@ -19,7 +21,7 @@ import numpy as np
 from ..artifacts import openvino_files, read_artifact_meta
 from ..bench.machine import cpu_flags, has_native_bf16
 from ..errors import CitysegError
-from .base import Segmenter, check_precision
+from .base import Segmenter, check_precision, labels_array
 
 HINT = {"fp32": "f32", "int8": "f32", "fp16": "f16", "bf16": "bf16"}
 DEVICES = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU", "auto": "AUTO"}
@@ -85,8 +87,21 @@ class OpenVINOSegmenter(Segmenter):
         self.request = self.compiled.create_infer_request()
         self._throughput = None
 
+    def _add_argmax(self, model):
+        """Append TopK(k=1) over classes → uint8 labels as a second result (logits stay output 0)."""
+        import openvino.opset13 as ops
+
+        src = model.get_results()[0].input_value(0)
+        topk = ops.topk(src, ops.constant(np.int64(1)), axis=1, mode="max", sort="none",
+                        index_element_type=_import_ov().Type.i32)
+        labels = ops.convert(ops.squeeze(topk.output(1), ops.constant(np.int64(1))), _import_ov().Type.u8)
+        model.add_results([ops.result(labels)])
+        return model
+
     def _fold_preprocessing(self, ov, model):
         """uint8 NHWC in; convert, transpose and normalise inside the graph (float NCHW IRs)."""
+        if self.outputs_logits:
+            model = self._add_argmax(model)
         if self.io.get("input", "float_nchw") != "float_nchw":
             return model
         from openvino.preprocess import PrePostProcessor
@@ -126,8 +141,18 @@ class OpenVINOSegmenter(Segmenter):
         return np.ascontiguousarray(nhwc)
 
     def compute(self, x: np.ndarray):
-        self.request.infer({0: x})
-        return self.request.get_output_tensor(0).data  # a view; consumed by to_host at once
+        self.request.infer({0: x}, share_inputs=True, share_outputs=True)
+        return self.request
+
+    def _read(self, request, want_logits: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        if not self.outputs_logits:
+            return labels_array(np.array(request.get_output_tensor(0).data, copy=True)), None
+        labels = np.array(request.get_output_tensor(1).data, copy=True)
+        logits = np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True) if want_logits else None
+        return labels, logits
+
+    def to_host(self, request, want_logits: bool):
+        return self._read(request, want_logits)
 
     def _run_chunks(self, nhwc, want_logits, timer):
         n = nhwc.shape[0]
@@ -144,10 +169,10 @@ class OpenVINOSegmenter(Segmenter):
             self._queue = ov.AsyncInferQueue(self._throughput, max(1, jobs))
         n = nhwc.shape[0]
         step = self.max_batch or 1
-        results: dict[int, np.ndarray] = {}
+        results: dict[int, tuple] = {}
 
         def done(request, index):
-            results[index] = np.array(request.get_output_tensor(0).data, copy=True)
+            results[index] = self._read(request, want_logits)
 
         self._queue.set_callback(done)
         with timer.stage("compute"):
@@ -158,8 +183,9 @@ class OpenVINOSegmenter(Segmenter):
                 self._queue.start_async({0: np.ascontiguousarray(chunk)}, start)
             self._queue.wait_all()
         with timer.stage("d2h"):
-            y = np.concatenate([results[s] for s in sorted(results)])[:n]
-            labels, logits = self.to_host(y, want_logits)
+            order = sorted(results)
+            labels = np.concatenate([results[s][0] for s in order])[:n]
+            logits = np.concatenate([results[s][1] for s in order])[:n] if want_logits and self.outputs_logits else None
         return labels, logits
 
     def close(self) -> None:

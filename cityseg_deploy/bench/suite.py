@@ -1,0 +1,143 @@
+"""YAML benchmark suites (``bench/*.yaml``): build the artifacts once, measure, record, judge.
+
+A suite names a model (architecture, random weights are fine for speed), the artifacts to export
+from it with the project's ``export()`` (int8 calibrated on synthetic street scenes), the rows to
+measure (artifact, precision, runner), the reference row that ratios refer to, and targets
+(``row`` / ``vs`` / ``min_ratio``).  Results go to ``<results>.json``, ``.md`` and ``.png``,
+each naming the machine (CPU model, flags, threads, load average) and the machine's sgemm
+GFLOP/s measured in the same run.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import CitysegError
+from ..fileio import write_text_atomic
+
+
+def load_suite(path: str | os.PathLike) -> dict[str, Any]:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise CitysegError(f"{path}: no such suite file")
+    try:
+        suite = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise CitysegError(f"{path}: not valid YAML ({exc})") from None
+    for key in ("name", "model", "rows"):
+        if key not in (suite or {}):
+            raise CitysegError(f"{path}: suite lacks the {key!r} key")
+    suite["_file"] = str(path)
+    return suite
+
+
+def _log(msg: str) -> None:
+    print(f"[suite] {msg}", flush=True)
+
+
+def prepare(suite: dict[str, Any], work: Path, log=_log) -> dict[str, Path]:
+    """The checkpoint and every exported artifact of the suite (reused when already there)."""
+    import torch
+
+    from ..models import ModelMeta, build_model, save_checkpoint
+
+    work.mkdir(parents=True, exist_ok=True)
+    spec = suite["model"]
+    size = tuple(spec.get("size", (512, 1024)))
+    ckpt = work / f"{spec['arch']}.pt"
+    if not ckpt.exists():
+        log(f"building {spec['arch']} with random weights (seed {spec.get('seed', 0)}) -> {ckpt}")
+        torch.manual_seed(int(spec.get("seed", 0)))
+        meta = ModelMeta.for_arch(spec["arch"], input_size=size, label_set=spec.get("label_set"))
+        save_checkpoint(ckpt, build_model(spec["arch"], **meta.arch_args).eval(), meta)
+    paths: dict[str, Path] = {"checkpoint": ckpt}
+    calib = None
+    arts = suite.get("artifacts") or {}
+    if any(a.get("precision") == "int8" for a in arts.values()):
+        c = suite.get("calib") or {}
+        calib = work / "calib_synth"
+        if not (calib / "leftImg8bit").is_dir():
+            from ..data.synth import synthesize
+
+            log(f"synthesising {c.get('images', 8)} calibration scenes -> {calib}")
+            n = int(c.get("images", 8))
+            synthesize(calib, n_train=n, n_val=n, size=tuple(c.get("size", size)), seed=int(c.get("seed", 1)))
+    from ..export import export
+
+    for name, a in arts.items():
+        log(f"export {name}: {a}")
+        result = export(ckpt, format=a["format"], precision=a.get("precision", "fp32"),
+                        out=work / a.get("out", f"{spec['arch']}_{name}" + (
+                            "_openvino_model" if a["format"] == "openvino" else ".onnx")),
+                        calib_data=calib if a.get("precision") == "int8" else None,
+                        verify=bool(a.get("verify", False)), log=lambda *_: None,
+                        **(a.get("options") or {})) if not _exists(work, spec, name, a) else None
+        paths[name] = Path(result.path) if result is not None else _target(work, spec, name, a)
+    return paths
+
+
+def _target(work: Path, spec: dict, name: str, a: dict) -> Path:
+    return work / a.get("out", f"{spec['arch']}_{name}" + ("_openvino_model" if a["format"] == "openvino" else ".onnx"))
+
+
+def _exists(work: Path, spec: dict, name: str, a: dict) -> bool:
+    return _target(work, spec, name, a).exists()
+
+
+def judge(report: dict, suite: dict) -> list[dict[str, Any]]:
+    """Each target: the measured ratio of ``row`` to ``vs`` (default the reference) and if met."""
+    by = {r["model"]: r for r in report["results"]}
+    out = []
+    for t in suite.get("targets") or []:
+        row, vs = by.get(t["row"]), by.get(t.get("vs", suite.get("reference")))
+        ratio = None
+        if row and vs and row["status"] == "ok" and vs["status"] == "ok":
+            ratio = row["throughput_fps"] / vs["throughput_fps"]
+        out.append({"row": t["row"], "vs": t.get("vs", suite.get("reference")), "min_ratio": t["min_ratio"],
+                    "ratio": ratio, "met": None if ratio is None else ratio >= t["min_ratio"]})
+    return out
+
+
+def run_suite(path: str | os.PathLike, *, work: str | os.PathLike | None = None,
+              results: str | os.PathLike | None = None, progress: bool = True) -> dict:
+    """Prepare, measure and record a suite; returns the bench JSON (+ ``targets``, ``suite``)."""
+    from .benchmark import benchmark, format_markdown, plot
+
+    suite = load_suite(path)
+    work = Path(os.path.expanduser(work or suite.get("work") or f"~/.cache/cityseg/bench/{suite['name']}"))
+    prefix = Path(results or suite.get("results") or Path(suite["_file"]).parent / "results" / suite["name"])
+    paths = prepare(suite, work)
+    s = suite.get("settings") or {}
+    entries = []
+    for row in suite["rows"]:
+        art = row.get("artifact", "checkpoint")
+        if art not in paths:
+            raise CitysegError(f"{suite['_file']}: row {row.get('label')!r} names unknown artifact {art!r}")
+        entries.append({"model": str(paths[art]), "label": row.get("label"), "precision": row.get("precision"),
+                        "runner": row.get("runner"), "options": row.get("options")})
+    report = benchmark(entries, device=s.get("device", "cpu"), batches=[int(s.get("batch", 1))],
+                       sizes=[tuple(s["size"])] if s.get("size") else [None],
+                       warmup=int(s.get("warmup", 1)), iters=s.get("iters", 5), duration=s.get("duration"),
+                       threads=s.get("threads"), reference=suite.get("reference"),
+                       sgemm=bool(s.get("sgemm", True)), progress=progress, title=suite.get("title"))
+    report["suite"] = {k: v for k, v in suite.items() if not k.startswith("_")}
+    report["targets"] = judge(report, suite)
+    md = format_markdown(report)
+    if report["targets"]:
+        md += "\n| target | vs | needed | measured | met |\n| --- | --- | ---: | ---: | --- |\n"
+        for t in report["targets"]:
+            measured = "–" if t["ratio"] is None else f"{t['ratio']:.2f}x"
+            md += (f"| {t['row']} | {t['vs']} | {t['min_ratio']:.2f}x | {measured} | "
+                   f"{'–' if t['met'] is None else ('yes' if t['met'] else 'no')} |\n")
+    if suite.get("notes"):
+        md += "\n" + str(suite["notes"]).strip() + "\n"
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(f"{prefix}.json", json.dumps(report, indent=2, default=str) + "\n")
+    write_text_atomic(f"{prefix}.md", md)
+    plot(report, f"{prefix}.png")
+    report["markdown"] = md
+    return report
