@@ -145,17 +145,34 @@ def check_model(path: Path) -> None:
                            f"({str(exc).splitlines()[0][:200]}); report it with the model name") from None
 
 
+# The fp32 graph of the last few jobs (serialised), so that a profile exporting fp32, fp16 and int8
+# of one checkpoint runs the exporter once.  Keyed by the checkpoint hash and export settings.
+_GRAPHS: dict[str, bytes] = {}
+_GRAPHS_MAX = 4
+
+
 def build_fp32_graph(job: ExportJob, path: Path):
     """Export + slim + metadata, written to ``path`` (a temporary). Returns the ModelProto."""
+    import json
+
     import onnx
 
     if not OPSET_RANGE[0] <= job.opset <= OPSET_RANGE[1]:
         raise CitysegError(f"--opset {job.opset}: choose {OPSET_RANGE[0]}..{OPSET_RANGE[1]} "
                            f"(TensorRT 10 and onnxruntime both read these)")
+    key = json.dumps(job.settings_key(), sort_keys=True)
+    if key in _GRAPHS:
+        Path(path).write_bytes(_GRAPHS[key])
+        return onnx.load(str(path))
     exporter = torch_to_onnx(job, path)
     model = slim(onnx.load(str(path)))
     set_metadata(model, job, "fp32", exporter=exporter)
     onnx.save(model, str(path))
+    data = model.SerializeToString()
+    if len(data) < 256 << 20:
+        while len(_GRAPHS) >= _GRAPHS_MAX:
+            _GRAPHS.pop(next(iter(_GRAPHS)))
+        _GRAPHS[key] = data
     return model
 
 

@@ -1,0 +1,92 @@
+"""OpenVINO IR export: fp32 and int8 (Q/DQ and NNCF), metadata, bf16 refusal."""
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import openvino as ov
+import pytest
+import torch
+
+from cityseg_deploy.artifacts import read_artifact_meta
+from cityseg_deploy.errors import CitysegError
+from cityseg_deploy.export import export
+from cityseg_deploy.export.openvino import has_bf16
+from cityseg_deploy.models.checkpoint import ModelMeta, save_checkpoint
+from cityseg_deploy.models.registry import build_model
+
+SIZE = (64, 128)
+
+
+SMALL = ("deeplabv3_small", "unet_small", "denseaspp_small")
+
+
+def make_ckpt(folder, arch):
+    torch.manual_seed(0)
+    meta = ModelMeta.for_arch(arch, input_size=SIZE)
+    path = folder / f"{arch}.pt"
+    save_checkpoint(path, build_model(arch, **meta.arch_args).eval(), meta)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("export_ov")
+    return {arch: make_ckpt(folder, arch) for arch in SMALL}
+
+
+@pytest.fixture(scope="module")
+def ckpt(ckpts):
+    return ckpts["denseaspp_small"]
+
+
+@pytest.mark.parametrize("arch", SMALL)
+def test_fp32_ir(arch, ckpts, synth_root):
+    ckpt = ckpts[arch]
+    res = export(ckpt, format="openvino", data=synth_root, log=None)
+    folder = ckpt.with_name(f"{arch}_openvino_model")
+    assert res.path == folder and folder.is_dir()
+    xml = folder / f"{arch}.xml"
+    assert xml.is_file() and xml.with_suffix(".bin").is_file()
+    model = ov.Core().read_model(str(xml))
+    assert model.get_rt_info(["runtime_options", "INFERENCE_PRECISION_HINT"]).astype(str) == "f32"
+    assert res.checks["rel_err"] < 1e-3
+    meta, io = read_artifact_meta(folder)
+    assert meta.arch == arch and io["precision"] == "fp32"
+    assert io["inference_precision_hint"] == "f32"
+    assert read_artifact_meta(xml)[1] == io
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("arch", SMALL)
+def test_int8_ir_from_qdq(arch, ckpts, synth_root):
+    ckpt = ckpts[arch]
+    res = export(ckpt, format="openvino", precision="int8", calib_data=synth_root, data=synth_root, log=None)
+    assert res.path.name == f"{arch}_int8_openvino_model"
+    _, io = read_artifact_meta(res.path)
+    assert io["precision"] == "int8" and io["int8_method"] == "qdq"
+    assert res.checks["agreement"] >= 0.93
+    # shares the ONNX int8 calibration cache
+    cache = ckpt.with_name(f"{arch}_int8.calib.json")
+    assert cache.is_file() and json.loads(cache.read_text())["key"]["n_images"] == 6
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("nncf") is None, reason="nncf not installed")
+def test_int8_ir_nncf(ckpt, synth_root):
+    res = export(ckpt, format="openvino", precision="int8", int8_method="nncf", out=ckpt.with_name("n_openvino_model"),
+                 calib_data=synth_root, data=synth_root, log=None)
+    assert read_artifact_meta(res.path)[1]["int8_method"] == "nncf"
+    assert res.checks["agreement"] >= 0.93
+
+
+@pytest.mark.skipif(has_bf16(), reason="this CPU supports bf16")
+def test_bf16_refused_without_cpu_support(ckpt):
+    with pytest.raises(CitysegError, match="no BF16 support"):
+        export(ckpt, format="openvino", precision="bf16", log=None)
+    assert not ckpt.with_name("denseaspp_small_bf16_openvino_model").exists()
+
+
+def test_int8_method_only_for_openvino_int8(ckpt):
+    with pytest.raises(CitysegError, match="--int8-method"):
+        export(ckpt, format="onnx", precision="int8", int8_method="nncf", log=None)
