@@ -36,7 +36,7 @@ FORMATS: tuple[Format, ...] = (
            "ONNX (onnxruntime, TensorRT input)"),
     Format("trt", ("engine", "tensorrt"), ".engine", ("fp32", "fp16", "int8"), True, "tensorrt",
            "TensorRT engine (strongly typed, from the ONNX graph)", from_onnx=True),
-    Format("aoti", ("pt2", "aotinductor"), ".pt2", ("fp32",), False, "aoti",
+    Format("aoti", ("pt2", "aotinductor"), ".pt2", ("fp32", "fp16", "bf16"), False, "aoti",
            "AOTInductor package (torch._inductor.aoti_load_package)"),
     Format("openvino", ("ov", "ir"), "_openvino_model", ("fp32", "bf16", "int8"), False, "openvino",
            "OpenVINO IR folder", from_onnx=True),
@@ -87,13 +87,20 @@ def _validate(fmt: Format, precision: str, opts: dict[str, Any], source: Path) -
     if fmt.name == "aoti" and (opts.get("preprocess") or opts.get("argmax")):
         raise CitysegError("--preprocess/--argmax are ONNX-graph options; --format aoti exports the "
                            "network as it is (float NCHW in, logits out)")
+    if fmt.name == "aoti" and precision in ("fp16", "bf16") and not str(opts.get("device") or "cpu").startswith("cuda"):
+        raise CitysegError(f"--format aoti --precision {precision} compiles half-precision CUDA kernels: "
+                           f"add --device cuda (CPU packages are fp32)")
     if opts.get("int8_method") and not (fmt.name == "openvino" and precision == "int8"):
         raise CitysegError("--int8-method applies to --format openvino --precision int8 only")
     if opts.get("keep_fp32") and precision != "int8":
         raise CitysegError("--keep-fp32 applies to --precision int8 only")
-    if source.suffix == ".onnx" and not fmt.from_onnx:
-        raise CitysegError(f"{source}: --format {fmt.name} exports from a checkpoint (.pt), not from "
-                           f"an ONNX file")
+    if source.suffix == ".onnx":
+        if not fmt.from_onnx:
+            raise CitysegError(f"{source}: --format {fmt.name} exports from a checkpoint (.pt), not "
+                               f"from an ONNX file")
+        if precision not in ("fp32", "bf16") and fmt.name == "openvino":
+            raise CitysegError(f"{source}: --precision {precision} for OpenVINO is calibrated from the "
+                               f"checkpoint; pass the .pt instead of the ONNX file")
 
 
 def _sha256(path: Path) -> str:
@@ -116,9 +123,10 @@ def make_job(model_path: str | os.PathLike, *, size=None, batch: int = 1, dynami
     source_onnx = None
     if source.suffix == ".onnx":
         meta, io = read_artifact_meta(source)
-        if io.get("precision") != "fp32":
-            raise CitysegError(f"{source}: a {io.get('precision')} ONNX; compile the fp32 graph "
-                               f"or export from the checkpoint with --precision")
+        wanted = kwargs.pop("precision", None)
+        if wanted not in (None, io.get("precision"), "bf16"):
+            raise CitysegError(f"{source}: a {io.get('precision')} ONNX graph cannot become "
+                               f"{wanted}; pass the checkpoint (.pt) to export --precision {wanted}")
         source_onnx = source
         size = size or tuple(io["size"])
         kwargs.setdefault("preprocess", io.get("input") == "uint8_nhwc")
@@ -164,6 +172,13 @@ def export(model_path: str | os.PathLike, *, format: str = "onnx", precision: st
     precision = (precision or "fp32").lower()
     source = Path(model_path)
     _validate(fmt, precision, options, source)
+    if source.suffix == ".onnx" and fmt.name == "trt" and Path(source).is_file():
+        from ..artifacts import read_artifact_meta
+
+        onnx_precision = read_artifact_meta(source)[1].get("precision", "fp32")
+        if precision == "fp32" and onnx_precision != "fp32":
+            precision = onnx_precision  # a TensorRT engine compiles what the graph says
+        options["precision"] = precision
     job = make_job(source, size=size, batch=batch, dynamic=dynamic, calib_data=calib_data,
                    data=data, log=log or (lambda _msg: None), **options)
     out_path = Path(out) if out else default_output(source, fmt, precision)

@@ -4,6 +4,10 @@ The package holds compiled kernels and weights: ``torch._inductor.aoti_load_pack
 without the project's model code.  Compiled for the export device (CPU here; CUDA with
 ``device="cuda"``); metadata in the sidecar ``<file>.pt2.json`` (artifacts.write_sidecar).
 Compilation invokes a C++ compiler: on 2 CPU cores expect ~1–2 min for a small preset.
+
+``precision="fp16"|"bf16"`` (CUDA only) compiles the network in that dtype with channels_last
+weights — what tensor cores want; the package still takes the float32 NCHW input of the fp32 one
+and returns float32 logits, so the runtime and every checker treat all precisions alike.
 """
 from __future__ import annotations
 
@@ -20,6 +24,21 @@ from ..fileio import atomic_path
 from .job import ExportJob, ExportResult, Timer, path_size_mb
 
 
+HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class HalfPrecision(torch.nn.Module):
+    """float32 NCHW in → the network in fp16/bf16, channels_last → float32 logits out."""
+
+    def __init__(self, model: torch.nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.model = model.to(dtype=dtype, memory_format=torch.channels_last)
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.to(self.dtype).contiguous(memory_format=torch.channels_last)).float()
+
+
 def export_aoti(job: ExportJob, out: Path, precision: str = "fp32") -> ExportResult:
     from . import verify
     from .onnx import _dynamic_shapes, example_input, wrapped_model
@@ -27,7 +46,12 @@ def export_aoti(job: ExportJob, out: Path, precision: str = "fp32") -> ExportRes
     device = torch.device(job.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CitysegError("--device cuda: no CUDA GPU visible to PyTorch; export for CPU (--device cpu)")
-    model = wrapped_model(job).to(device)
+    if precision in HALF and device.type != "cuda":
+        raise CitysegError(f"--precision {precision}: AOTInductor half precision needs --device cuda")
+    model = wrapped_model(job)
+    if precision in HALF:
+        model = HalfPrecision(model, HALF[precision])
+    model = model.eval().to(device)
     x = example_input(job).to(device)
     checks: dict = {}
     with Timer() as t:
@@ -49,8 +73,8 @@ def export_aoti(job: ExportJob, out: Path, precision: str = "fp32") -> ExportRes
                     with torch.no_grad():
                         return loaded(torch.from_numpy(batch).to(device)).float().cpu().numpy()
 
-                checks = verify.check(job, run, "fp32", out.name)
-            write_sidecar(out, job.meta, job.io("fp32", device=device.type,
+                checks = verify.check(job, run, precision, out.name)
+            write_sidecar(out, job.meta, job.io(precision, device=device.type,
                                                  torch_version=torch.__version__))
-    return ExportResult(out, "aoti", "fp32", t.seconds, path_size_mb(out) + path_size_mb(sidecar_path(out)),
+    return ExportResult(out, "aoti", precision, t.seconds, path_size_mb(out) + path_size_mb(sidecar_path(out)),
                         checks)

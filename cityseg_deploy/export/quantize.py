@@ -4,7 +4,13 @@ TensorRT 10 deprecated and TensorRT 11 removed implicit int8 (``BuilderFlag.INT8
 so int8 lives in the graph as QuantizeLinear/DequantizeLinear pairs (DESIGN.md).  Made with
 onnxruntime's ``quantize_static``:
 
-- QDQ format, per-channel int8 weights, int8 activations, both **symmetric** — TensorRT's parser
+- QDQ format, per-channel int8 weights with a **reduced range** (7 bits, [-64, 63]), int8
+  activations, both **symmetric**.  The reduced weight range is what keeps the graph correct on
+  x86 CPUs without VNNI (AVX2-only AMD EPYC, older Xeons): onnxruntime's MLAS runs int8 convs there
+  with ``vpmaddubsw``, whose int16 pair sums saturate with full-range weights.  Measured on an AMD
+  EPYC (avx2, no VNNI), denseaspp_small at 64x128: argmax agreement with fp32 83.5 % → 95.9 %,
+  mean logit error 0.77 → 0.074.  VNNI/AMX CPUs, OpenVINO and TensorRT lose almost nothing by it.
+  Symmetry: TensorRT's parser
   requires zero points of 0 (onnx-tensorrt docs/operators.md: Quantize/DequantizeLinear); biases
   stay float (``QuantizeBias=False``): an int32 bias DequantizeLinear is not parseable by TensorRT;
 - MinMax calibration on ``--calib-images`` images of the train split of ``--calib-data``
@@ -35,7 +41,7 @@ from ..errors import CitysegError
 from ..fileio import atomic_path, write_text_atomic
 from .job import ExportJob, ExportResult, Timer, path_size_mb
 
-METHOD = "minmax/qdq/int8-symmetric/per-channel"
+METHOD = "minmax/qdq/int8-symmetric/per-channel/7-bit-weights"
 CACHE_VERSION = 1
 AUTO_GAIN = 0.10  # keep a candidate layer in fp32 if excluding it cuts the error by >= 10 %
 
@@ -119,6 +125,7 @@ def quantize(fp32_path: Path, out_path: Path, job: ExportJob, *, ort_cache: Path
             str(fp32_path), str(out_path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude or None,
+            reduce_range=True,  # 7-bit weights: no vpmaddubsw saturation on non-VNNI x86 (above)
             calibration_cache_path=str(ort_cache),
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
                            # int32 bias Q/DQ: TensorRT's DequantizeLinear takes INT8/FP8/INT4 only

@@ -83,13 +83,26 @@ def measure(job: ExportJob, run: Callable[[np.ndarray], np.ndarray], *, labels_o
     """Run the artifact and PyTorch on the check images; return the figures (no judgement)."""
     labels_out = job.argmax if labels_out is None else labels_out
     images, truth, where = job.images("val", job.verify_images, labels=True)
-    ref = torch_logits(job, images)
     out = run_batched(job, run, images)
     stats: dict[str, Any] = {"images": where}
-    stats.update(compare(ref, out, labels_out=labels_out))
+    if job.source_onnx is not None:
+        # Compiled from a project ONNX: the reference is that graph in onnxruntime.
+        ref_out = run_batched(job, ort_runner(job.source_onnx), images)
+        stats["reference"] = f"onnxruntime {job.source_onnx.name}"
+        if labels_out:
+            ref_labels = ref_out
+            stats.update(compare(np.eye(256, dtype=np.float32)[ref_out.astype(np.int64)].transpose(0, 3, 1, 2),
+                                 out, labels_out=True))
+        else:
+            ref_labels = ref_out.argmax(1)
+            stats.update(compare(ref_out.astype(np.float32), out, labels_out=False))
+    else:
+        ref = torch_logits(job, images)
+        ref_labels = ref.argmax(1)
+        stats.update(compare(ref, out, labels_out=labels_out))
     if truth is not None:
         pred = out if labels_out else out.argmax(1)
-        stats["miou_ref"] = 100.0 * miou(ref.argmax(1), truth, job)
+        stats["miou_ref"] = 100.0 * miou(ref_labels, truth, job)
         stats["miou"] = 100.0 * miou(pred, truth, job)
         stats["miou_drop"] = stats["miou_ref"] - stats["miou"]
     return stats

@@ -2,7 +2,10 @@
 
 On CUDA: uint8 NHWC goes up (4x fewer bytes than float), normalisation runs on the device,
 ``channels_last`` + ``cudnn.benchmark``, fp16/bf16 autocast by ``precision``, CUDA graphs
-(``cuda_graphs=True``, one graph per input shape) and ``torch.compile`` (``compile=True``).
+(``cuda_graphs=True``, one graph per input shape) and ``torch.compile`` (``compile=True``, or a
+mode name such as ``"max-autotune"``).  ``fp32`` on CUDA means IEEE fp32: cuDNN's TF32 tensor-core
+path (on by default in PyTorch, ~1e-3 relative error) is used only with ``tf32=True``, so a row
+called fp32 is fp32.
 On CPU: fp32 eager; ``precision="bf16"`` = autocast bf16 + channels_last where the CPU computes
 bf16 natively (AVX-512 BF16 / AMX), else a CitysegError (``allow_emulated_bf16=True`` runs it
 anyway on oneDNN's emulation, which is slower than fp32).
@@ -42,7 +45,7 @@ class TorchSegmenter(Segmenter):
 
     def __init__(self, path: str | os.PathLike, *, device: str = "cpu", precision: str | None = None,
                  threads: int | None = None, size: Sequence[int] | None = None,
-                 compile: bool = False, cuda_graphs: bool = False,
+                 compile: bool | str = False, cuda_graphs: bool = False, tf32: bool = False,
                  channels_last: bool | None = None, allow_emulated_bf16: bool = False,
                  **_: Any):
         precision = check_precision(precision) or "fp32"
@@ -71,19 +74,25 @@ class TorchSegmenter(Segmenter):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if dev.type == "cuda":
             torch.backends.cudnn.benchmark = True
+        self.tf32 = bool(tf32)
         self.model = model.to(dev).to(memory_format=self.memory_format).eval()
         mean = torch.tensor(self.mean, device=dev).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=dev).view(1, 3, 1, 1)
         self._scale = 1.0 / (255.0 * std)
         self._bias = mean / std
-        self._forward = torch.compile(self.model) if compile else self.model
-        self.compiled = bool(compile)
+        if compile:
+            mode = compile if isinstance(compile, str) else None
+            self._forward = torch.compile(self.model, mode=mode)
+        else:
+            self._forward = self.model
+        self.compiled = compile if isinstance(compile, str) else bool(compile)
         self.cuda_graphs = bool(cuda_graphs) and dev.type == "cuda"
         self._graphs: dict[tuple, tuple] = {}
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         d.update(channels_last=self.memory_format is torch.channels_last, compiled=self.compiled,
+                 tf32=self.tf32 if self.torch_device.type == "cuda" else None,
                  cuda_graphs=self.cuda_graphs, threads=torch.get_num_threads())
         return d
 
@@ -100,6 +109,9 @@ class TorchSegmenter(Segmenter):
     def _network(self, x: torch.Tensor) -> torch.Tensor:
         x = x.permute(0, 3, 1, 2).float().mul_(self._scale).sub_(self._bias)
         x = x.contiguous(memory_format=self.memory_format)
+        if self.torch_device.type == "cuda":  # per call: other Segmenters may share the process
+            torch.backends.cudnn.allow_tf32 = self.tf32
+            torch.backends.cuda.matmul.allow_tf32 = self.tf32
         if self.autocast is not None:
             with torch.autocast(self.torch_device.type, dtype=self.autocast):
                 return self._forward(x)

@@ -22,6 +22,7 @@ class DistEnv:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    owns_group: bool = False  # this module joined the group, so it also leaves it
 
     @property
     def enabled(self) -> bool:
@@ -47,14 +48,15 @@ def init_distributed(device_type: str) -> DistEnv:
         return env
     if device_type == "cuda":
         torch.cuda.set_device(env.local_rank)
-    if not dist.is_initialized():
-        backend = "nccl" if device_type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size)
-    return env
+    if dist.is_initialized():  # the caller set the group up and will tear it down
+        return env
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size)
+    return DistEnv(env.rank, env.world_size, env.local_rank, owns_group=True)
 
 
 def cleanup(env: DistEnv) -> None:
-    if env.enabled and dist.is_initialized():
+    if env.owns_group and dist.is_initialized():
         dist.destroy_process_group()
 
 

@@ -1,0 +1,167 @@
+"""The CUDA path, proven on a real GPU: every test here is ``gpu``-marked and skips (with the
+reason) where no CUDA GPU is visible.  Run with ``python3 -m pytest -m gpu``.
+
+The independent truth is the same network on the CPU in fp32: the CUDA runner in IEEE fp32 must
+equal it to 1e-3 relative logit error; half precision, CUDA graphs, torch.compile and AOTInductor
+are held to argmax agreement with it.  Networks are the small presets with fixed random weights:
+their logits are close together, which makes agreement a strict test of precision loss.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from cityseg_deploy import runtime
+from cityseg_deploy.errors import CitysegError
+from cityseg_deploy.models.checkpoint import ModelMeta, read_checkpoint, save_checkpoint
+from cityseg_deploy.models.registry import build_model
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+ARCHS = ("deeplabv3_small", "unet_small", "denseaspp_small")
+SIZE = (64, 128)
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def ckpt(request, tmp_path_factory):
+    torch.manual_seed(0)
+    meta = ModelMeta.for_arch(request.param, input_size=SIZE)
+    path = tmp_path_factory.mktemp("gpu") / f"{request.param}.pt"
+    save_checkpoint(path, build_model(request.param, **meta.arch_args).eval(), meta)
+    return path
+
+
+@pytest.fixture(scope="module")
+def deeplab(tmp_path_factory):
+    """One network for the compiling tests (each compile costs tens of seconds)."""
+    torch.manual_seed(0)
+    meta = ModelMeta.for_arch("deeplabv3_small", input_size=SIZE)
+    path = tmp_path_factory.mktemp("gpu_compile") / "deeplabv3_small.pt"
+    save_checkpoint(path, build_model("deeplabv3_small", **meta.arch_args).eval(), meta)
+    return path
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(0)
+    # smooth random images: a blurred field is closer to a photo than white noise
+    small = rng.integers(0, 256, (4, SIZE[0] // 8, SIZE[1] // 8, 3), dtype=np.uint8)
+    return np.stack([np.asarray(__import__("cv2").resize(im, SIZE[::-1]), np.uint8) for im in small])
+
+
+def cpu_logits(path, images):
+    return runtime.load(path, device="cpu").predict_logits(images)
+
+
+def rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-12))
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a.argmax(1) == b.argmax(1)).mean())
+
+
+def test_cuda_fp32_is_ieee_fp32(ckpt, images):
+    seg = runtime.load(ckpt, device="cuda")
+    assert seg.describe()["tf32"] is False
+    assert rel_err(cpu_logits(ckpt, images), seg.predict_logits(images)) < 1e-3
+
+
+@pytest.mark.parametrize("precision,min_agree,max_rel", [("fp16", 0.97, 2e-2), ("bf16", 0.90, 1e-1)])
+def test_cuda_autocast_channels_last(ckpt, images, precision, min_agree, max_rel):
+    seg = runtime.load(ckpt, device="cuda", precision=precision)
+    assert seg.describe()["channels_last"] is True
+    ref, out = cpu_logits(ckpt, images), seg.predict_logits(images)
+    assert agreement(ref, out) >= min_agree
+    assert rel_err(ref, out) < max_rel
+
+
+def test_cuda_graphs_replay_new_inputs(ckpt, images):
+    eager = runtime.load(ckpt, device="cuda", precision="fp16")
+    graphed = runtime.load(ckpt, device="cuda", precision="fp16", cuda_graphs=True)
+    first = graphed.predict_logits(images[:2])
+    second = graphed.predict_logits(images[2:])  # same shape: the captured graph replays
+    assert len(graphed._graphs) == 1
+    assert not np.allclose(first, second)  # not the stale output of the first capture
+    assert agreement(eager.predict_logits(images[2:]), second) >= 0.999
+    graphed.predict(images[0])  # a new batch size captures a second graph
+    assert len(graphed._graphs) == 2
+
+
+def test_torch_compile_equals_eager(deeplab, images):
+    seg = runtime.load(deeplab, device="cuda", compile=True)
+    assert rel_err(cpu_logits(deeplab, images), seg.predict_logits(images)) < 1e-3
+
+
+def test_aoti_cuda_packages(deeplab, images, synth_root, tmp_path):
+    ckpt = deeplab
+    from cityseg_deploy.export import export
+
+    ref = cpu_logits(ckpt, images)
+    fp32 = export(ckpt, format="aoti", device="cuda", size=SIZE, out=tmp_path / "m.pt2",
+                  data=synth_root, log=None)
+    seg = runtime.load(fp32.path, device="cuda")
+    assert agreement(ref, seg.predict_logits(images)) >= 0.99
+    with pytest.raises(CitysegError, match="compiled for cuda"):
+        runtime.load(fp32.path, device="cpu")
+    half = export(ckpt, format="aoti", precision="fp16", device="cuda", size=SIZE,
+                  out=tmp_path / "m_fp16.pt2", data=synth_root, log=None)
+    seg16 = runtime.load(half.path, device="cuda")
+    assert seg16.precision == "fp16"
+    assert agreement(ref, seg16.predict_logits(images)) >= 0.97
+
+
+def test_bench_row_on_cuda_has_every_stage(ckpt):
+    from cityseg_deploy.bench.benchmark import bench_one
+
+    row = bench_one(str(ckpt), device="cuda", precision="fp16", size=SIZE, warmup=2, iters=5,
+                    options={"cuda_graphs": True})
+    assert row["status"] == "ok", row["error"]
+    assert set(row["stages"]) >= {"preprocess", "h2d", "compute", "d2h", "end_to_end"}
+    assert row["device_peak_mb"] > 0 and row["detail"]["cuda_graphs"] is True
+
+
+def _ort_cuda() -> bool:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return False
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+@pytest.mark.skipif(not _ort_cuda(), reason="onnxruntime-gpu (CUDAExecutionProvider) not installed")
+def test_onnxruntime_cuda_io_binding(ckpt, images, synth_root, tmp_path):
+    from cityseg_deploy.export import export
+
+    onnx_path = export(ckpt, format="onnx", size=SIZE, out=tmp_path / "m.onnx", data=synth_root,
+                       log=None).path
+    seg = runtime.load(onnx_path, device="cuda")
+    assert seg.describe()["providers"][0] == "CUDAExecutionProvider"
+    assert rel_err(cpu_logits(ckpt, images), seg.predict_logits(images)) < 1e-3
+
+
+TINY = {"model": "unet_small", "epochs": 1, "batch_size": 2, "lr": 3e-3, "train_size": [32, 64],
+        "val_size": [32, 64], "label_set": "cityscapes10", "augment": {"scale": [1.0, 1.0]}}
+
+
+@pytest.mark.skipif(not torch.distributed.is_nccl_available(), reason="torch built without NCCL")
+def test_torchrun_nccl_world_size_one(synth_root, tmp_path):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(TINY))
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1",
+           "-m", "cityseg_deploy", "train", "--recipe", str(recipe), "--data", str(synth_root),
+           "--out", str(out), "--device", "cuda", "--no-progress"]
+    proc = subprocess.run(cmd, env=dict(os.environ), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    ckpt = read_checkpoint(out / "last.pt")
+    assert ckpt["meta"]["extra"]["world_size"] == 1
+    assert ckpt["train_state"]["step"] == 3  # 6 train images, batch 2
+    assert all(t.device.type == "cpu" for t in ckpt["state_dict"].values())
