@@ -5,6 +5,19 @@ other exception is a bug and keeps its traceback.  Library code raises it with a
 names the thing (file, key, option) and says what to do.
 """
 
+# How torch.utils.data re-raises an exception from a DataLoader worker: the type is kept, the
+# message becomes "Caught CitysegError in DataLoader worker process N.\nOriginal Traceback ...".
+_WORKER_PREFIX = "Caught CitysegError in DataLoader worker"
+
 
 class CitysegError(Exception):
     """A bad input the user can fix: missing/corrupt file, wrong shape, unknown format, ..."""
+
+    def __init__(self, *args: object) -> None:
+        # Re-raised from a DataLoader worker (recipes with workers > 0): keep the original
+        # message, which ends the worker's traceback text, so the CLI still prints one line.
+        if len(args) == 1 and isinstance(args[0], str) and args[0].startswith(_WORKER_PREFIX):
+            _, sep, message = args[0].rstrip().rpartition("CitysegError: ")
+            if sep:
+                args = (message,)
+        super().__init__(*args)

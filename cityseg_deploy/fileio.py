@@ -76,7 +76,14 @@ def _decode(path: Path, flags: int) -> np.ndarray:
     data = np.fromfile(str(path), dtype=np.uint8)
     if data.size == 0:
         raise CitysegError(f"{path}: empty file (0 bytes); re-create or remove it")
-    image = cv2.imdecode(data, flags)
+    try:
+        image = cv2.imdecode(data, flags)
+    except cv2.error as exc:  # OpenCV asserts, e.g. a header claiming more than 2^30 pixels
+        if "CV_IO_MAX_IMAGE_PIXELS" in str(exc):
+            raise CitysegError(f"{path}: corrupt or unreadable image (its header claims more pixels "
+                               f"than OpenCV reads); re-create or remove it") from None
+        raise CitysegError(f"{path}: corrupt or unreadable image ({str(exc).strip()[:160]}); "
+                           f"re-create or remove it") from None
     if image is None:
         raise CitysegError(f"{path}: corrupt or unreadable image; re-create or remove it")
     return image
