@@ -56,24 +56,27 @@ def export_aoti(job: ExportJob, out: Path, precision: str = "fp32") -> ExportRes
     checks: dict = {}
     with Timer() as t:
         with atomic_path(out) as tmp:
-            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
-                warnings.simplefilter("ignore")
-                program = torch.export.export(model, (x,), dynamic_shapes=_dynamic_shapes(job))
-                tmp.unlink(missing_ok=True)
-                pkg = tmp.with_suffix(".pt2")  # aoti wants a .pt2 name
-                try:
+            tmp.unlink(missing_ok=True)
+            # Compile, load and verify under a ``.pt2`` name: torch's package loader logs
+            # "Unable to load package. f must be a buffer or a file ending in .pt2" for any other
+            # suffix, such as the atomic ``.tmp`` name; the package becomes ``tmp`` once it passed.
+            pkg = tmp.with_suffix(".pt2")
+            try:
+                with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+                    warnings.simplefilter("ignore")
+                    program = torch.export.export(model, (x,), dynamic_shapes=_dynamic_shapes(job))
                     torch._inductor.aoti_compile_and_package(program, package_path=str(pkg))
-                    pkg.replace(tmp)
-                finally:
-                    pkg.unlink(missing_ok=True)
-            if job.verify:
-                loaded = torch._inductor.aoti_load_package(str(tmp))
+                if job.verify:
+                    loaded = torch._inductor.aoti_load_package(str(pkg))
 
-                def run(batch):
-                    with torch.no_grad():
-                        return loaded(torch.from_numpy(batch).to(device)).float().cpu().numpy()
+                    def run(batch):
+                        with torch.no_grad():
+                            return loaded(torch.from_numpy(batch).to(device)).float().cpu().numpy()
 
-                checks = verify.check(job, run, precision, out.name)
+                    checks = verify.check(job, run, precision, out.name)
+                pkg.replace(tmp)
+            finally:
+                pkg.unlink(missing_ok=True)
             write_sidecar(out, job.meta, job.io(precision, device=device.type,
                                                  torch_version=torch.__version__))
     return ExportResult(out, "aoti", precision, t.seconds, path_size_mb(out) + path_size_mb(sidecar_path(out)),
