@@ -390,11 +390,12 @@ def quickstart(cfg: QuickstartConfig) -> Path:
                          lambda a=arch: step_export(cfg, a))
         _step(cfg, state, f"check:{arch}", f"check {arch}",
               lambda a=arch, e=exported: step_check(cfg, a, e["artifacts"]))
+        # group: each artifact's "x ref" is against its own network's PyTorch row.
         bench_entries.append({"model": str(cfg.out / "runs" / arch / "best.pt"),
-                              "label": f"{arch} torch fp32"})
+                              "label": f"{arch} torch fp32", "group": arch})
         for label, info in exported["artifacts"].items():
             if info["status"] == "ok":
-                bench_entries.append({"model": info["path"], "label": f"{arch} {label}"})
+                bench_entries.append({"model": info["path"], "label": f"{arch} {label}", "group": arch})
     _step(cfg, state, "bench", "benchmark every artifact", lambda: step_bench(cfg, bench_entries))
     _step(cfg, state, "segment", "segment a generated video",
           lambda: step_segment(cfg, _pick_video_model(cfg, state)))

@@ -60,3 +60,27 @@ def test_stage_timer_and_stats():
     assert set(s) == {"compute", "end_to_end"} and len(t.samples["compute"]) == 3
     st = stats([1.0, 2.0, 3.0, 4.0])
     assert st["min"] == 1.0 and st["max"] == 4.0 and st["median"] == 2.5
+
+
+def test_ratios_refer_to_the_first_row_of_the_same_group():
+    """Quickstart rows of network B must not be ratioed against network A's PyTorch row."""
+    from cityseg_deploy.bench.benchmark import add_ratios, format_markdown
+    from cityseg_deploy.bench.machine import machine_info
+
+    def row(model, fps, group=None):
+        r = {"model": model, "status": "ok", "batch": 1, "size": [64, 128], "throughput_fps": fps,
+             "backend": "x", "precision": "fp32", "device": "cpu", "latency_ms": None}
+        if group:
+            r["group"] = group
+        return r
+
+    rows = [row("a torch", 10.0, "a"), row("a onnx", 20.0, "a"), row("b torch", 40.0, "b"),
+            row("b onnx", 60.0, "b")]
+    add_ratios(rows)
+    assert [r["reference"] for r in rows] == ["a torch", "a torch", "b torch", "b torch"]
+    assert [r["ratio"] for r in rows] == [1.0, 2.0, 1.0, 1.5]
+    md = format_markdown({"machine": machine_info(1), "results": rows})
+    assert "first row of the same network (`a torch`, `b torch`)" in md
+    plain = [row("a torch", 10.0), row("b onnx", 60.0)]
+    add_ratios(plain)
+    assert plain[1]["reference"] == "a torch" and plain[1]["ratio"] == 6.0

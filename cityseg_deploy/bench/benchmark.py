@@ -243,11 +243,17 @@ def _parse_entry(entry) -> dict[str, Any]:
 
 
 def add_ratios(results: list[dict], reference: str | None = None, sgemm: float | None = None) -> None:
-    """``ratio`` = throughput / the reference row's (same batch and size); ``sgemm_fraction``."""
+    """``ratio`` = throughput / the reference row's (same batch, size and group); ``sgemm_fraction``.
+
+    Rows may carry a ``group`` (the quickstart puts each network's artifacts in one): a ratio then
+    refers to the first row of its own group, because a speed-up of network B's ONNX file over
+    network A's PyTorch model says nothing about either export.
+    """
     ok = [r for r in results if r["status"] == "ok"]
     for r in results:
         ref = None
-        same = [o for o in ok if o["batch"] == r["batch"] and o["size"] == r["size"]]
+        same = [o for o in ok if o["batch"] == r["batch"] and o["size"] == r["size"]
+                and o.get("group") == r.get("group")]
         if reference is not None:
             ref = next((o for o in same if o["model"] == reference), None)
         elif same:
@@ -266,7 +272,8 @@ def benchmark(models: Sequence, *, device: str = "cpu", batches: Sequence[int] =
               sgemm: bool = False, progress: bool = True, json_path=None, md_path=None,
               plot_path=None, title: str | None = None) -> dict:
     """Measure every model (path, ``path@precision`` or a dict with ``model``, ``label``,
-    ``precision``, ``runner``, ``options``) at every batch x size; returns the bench JSON dict."""
+    ``precision``, ``runner``, ``options``, ``group``) at every batch x size; returns the bench
+    JSON dict.  Ratios refer to ``reference`` or to the first row of the same ``group``."""
     import torch
 
     if threads:
@@ -291,6 +298,8 @@ def benchmark(models: Sequence, *, device: str = "cpu", batches: Sequence[int] =
                             iters=iters, duration=duration, threads=threads,
                             precision=entry.get("precision", precision), runner=entry.get("runner"),
                             label=entry.get("label"), options=entry.get("options"))
+            if entry.get("group") is not None:
+                row["group"] = str(entry["group"])
             results.append(row)
             if bar is not None:
                 bar.update(1)
@@ -354,9 +363,12 @@ def format_markdown(report: dict) -> str:
                   f"{r['file_mb']:.1f}" if r.get("file_mb") is not None else "–",
                   (r.get("error") or "").replace("|", "/")]
         lines.append("| " + " | ".join(cells) + " |")
-    ref = next((r["reference"] for r in report["results"] if r.get("reference")), None)
-    if ref:
-        lines += ["", f"x ref = throughput / throughput of `{ref}` at the same batch and size, same run."]
+    refs = list(dict.fromkeys(r["reference"] for r in report["results"] if r.get("reference")))
+    if len(refs) == 1:
+        lines += ["", f"x ref = throughput / throughput of `{refs[0]}` at the same batch and size, same run."]
+    elif refs:
+        lines += ["", "x ref = throughput / throughput of the first row of the same network "
+                  f"({', '.join(f'`{x}`' for x in refs)}) at the same batch and size, same run."]
     return "\n".join(lines) + "\n"
 
 
