@@ -36,17 +36,20 @@ from typing import Any
 
 MODELS = ("deeplabv3_resnet50", "unet", "denseaspp161")
 SETTINGS = ("512x1024x1", "512x1024x8", "1024x2048x1")
-MODES = ("eager_fp32", "fp16_cl", "fp16_cl_graphs", "compile", "aoti_fp16")
+MODES = ("eager_fp32", "fp16_cl", "fp16_cl_graphs", "compile", "aoti_fp16", "ort_cuda_fp32", "ort_cuda_fp16")
 CHILD_MODES = ("compile", "aoti_fp16")
 
-# Dense (no sparsity) datasheet peaks in TFLOP/s: fp32 on CUDA cores, fp16 on tensor cores.
+# Dense (no sparsity) datasheet peaks in TFLOP/s: fp32 on CUDA cores, tf32/fp16 on tensor cores.
 PEAKS = {
-    "H100 80GB HBM3": {"fp32": 66.9, "fp16": 989.4},   # SXM5
-    "H100 PCIe": {"fp32": 51.2, "fp16": 756.0},
-    "H100 NVL": {"fp32": 60.0, "fp16": 835.0},
-    "H200": {"fp32": 66.9, "fp16": 989.4},
-    "A100": {"fp32": 19.5, "fp16": 312.0},
+    "H100 80GB HBM3": {"fp32": 66.9, "tf32": 494.7, "fp16": 989.4},   # SXM5
+    "H100 PCIe": {"fp32": 51.2, "tf32": 378.0, "fp16": 756.0},
+    "H100 NVL": {"fp32": 60.0, "tf32": 417.5, "fp16": 835.0},
+    "H200": {"fp32": 66.9, "tf32": 494.7, "fp16": 989.4},
+    "A100": {"fp32": 19.5, "tf32": 156.0, "fp16": 312.0},
 }
+# Which arithmetic a mode runs: PyTorch fp32 here is IEEE (TF32 off); onnxruntime's CUDA EP
+# runs fp32 graphs with TF32 (its use_tf32 default).
+ARITHMETIC = {"eager_fp32": "fp32", "ort_cuda_fp32": "tf32"}
 
 
 def peak_for(gpu_name: str) -> dict[str, float] | None:
@@ -213,7 +216,7 @@ def report(rows_files: list[str], out: Path) -> str:
             continue
         tflops = row["gflops"] / (row["stages"]["compute"]["median"] / 1e3) / 1e3
         row["compute_tflops"] = round(tflops, 1)
-        kind = "fp32" if row["mode"] == "eager_fp32" else "fp16"
+        kind = ARITHMETIC.get(row["mode"], "fp16")
         if peak:
             row["pct_peak"] = round(100 * tflops / peak[kind], 1)
             row["peak_kind"] = f"{kind} {peak[kind]} TFLOP/s"
@@ -237,8 +240,12 @@ def report(rows_files: list[str], out: Path) -> str:
         f"{versions.get('torch')}; host CPU {machine.get('cpu')} ({machine.get('logical_cpus')} CPUs).",
         f"Peak used for %: {peak} TFLOP/s (dense datasheet); fp16 GEMM 8192³ measured in the same "
         f"run: {gemm} TFLOP/s.  Random weights; median of the timed iterations after warm-up, "
-        f"CUDA events.  Stages in ms (median): pre = host preprocessing, h2d = upload of uint8 "
-        f"NHWC, compute = network, d2h = argmax on the GPU + labels down.",
+        f"CUDA events.  Stages in ms (median): pre = host preprocessing, h2d = upload (uint8 NHWC "
+        f"for PyTorch, normalised float NCHW for onnxruntime), compute = network, d2h = argmax on "
+        f"the GPU + labels down.  % peak: eager_fp32 against fp32 CUDA cores (PyTorch fp32 is "
+        f"IEEE here, TF32 off), ort_cuda_fp32 against TF32 (onnxruntime's default), the rest "
+        f"against fp16 tensor cores.  GPU MB = peak allocated by torch during the row (eager "
+        f"rows include cudnn.benchmark's workspace trials; onnxruntime's own arena is not seen).",
         "",
         "| model | H×W×batch | mode | status | e2e ms | p99 ms | pre | h2d | compute | d2h | e2e/compute "
         "| img/s | × eager fp32 | TFLOP/s | % peak | % GEMM | setup s | GPU MB |",

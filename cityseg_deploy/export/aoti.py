@@ -12,6 +12,7 @@ and returns float32 logits, so the runtime and every checker treat all precision
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import warnings
 from pathlib import Path
@@ -48,7 +49,9 @@ def export_aoti(job: ExportJob, out: Path, precision: str = "fp32") -> ExportRes
         raise CitysegError("--device cuda: no CUDA GPU visible to PyTorch; export for CPU (--device cpu)")
     if precision in HALF and device.type != "cuda":
         raise CitysegError(f"--precision {precision}: AOTInductor half precision needs --device cuda")
-    model = wrapped_model(job)
+    # a copy: moving or casting job.model() in place would change the fp32 CPU reference that
+    # verify.check compares the package against
+    model = copy.deepcopy(wrapped_model(job))
     if precision in HALF:
         model = HalfPrecision(model, HALF[precision])
     model = model.eval().to(device)
