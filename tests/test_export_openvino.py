@@ -4,9 +4,10 @@ from __future__ import annotations
 import importlib.util
 import json
 
-import openvino as ov
 import pytest
 import torch
+
+ov = pytest.importorskip("openvino", reason="openvino (cpu extra) not installed")
 
 from cityseg_deploy.artifacts import read_artifact_meta
 from cityseg_deploy.errors import CitysegError

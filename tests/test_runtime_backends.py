@@ -110,10 +110,3 @@ def test_torch_runs_any_size(arts, val_images):
     seg = runtime.load(arts["ckpt"], threads=1, size=(32, 64))
     assert seg.predict(val_images[0]).shape == val_images[0].shape[:2]
     assert seg.predict_logits(val_images[0]).shape == (1, 19, 32, 64)
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_torch_fp16_graphs(arts, val_images, reference):
-    seg = runtime.load(arts["ckpt"], device="cuda", precision="fp16", cuda_graphs=True)
-    assert agreement(seg.predict(val_images), reference[0]) >= 0.99
