@@ -171,3 +171,34 @@ def test_amp_and_device_resolution_on_cpu():
     assert loop.resolve_device("cpu") == cpu
     with pytest.raises(CitysegError, match="--device 'gpu7'"):
         loop.resolve_device("gpu7")
+
+
+@pytest.mark.parametrize("scheduler", ["poly", "cosine"])
+def test_resume_with_more_epochs_extends_the_schedule(synth_root, tmp_path, monkeypatch, scheduler):
+    # a finished 2-epoch run resumed to 3 epochs used to start epoch 3 at the old run's final lr (0)
+    lr_at_start = {}
+    real = loop.train_one_epoch
+
+    def record(*args, **kwargs):  # (model, criterion, optimizer, loader, device, epoch)
+        lr_at_start[args[5]] = args[2].param_groups[0]["lr"]
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_one_epoch", record)
+    out, lines = tmp_path / "run", []
+    fit(tiny("deeplabv3_small", epochs=2, scheduler=scheduler), synth_root, out, device="cpu",
+        progress=False, log=None)
+    fit(tiny("deeplabv3_small", epochs=3, scheduler=scheduler), synth_root, out, device="cpu",
+        resume=True, progress=False, log=lines.append)
+    resumed = lr_at_start[3]
+    assert any(f"lr schedule ({scheduler}) extended from 6 to 9 steps" in line for line in lines)
+    lr_at_start.clear()
+    fit(tiny("deeplabv3_small", epochs=3, scheduler=scheduler), synth_root, tmp_path / "fresh",
+        device="cpu", progress=False, log=None)
+    assert resumed > 0 and resumed == pytest.approx(lr_at_start[3], rel=1e-9)
+
+
+def test_retarget_leaves_plateau_alone():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    plateau, when = loop.build_scheduler(tiny(scheduler="plateau"), opt, 10)
+    assert when == "epoch" and loop.retarget_scheduler(plateau, 20) is None
+    assert opt.param_groups[0]["lr"] == 0.1

@@ -185,18 +185,69 @@ def build_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
                            weight_decay=recipe.weight_decay)
 
 
+class PolyFactor:
+    """The poly schedule's lr factor ``max(0, 1 - step / total) ** power``.
+
+    A callable object rather than a lambda so that its ``total`` is an attribute: LambdaLR saves
+    and restores it with the scheduler state, and :func:`retarget_scheduler` can change it when a
+    resumed run asks for more (or fewer) epochs.
+    """
+
+    def __init__(self, total: int, power: float) -> None:
+        self.total, self.power = max(1, int(total)), float(power)
+
+    def __call__(self, step: int) -> float:
+        return max(0.0, 1.0 - step / self.total) ** self.power
+
+
 def build_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer, total_steps: int):
     """(scheduler or None, when it steps: "step" | "epoch" (with val mIoU) | None)."""
     if recipe.scheduler == "poly":
-        power, total = recipe.poly_power, max(1, total_steps)
         return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: max(0.0, 1.0 - step / total) ** power), "step"
+            optimizer, PolyFactor(total_steps, recipe.poly_power)), "step"
     if recipe.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps)), "step"
     if recipe.scheduler == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="max", factor=recipe.plateau_factor, patience=recipe.plateau_patience), "epoch"
     return None, None
+
+
+def retarget_scheduler(scheduler: Any, total_steps: int) -> int | None:
+    """Point a just-restored per-step schedule at ``total_steps``; return the old total if it changed.
+
+    Why: on ``--resume`` with another epoch count (or batch size) the restored state still holds
+    the old run's length (cosine's ``T_max``, the poly factor's ``total``) and the optimiser holds
+    the lr of the old run's last step; a finished 2-epoch run resumed to 3 epochs would train at
+    lr 0.  The state is restored first (step count, base lrs), then the total is set to the new
+    one and the current lr recomputed in closed form, so training continues exactly where a fresh
+    run of the new length would be at this step.  Poly's lr is always re-derived (bit-identical
+    when nothing changed; also right for a checkpoint from before ``PolyFactor``, which saved no
+    total); cosine's only when the total changed.  Epoch schedules (ReduceLROnPlateau) are left
+    as restored.
+    """
+    total = max(1, int(total_steps))
+    old: int | None = None
+    if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR) and all(
+            isinstance(f, PolyFactor) for f in scheduler.lr_lambdas):
+        old = scheduler.lr_lambdas[0].total
+        for factor in scheduler.lr_lambdas:
+            factor.total = total
+        lrs = [base * factor(scheduler.last_epoch)
+               for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    elif isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+        old, scheduler.T_max = scheduler.T_max, total
+        if old == total:
+            return None  # keep the restored (recursively computed) lr: exact resume
+        lrs = [scheduler.eta_min + (base - scheduler.eta_min)
+               * (1 + math.cos(math.pi * scheduler.last_epoch / total)) / 2
+               for base in scheduler.base_lrs]
+    else:
+        return None
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs):
+        group["lr"] = lr
+    scheduler._last_lr = list(lrs)
+    return old if old != total else None
 
 
 def freeze_batchnorm(model: nn.Module) -> None:
@@ -446,11 +497,14 @@ def fit(recipe: Recipe | str | Path | dict, data_root: str | Path, out_dir: str 
         state: dict[str, Any] = {"epoch": 0, "step": 0, "history": [], "best_miou": -1.0,
                                  "best_epoch": None, "bad_epochs": 0, "seconds": 0.0}
         best_metrics = last_metrics = None
+        old_total: int | None = None  # the restored schedule's length, when --resume changed it
         if checkpoint is not None:
             ts = checkpoint["train_state"]
             optimizer.load_state_dict(ts["optimizer"])
             if scheduler is not None and ts.get("scheduler") is not None:
                 scheduler.load_state_dict(ts["scheduler"])
+                if sched_when == "step":  # state restored; now the new run's length
+                    old_total = retarget_scheduler(scheduler, steps_per_epoch * recipe.epochs)
             if use_scaler and ts.get("scaler"):
                 scaler.load_state_dict(ts["scaler"])
             for key in state:
@@ -460,6 +514,12 @@ def fit(recipe: Recipe | str | Path | dict, data_root: str | Path, out_dir: str 
             if best_path.is_file():
                 best_metrics = read_checkpoint(best_path)["meta"].get("extra", {}).get("val")
             say(f"resuming {last_path} at epoch {state['epoch']} (step {state['step']})")
+            if old_total is not None:
+                new_total = steps_per_epoch * recipe.epochs
+                say(f"lr schedule ({recipe.scheduler}) "
+                    f"{'extended' if new_total > old_total else 'shortened'} from {old_total} to "
+                    f"{new_total} steps for {recipe.epochs} epochs; continuing at step "
+                    f"{state['step']} with lr {optimizer.param_groups[0]['lr']:.2e}")
 
         def train_state() -> dict[str, Any]:
             return {"optimizer": optimizer.state_dict(),
