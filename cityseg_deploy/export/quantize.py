@@ -61,7 +61,13 @@ def calibration_images(job: ExportJob) -> tuple[np.ndarray, str]:
 
 
 class _Reader:
-    """onnxruntime CalibrationDataReader over prepared batches, with a progress bar."""
+    """onnxruntime CalibrationDataReader over prepared batches, with a progress bar.
+
+    ``__len__``/``set_range`` let quantize_static calibrate one batch at a time
+    (``CalibStridedMinMax``): min/max are merged after each batch instead of every intermediate
+    tensor of every calibration image being held at once — a full-size DenseASPP-161 at 512x1024
+    needed > 22 GB of RAM that way.
+    """
 
     def __init__(self, job: ExportJob, images: np.ndarray):
         from tqdm import tqdm
@@ -72,10 +78,18 @@ class _Reader:
                         disable=None)
         self.counts = [min(len(c), len(images) - i * len(c)) for i, c in enumerate(self.chunks)]
         self.i = 0
+        self.end = len(self.chunks)
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.i, self.end = start_index, min(end_index, len(self.chunks))
 
     def get_next(self):
-        if self.i >= len(self.chunks):
-            self.bar.close()
+        if self.i >= self.end:
+            if self.i >= len(self.chunks):
+                self.bar.close()
             return None
         chunk = self.chunks[self.i]
         self.bar.update(max(0, self.counts[self.i]))
@@ -129,7 +143,8 @@ def quantize(fp32_path: Path, out_path: Path, job: ExportJob, *, ort_cache: Path
             calibration_cache_path=str(ort_cache),
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
                            # int32 bias Q/DQ: TensorRT's DequantizeLinear takes INT8/FP8/INT4 only
-                           "QuantizeBias": False})
+                           "QuantizeBias": False,
+                           "CalibStridedMinMax": 1})  # one batch at a time (see _Reader)
 
 
 def _mean_err(job: ExportJob, fp32_path: Path, int8_path: Path, images: np.ndarray) -> float:
