@@ -77,12 +77,24 @@ def _dynamic_shapes(job: ExportJob):
 
 @contextlib.contextmanager
 def _quiet():
-    """The exporters print pages of progress and warnings; keep the CLI output readable."""
+    """The exporters print pages of progress and warnings; keep the CLI output readable.
+
+    Every logger under ``torch`` and ``onnxscript`` is raised to CRITICAL, not ERROR: when the
+    dynamo exporter gives up on a graph (then the TorchScript fallback runs), ``torch._guards``,
+    ``torch.fx.experimental.symbolic_shapes`` and friends log the failure *at ERROR* with full
+    tracebacks.  Real failures are not hidden: they reach the caller as exceptions (a printed
+    fallback note, or the CLI's ``error:`` line).  Loggers that only inherit a level follow
+    ``torch``; the ones torch._logging configured with their own level/handler are listed too.
+    """
     buf = io.StringIO()
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    roots = ("torch", "onnxscript")
+    names = {*roots, *(name for name, lg in logging.Logger.manager.loggerDict.items()
+                       if isinstance(lg, logging.Logger) and name.split(".")[0] in roots
+                       and lg.level != logging.NOTSET)}
+    loggers = [logging.getLogger(n) for n in sorted(names)]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
-        lg.setLevel(logging.ERROR)
+        lg.setLevel(logging.CRITICAL)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(buf):
             warnings.simplefilter("ignore")
