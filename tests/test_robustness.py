@@ -502,7 +502,7 @@ def test_export_interrupted_mid_write_leaves_nothing(small_ckpt, synth_root, tmp
     if precision == "int8":
         argv += ["--calib-data", str(synth_root), "--calib-images", "2"]
     assert run(argv) == 130
-    _error_line(capsys)  # "error: aborted" (click turns Ctrl-C into Abort)
+    assert _error_line(capsys) == "error: interrupted"  # click's Abort, caused by the Ctrl-C
     _only(tmp_path, "m.pt")  # no .onnx, no _openvino_model/, no .calib.json, no .tmp
 
 
@@ -516,8 +516,20 @@ def test_aoti_export_interrupted_mid_write_leaves_nothing(small_ckpt, tmp_path, 
 
     monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", compile_then_ctrl_c)
     assert run(["export", str(ckpt), "--format", "aoti", "--no-verify"]) == 130
-    _error_line(capsys)
+    assert _error_line(capsys) == "error: interrupted"
     _only(tmp_path, "m.pt")  # no .pt2, no .pt2.json sidecar
+
+
+def test_ctrl_c_in_any_command_says_interrupted(tmp_path, monkeypatch, capsys):
+    """click converts Ctrl-C into its Abort; the user still reads "interrupted", exit 130."""
+    from cityseg_deploy.data import check
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(check, "check_dataset", ctrl_c)
+    assert run(["data", "check", str(tmp_path)]) == 130
+    assert _error_line(capsys) == "error: interrupted"
 
 
 def _ctrl_c_in_the_nth_png(monkeypatch, n: int) -> None:

@@ -46,8 +46,11 @@ def run(argv: list[str] | None = None) -> int:
         return 2
     except click.exceptions.Exit as exc:
         return exc.exit_code
-    except click.exceptions.Abort:
-        click.echo("error: aborted", err=True)
+    except click.exceptions.Abort as exc:
+        # click turns a KeyboardInterrupt inside any command into Abort (chained as __cause__)
+        # before it can reach the ``except KeyboardInterrupt`` below: Ctrl-C says "interrupted".
+        interrupted = isinstance(exc.__cause__, KeyboardInterrupt)
+        click.echo(f"error: {'interrupted' if interrupted else 'aborted'}", err=True)
         return 130
     except click.ClickException as exc:
         message = exc.format_message()
