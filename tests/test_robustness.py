@@ -520,6 +520,48 @@ def test_aoti_export_interrupted_mid_write_leaves_nothing(small_ckpt, tmp_path, 
     _only(tmp_path, "m.pt")  # no .pt2, no .pt2.json sidecar
 
 
+def _fake_aoti_compile(program, package_path, **kwargs):
+    """Stand-in for the minute-long C++ compile: a small file where the package goes."""
+    Path(package_path).write_bytes(b"PK\x03\x04 fake AOTI package")
+
+
+@pytest.mark.parametrize("cut", ["package_rename", "sidecar_after_previous_export"])
+def test_aoti_export_interrupted_never_leaves_a_lone_sidecar_or_package(small_ckpt, tmp_path,
+                                                                        monkeypatch, capsys, cut):
+    """Ctrl-C as the package lands (after its sidecar used to be written), or as its sidecar is
+    written over a previous export's pair: neither file remains, so none is stale or orphaned."""
+    import os
+
+    import torch._inductor
+
+    from cityseg_deploy.export import aoti
+
+    ckpt = Path(shutil.copy(small_ckpt, tmp_path / "m.pt"))
+    argv = ["export", str(ckpt), "--format", "aoti", "--no-verify"]
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", _fake_aoti_compile)
+    if cut == "package_rename":
+        real_replace = os.replace
+
+        def replace(src, dst, *args, **kwargs):
+            if str(dst).endswith(".pt2"):
+                raise KeyboardInterrupt
+            return real_replace(src, dst, *args, **kwargs)
+
+        monkeypatch.setattr(os, "replace", replace)
+    else:
+        assert run(argv) == 0  # the previous export: m.pt2 and m.pt2.json
+        capsys.readouterr()
+        _only(tmp_path, "m.pt", "m.pt2", "m.pt2.json")
+
+        def sidecar_then_ctrl_c(*args, **kwargs):
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(aoti, "write_sidecar", sidecar_then_ctrl_c)
+    assert run(argv) == 130
+    assert _error_line(capsys) == "error: interrupted"
+    _only(tmp_path, "m.pt")
+
+
 def test_ctrl_c_in_any_command_says_interrupted(tmp_path, monkeypatch, capsys):
     """click converts Ctrl-C into its Abort; the user still reads "interrupted", exit 130."""
     from cityseg_deploy.data import check

@@ -57,30 +57,43 @@ def export_aoti(job: ExportJob, out: Path, precision: str = "fp32") -> ExportRes
     model = model.eval().to(device)
     x = example_input(job).to(device)
     checks: dict = {}
+    side = sidecar_path(out)
+    # Package first, sidecar after: a sidecar describes a package, so it appears only once that
+    # package is in place.  The previous export's sidecar goes just before the new package
+    # replaces the old one, and a failure (Ctrl-C included) while no sidecar exists takes the
+    # package too: never a sidecar without its package, nor a package with a stale or missing
+    # sidecar.  A failure while compiling leaves a previous export's pair untouched.
     with Timer() as t:
-        with atomic_path(out) as tmp:
-            tmp.unlink(missing_ok=True)
-            # Compile, load and verify under a ``.pt2`` name: torch's package loader logs
-            # "Unable to load package. f must be a buffer or a file ending in .pt2" for any other
-            # suffix, such as the atomic ``.tmp`` name; the package becomes ``tmp`` once it passed.
-            pkg = tmp.with_suffix(".pt2")
-            try:
-                with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
-                    warnings.simplefilter("ignore")
-                    program = torch.export.export(model, (x,), dynamic_shapes=_dynamic_shapes(job))
-                    torch._inductor.aoti_compile_and_package(program, package_path=str(pkg))
-                if job.verify:
-                    loaded = torch._inductor.aoti_load_package(str(pkg))
+        try:
+            with atomic_path(out) as tmp:
+                tmp.unlink(missing_ok=True)
+                # Compile, load and verify under a ``.pt2`` name: torch's package loader logs
+                # "Unable to load package. f must be a buffer or a file ending in .pt2" for any
+                # other suffix, such as the atomic ``.tmp`` name; the package becomes ``tmp`` once
+                # it passed.
+                pkg = tmp.with_suffix(".pt2")
+                try:
+                    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+                        warnings.simplefilter("ignore")
+                        program = torch.export.export(model, (x,), dynamic_shapes=_dynamic_shapes(job))
+                        torch._inductor.aoti_compile_and_package(program, package_path=str(pkg))
+                    if job.verify:
+                        loaded = torch._inductor.aoti_load_package(str(pkg))
 
-                    def run(batch):
-                        with torch.no_grad():
-                            return loaded(torch.from_numpy(batch).to(device)).float().cpu().numpy()
+                        def run(batch):
+                            with torch.no_grad():
+                                return loaded(torch.from_numpy(batch).to(device)).float().cpu().numpy()
 
-                    checks = verify.check(job, run, precision, out.name)
-                pkg.replace(tmp)
-            finally:
-                pkg.unlink(missing_ok=True)
+                        checks = verify.check(job, run, precision, out.name)
+                    pkg.replace(tmp)
+                finally:
+                    pkg.unlink(missing_ok=True)
+                side.unlink(missing_ok=True)  # the old package's sidecar, just before it is replaced
             write_sidecar(out, job.meta, job.io(precision, device=device.type,
                                                  torch_version=torch.__version__))
-    return ExportResult(out, "aoti", precision, t.seconds, path_size_mb(out) + path_size_mb(sidecar_path(out)),
+        except BaseException:
+            if not side.exists():
+                out.unlink(missing_ok=True)
+            raise
+    return ExportResult(out, "aoti", precision, t.seconds, path_size_mb(out) + path_size_mb(side),
                         checks)
