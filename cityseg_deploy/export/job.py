@@ -186,7 +186,13 @@ class Timer:
 
 
 def threads() -> int:
+    """Threads for the parity/calibration sessions: ``OMP_NUM_THREADS`` when it is a positive
+    integer, else 0 = each library's default (all cores).
+
+    It used to return ``max(1, ...)``, i.e. 1 when the variable was unset, which callers took as
+    "set one thread": every onnxruntime/OpenVINO parity check ran on a single core.
+    """
     try:
-        return max(1, int(os.environ.get("OMP_NUM_THREADS", "0")))
+        return max(0, int(os.environ.get("OMP_NUM_THREADS", "") or 0))
     except ValueError:
         return 0

@@ -39,7 +39,7 @@ import numpy as np
 
 from ..errors import CitysegError
 from ..fileio import atomic_path, write_text_atomic
-from .job import ExportJob, ExportResult, Timer, path_size_mb
+from .job import ExportJob, ExportResult, Timer, path_size_mb, threads
 
 METHOD = "minmax/qdq/int8-symmetric/per-channel/7-bit-weights"
 CACHE_VERSION = 1
@@ -128,15 +128,56 @@ def _json_to_ort_cache(ranges: dict[str, list[float]], path: Path) -> None:
     save_tensors_data(data, path)
 
 
+def calibrate_ranges(fp32_path: Path, reader: Any, ort_cache: Path, workdir: Path) -> None:
+    """MinMax ranges of every activation of ``fp32_path`` → ``ort_cache`` (onnxruntime's cache JSON).
+
+    The same calibrator ``quantize_static`` builds (ReduceMin/ReduceMax after each tensor of the
+    op types it quantises, graph optimisations off), run by a session that keeps memory bounded.
+    onnxruntime's own session schedules the ~1000 added Reduce leaves after the network, so every
+    activation of one image stays alive at once, and its CPU arena keeps growing from image to
+    image: calibrating DenseASPP-161 at 512x1024 peaked at 14 GB with 1 image and 24 GB with 2
+    (OOM-killed with 8 on a 24 GB machine).  ``ExecutionOrder.PRIORITY_BASED`` runs each Reduce
+    pair as soon as its tensor exists and no arena releases memory between images: 3.3 GB peak
+    whatever the image count, ~2.5x faster (AMD EPYC, 2 cores, onnxruntime 1.32).  The ranges
+    are identical (same graph, same reductions; only the order of independent nodes changes).
+    """
+    import onnxruntime
+    from onnxruntime.quantization.calibrate import MinMaxCalibrater, save_tensors_data
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    class BoundedMinMax(MinMaxCalibrater):
+        def create_inference_session(self) -> None:
+            so = onnxruntime.SessionOptions()
+            so.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+            so.execution_order = onnxruntime.ExecutionOrder.PRIORITY_BASED
+            so.enable_cpu_mem_arena = False
+            so.enable_mem_pattern = False
+            if threads():
+                so.intra_op_num_threads = threads()
+            self.infer_session = onnxruntime.InferenceSession(
+                self.augmented_model_path, sess_options=so, providers=self.execution_providers)
+
+    op_types = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))  # quantize_static's default
+    calibrator = BoundedMinMax(str(fp32_path), op_types, str(workdir / "augmented_model.onnx"))
+    calibrator.augment_graph()
+    calibrator.create_inference_session()
+    calibrator.collect_data(reader)
+    save_tensors_data(calibrator.compute_data(), ort_cache)
+    del calibrator
+
+
 def quantize(fp32_path: Path, out_path: Path, job: ExportJob, *, ort_cache: Path,
              images: np.ndarray | None, exclude: list[str]) -> None:
-    """quantize_static into ``out_path``; calibrates only when ``ort_cache`` does not exist."""
+    """quantize_static into ``out_path``; calibrates only when ``ort_cache`` does not exist
+    (with :func:`calibrate_ranges`, whose memory does not grow with depth or image count)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    reader = _Reader(job, images) if images is not None and not ort_cache.exists() else None
+    if images is not None and not ort_cache.exists():
+        with tempfile.TemporaryDirectory(prefix="cityseg-calib-") as work, _quiet_ort():
+            calibrate_ranges(fp32_path, _Reader(job, images), ort_cache, Path(work))
     with _quiet_ort():
         quantize_static(
-            str(fp32_path), str(out_path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+            str(fp32_path), str(out_path), None, quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude or None,
             reduce_range=True,  # 7-bit weights: no vpmaddubsw saturation on non-VNNI x86 (above)
