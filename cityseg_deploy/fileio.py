@@ -19,6 +19,24 @@ import numpy as np
 from .errors import CitysegError
 
 
+def new_file_mode() -> int:
+    """The permission bits ``open(path, "w")`` gives a new file: 0o666 less the process umask.
+
+    Why: :func:`atomic_path` writes through ``tempfile.mkstemp``, which creates files 0600, so every
+    ONNX file, checkpoint and result used to be readable by its owner only (a model server or a
+    colleague under another user could not read it), unlike files written with ``open``.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # no way to read the umask without setting it elsewhere
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``final``; rename it onto ``final`` only if the block succeeds.
@@ -41,6 +59,9 @@ def atomic_path(final: str | os.PathLike, *, is_dir: bool = False) -> Iterator[P
                 shutil.rmtree(final) if final.is_dir() else final.unlink()
             os.replace(tmp, final)
         else:
+            if tmp.is_file():
+                # mkstemp creates 0600; the artifact gets what open() would have given it.
+                os.chmod(tmp, final.stat().st_mode & 0o777 if final.is_file() else new_file_mode())
             os.replace(tmp, final)
     except BaseException:
         if tmp.is_dir():
