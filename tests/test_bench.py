@@ -84,3 +84,41 @@ def test_ratios_refer_to_the_first_row_of_the_same_group():
     plain = [row("a torch", 10.0), row("b onnx", 60.0)]
     add_ratios(plain)
     assert plain[1]["reference"] == "a torch" and plain[1]["ratio"] == 6.0
+
+
+def test_suite_records_failed_bf16_row_and_judges_targets(tmp_path):
+    """A CPU suite: a torch bf16 row on a CPU without native bf16 is a failed row with its reason
+    (never a crash), the plain-OpenVINO reference runs, targets are judged, files are written."""
+    import yaml
+
+    from cityseg_deploy.bench.machine import has_native_bf16
+    from cityseg_deploy.bench.suite import run_suite
+
+    suite = {
+        "name": "tiny", "title": "tiny suite", "model": {"arch": "denseaspp_small", "size": [64, 128]},
+        "calib": {"images": 2, "size": [64, 128]},
+        "artifacts": {"onnx_fp32": {"format": "onnx"}, "ov_int8": {"format": "openvino", "precision": "int8"}},
+        "settings": {"warmup": 0, "iters": 2, "sgemm": False, "threads": 1},
+        "reference": "torch eager fp32",
+        "rows": [{"label": "torch eager fp32", "artifact": "checkpoint"},
+                 {"label": "torch bf16", "artifact": "checkpoint", "precision": "bf16"},
+                 {"label": "onnxruntime fp32", "artifact": "onnx_fp32"},
+                 {"label": "openvino int8", "artifact": "ov_int8"},
+                 {"label": "openvino int8 plain", "artifact": "ov_int8", "runner": "plain_openvino"}],
+        "targets": [{"row": "onnxruntime fp32", "min_ratio": 0.01},
+                    {"row": "openvino int8", "vs": "openvino int8 plain", "min_ratio": 0.01},
+                    {"row": "torch bf16", "min_ratio": 1.0}],
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    report = run_suite(path, work=tmp_path / "work", results=tmp_path / "res" / "tiny", progress=False)
+    by = {r["model"]: r for r in report["results"]}
+    assert by["torch eager fp32"]["status"] == "ok" and by["openvino int8 plain"]["status"] == "ok"
+    if not has_native_bf16():
+        bf16 = by["torch bf16"]
+        assert bf16["status"] == "failed" and "no native bf16" in bf16["error"]
+        assert report["targets"][2]["met"] is None  # a failed row is not judged
+    assert report["targets"][0]["met"] and report["targets"][1]["met"]
+    for ext in (".json", ".md", ".png"):
+        assert (tmp_path / "res" / f"tiny{ext}").stat().st_size > 0
+    assert "failed" in (tmp_path / "res" / "tiny.md").read_text()
