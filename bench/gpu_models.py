@@ -5,8 +5,14 @@ Modes (all through the project's own runtime, so the stage breakdown is the one 
 reports — preprocess, host→device, compute, device→host incl. argmax, end to end, CUDA events):
 
 - ``eager_fp32``      PyTorch eager, IEEE fp32 (TF32 off), contiguous NCHW
-- ``fp16_cl``         autocast fp16 + channels_last + cudnn.benchmark
-- ``fp16_cl_graphs``  the same, replayed from a CUDA graph
+- ``fp16_cl``         fp16 weights + channels_last + cudnn.benchmark
+- ``fp16_cl_autocast`` autocast fp16 (fp32 weights) + channels_last: the runner's former fp16 path
+- ``fp16_cl_graphs``  fp16_cl, replayed from a CUDA graph
+
+Every PyTorch mode runs the runner's defaults, BatchNorm folded into the preceding conv
+(``fuse_bn``).  Rows in bench/results/gpu_models.* measured before that change (and before fp16
+weights) are autocast fp16 with BN unfolded: ``fp16_cl`` there is today's ``fp16_cl_autocast``
+with ``fuse_bn=False``.
 - ``compile``         ``torch.compile(mode="max-autotune")`` on top of fp16_cl (compile time recorded)
 - ``aoti_fp16``       AOTInductor package (``cityseg export --format aoti --precision fp16 --device cuda``)
 
@@ -36,7 +42,8 @@ from typing import Any
 
 MODELS = ("deeplabv3_resnet50", "unet", "denseaspp161")
 SETTINGS = ("512x1024x1", "512x1024x8", "1024x2048x1")
-MODES = ("eager_fp32", "fp16_cl", "fp16_cl_graphs", "compile", "aoti_fp16", "ort_cuda_fp32", "ort_cuda_fp16")
+MODES = ("eager_fp32", "fp16_cl", "fp16_cl_autocast", "fp16_cl_graphs", "compile", "aoti_fp16",
+         "ort_cuda_fp32", "ort_cuda_fp16")
 CHILD_MODES = ("compile", "aoti_fp16")
 
 # Dense (no sparsity) datasheet peaks in TFLOP/s: fp32 on CUDA cores, tf32/fp16 on tensor cores.
@@ -109,6 +116,8 @@ def run_mode(arch: str, setting: str, mode: str, work: Path, iters: int, warmup:
     prepare_s = 0.0
     if mode == "eager_fp32":
         precision, options = "fp32", {"channels_last": False}
+    elif mode == "fp16_cl_autocast":
+        options = {"autocast": True}
     elif mode == "fp16_cl_graphs":
         options = {"cuda_graphs": True}
     elif mode == "compile":

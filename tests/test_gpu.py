@@ -74,10 +74,13 @@ def test_cuda_fp32_is_ieee_fp32(ckpt, images):
     assert rel_err(cpu_logits(ckpt, images), seg.predict_logits(images)) < 1e-3
 
 
+@pytest.mark.parametrize("autocast", [False, True], ids=["half_weights", "autocast"])
 @pytest.mark.parametrize("precision,min_agree,max_rel", [("fp16", 0.97, 2e-2), ("bf16", 0.90, 1e-1)])
-def test_cuda_autocast_channels_last(ckpt, images, precision, min_agree, max_rel):
-    seg = runtime.load(ckpt, device="cuda", precision=precision)
-    assert seg.describe()["channels_last"] is True
+def test_cuda_half_channels_last(ckpt, images, precision, min_agree, max_rel, autocast):
+    seg = runtime.load(ckpt, device="cuda", precision=precision, autocast=autocast)
+    d = seg.describe()
+    assert d["channels_last"] is True
+    assert (d["weights"], d["autocast"]) == (("fp32", precision) if autocast else (precision, None))
     ref, out = cpu_logits(ckpt, images), seg.predict_logits(images)
     assert agreement(ref, out) >= min_agree
     assert rel_err(ref, out) < max_rel

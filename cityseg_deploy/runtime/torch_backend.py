@@ -1,18 +1,29 @@
-"""PyTorch runner for checkpoints: eager, or autocast fp16/bf16, CUDA graphs and torch.compile.
+"""PyTorch runner for checkpoints: eager, fp16/bf16, CUDA graphs and torch.compile.
+
+The runner's model is its own inference copy, loaded from the checkpoint: every BatchNorm that
+directly follows a convolution is folded into it (``fuse_bn=True``, :mod:`..models.fuse`; the
+count is in ``describe()["bn_folded"]``), which removes a normalisation pass per conv.
 
 On CUDA: uint8 NHWC goes up (4x fewer bytes than float), normalisation runs on the device,
-``channels_last`` + ``cudnn.benchmark``, fp16/bf16 autocast by ``precision``, CUDA graphs
+``channels_last`` + ``cudnn.benchmark``.  ``precision`` fp16/bf16 casts the inference copy's
+weights to that dtype and feeds it half input; ``autocast=True`` keeps fp32 weights under
+``torch.autocast`` instead (the old path).  Why: on an H100, DenseASPP-161 512x1024 under autocast
+fp16 + channels_last spent 66 % of its GPU time in cuDNN's mixed-precision NHWC BatchNorm kernel
+(bench/results/gpu_denseaspp_profile.txt: 23.88 ms, against 12.47 ms with ``model.half()`` +
+channels_last).  Logits come back to the host as float32 either way.  CUDA graphs
 (``cuda_graphs=True``, one graph per input shape) and ``torch.compile`` (``compile=True``, or a
 mode name such as ``"max-autotune"``).  ``fp32`` on CUDA means IEEE fp32: cuDNN's TF32 tensor-core
 path (on by default in PyTorch, ~1e-3 relative error) is used only with ``tf32=True``, so a row
 called fp32 is fp32.
-On CPU: fp32 eager; ``precision="bf16"`` = autocast bf16 + channels_last where the CPU computes
-bf16 natively (AVX-512 BF16 / AMX), else a CitysegError (``allow_emulated_bf16=True`` runs it
-anyway on oneDNN's emulation, which is slower than fp32).
+On CPU: fp32 eager; ``precision="bf16"`` = autocast bf16 (always autocast on CPU, whatever
+``autocast`` says) + channels_last where the CPU computes bf16 natively (AVX-512 BF16 / AMX), else
+a CitysegError (``allow_emulated_bf16=True`` runs it anyway on oneDNN's emulation, which is
+slower than fp32).
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -22,9 +33,37 @@ from ..artifacts import default_io
 from ..bench.machine import cpu_flags, has_native_bf16
 from ..errors import CitysegError
 from ..models.checkpoint import load_checkpoint
+from ..models.fuse import fold_batchnorm
 from .base import Segmenter, check_precision
 
-AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
+HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+@dataclass(frozen=True)
+class CastPlan:
+    """How the inference copy runs: its weights' dtype (also the input's), autocast dtype or None."""
+
+    weights: torch.dtype
+    autocast: torch.dtype | None
+    channels_last: bool
+
+
+def cast_plan(device_type: str, precision: str, *, autocast: bool = False,
+              channels_last: bool | None = None) -> CastPlan:
+    """fp32: fp32 weights, no autocast.  fp16/bf16 on CUDA: weights cast to that dtype, unless
+    ``autocast`` (fp32 weights under torch.autocast).  bf16 on CPU: always autocast.
+    ``channels_last`` defaults to on for CUDA and for any half precision."""
+    half = HALF.get(precision)
+    if half is None:
+        plan_weights, plan_autocast = torch.float32, None
+    elif device_type == "cuda" and not autocast:
+        plan_weights, plan_autocast = half, None
+    else:
+        plan_weights, plan_autocast = torch.float32, half
+    if channels_last is None:
+        channels_last = device_type == "cuda" or half is not None
+    return CastPlan(plan_weights, plan_autocast, bool(channels_last))
 
 
 def resolve_device(device: str) -> torch.device:
@@ -47,7 +86,7 @@ class TorchSegmenter(Segmenter):
                  threads: int | None = None, size: Sequence[int] | None = None,
                  compile: bool | str = False, cuda_graphs: bool = False, tf32: bool = False,
                  channels_last: bool | None = None, allow_emulated_bf16: bool = False,
-                 **_: Any):
+                 fuse_bn: bool = True, autocast: bool = False, **_: Any):
         precision = check_precision(precision) or "fp32"
         dev = resolve_device(device)
         model, meta = load_checkpoint(path)
@@ -68,14 +107,21 @@ class TorchSegmenter(Segmenter):
         if dev.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
             raise CitysegError("precision bf16: this GPU does not support bf16; use fp16")
         self.torch_device = dev
-        self.autocast = AUTOCAST.get(precision)
-        if channels_last is None:
-            channels_last = dev.type == "cuda" or self.autocast is not None
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.plan = cast_plan(dev.type, precision, autocast=autocast, channels_last=channels_last)
+        self.memory_format = torch.channels_last if self.plan.channels_last else torch.contiguous_format
         if dev.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.tf32 = bool(tf32)
-        self.model = model.to(dev).to(memory_format=self.memory_format).eval()
+        model.eval()
+        self.bn_folded = 0
+        if fuse_bn:  # in place: this model is the runner's own copy, fresh from the checkpoint file
+            model, self.bn_folded = fold_batchnorm(model, inplace=True)
+        self.model = model.to(dev).to(self.plan.weights, memory_format=self.memory_format)
+        if self.plan.weights != torch.float32:
+            bad = [n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()]
+            if bad:
+                raise CitysegError(f"{path}: {len(bad)} parameter(s) overflow in {precision} "
+                                   f"(first: {bad[0]}); use autocast=True or fuse_bn=False")
         mean = torch.tensor(self.mean, device=dev).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=dev).view(1, 3, 1, 1)
         self._scale = 1.0 / (255.0 * std)
@@ -92,6 +138,8 @@ class TorchSegmenter(Segmenter):
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         d.update(channels_last=self.memory_format is torch.channels_last, compiled=self.compiled,
+                 bn_folded=self.bn_folded, weights=DTYPE_NAMES[self.plan.weights],
+                 autocast=DTYPE_NAMES[self.plan.autocast] if self.plan.autocast else None,
                  tf32=self.tf32 if self.torch_device.type == "cuda" else None,
                  cuda_graphs=self.cuda_graphs, threads=torch.get_num_threads())
         return d
@@ -108,12 +156,12 @@ class TorchSegmenter(Segmenter):
 
     def _network(self, x: torch.Tensor) -> torch.Tensor:
         x = x.permute(0, 3, 1, 2).float().mul_(self._scale).sub_(self._bias)
-        x = x.contiguous(memory_format=self.memory_format)
+        x = x.to(self.plan.weights, memory_format=self.memory_format)
         if self.torch_device.type == "cuda":  # per call: other Segmenters may share the process
             torch.backends.cudnn.allow_tf32 = self.tf32
             torch.backends.cuda.matmul.allow_tf32 = self.tf32
-        if self.autocast is not None:
-            with torch.autocast(self.torch_device.type, dtype=self.autocast):
+        if self.plan.autocast is not None:
+            with torch.autocast(self.torch_device.type, dtype=self.plan.autocast):
                 return self._forward(x)
         return self._forward(x)
 
