@@ -63,10 +63,10 @@ def calibration_images(job: ExportJob) -> tuple[np.ndarray, str]:
 class _Reader:
     """onnxruntime CalibrationDataReader over prepared batches, with a progress bar.
 
-    ``__len__``/``set_range`` let quantize_static calibrate one batch at a time
-    (``CalibStridedMinMax``): min/max are merged after each batch instead of every intermediate
-    tensor of every calibration image being held at once — a full-size DenseASPP-161 at 512x1024
-    needed > 22 GB of RAM that way.
+    Read by :func:`calibrate_ranges`.  ``__len__``/``set_range`` also let onnxruntime's own
+    ``CalibStridedMinMax`` take it one batch at a time; that alone did not bound memory (the
+    intermediate outputs are per-tensor min/max scalars; the 22+ GB of a full-size DenseASPP-161
+    were onnxruntime's session and arena, see :func:`calibrate_ranges`).
     """
 
     def __init__(self, job: ExportJob, images: np.ndarray):
@@ -184,8 +184,7 @@ def quantize(fp32_path: Path, out_path: Path, job: ExportJob, *, ort_cache: Path
             calibration_cache_path=str(ort_cache),
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
                            # int32 bias Q/DQ: TensorRT's DequantizeLinear takes INT8/FP8/INT4 only
-                           "QuantizeBias": False,
-                           "CalibStridedMinMax": 1})  # one batch at a time (see _Reader)
+                           "QuantizeBias": False})  # ranges come from calibrate_ranges' cache
 
 
 def _mean_err(job: ExportJob, fp32_path: Path, int8_path: Path, images: np.ndarray) -> float:
