@@ -37,7 +37,8 @@ case "$step" in
       --compile-timeout "${COMPILE_TIMEOUT:-170}" --out "$OUT/gpu_aoti" --work /tmp/gmwork
     ;;
   ort)
-    cat /tmp/parts/ortgpu.part.* > /tmp/ort.whl && python3 -m pip install -q --no-deps --no-index --target /tmp/ortsite /tmp/ort.whl
+    W=/tmp/onnxruntime_gpu-1.31.1-cp312-cp312-manylinux_2_28_x86_64.whl  # pip needs the wheel's real name
+    cat /tmp/parts/ortgpu.part.* > "$W" && python3 -m pip install -q --no-deps --no-index --target /tmp/ortsite "$W"
     export PYTHONPATH="/tmp/ortsite:$PYTHONPATH"
     python3 -c "import onnxruntime as o; o.preload_dlls(); print(o.__version__, o.get_available_providers())" > "$OUT/ort_gpu.txt" 2>&1
     timeout 200 python3 -m pytest -m gpu -ra -q -p no:cacheprovider --continue-on-collection-errors tests/test_gpu.py -k onnxruntime >> "$OUT/ort_gpu.txt" 2>&1
