@@ -63,10 +63,7 @@ def calibration_images(job: ExportJob) -> tuple[np.ndarray, str]:
 class _Reader:
     """onnxruntime CalibrationDataReader over prepared batches, with a progress bar.
 
-    Read by :func:`calibrate_ranges`.  ``__len__``/``set_range`` also let onnxruntime's own
-    ``CalibStridedMinMax`` take it one batch at a time; that alone did not bound memory (the
-    intermediate outputs are per-tensor min/max scalars; the 22+ GB of a full-size DenseASPP-161
-    were onnxruntime's session and arena, see :func:`calibrate_ranges`).
+    Read by :func:`calibrate_ranges`, which bounds the calibration session's memory.
     """
 
     def __init__(self, job: ExportJob, images: np.ndarray):
@@ -78,18 +75,10 @@ class _Reader:
                         disable=None)
         self.counts = [min(len(c), len(images) - i * len(c)) for i, c in enumerate(self.chunks)]
         self.i = 0
-        self.end = len(self.chunks)
-
-    def __len__(self) -> int:
-        return len(self.chunks)
-
-    def set_range(self, start_index: int, end_index: int) -> None:
-        self.i, self.end = start_index, min(end_index, len(self.chunks))
 
     def get_next(self):
-        if self.i >= self.end:
-            if self.i >= len(self.chunks):
-                self.bar.close()
+        if self.i >= len(self.chunks):
+            self.bar.close()
             return None
         chunk = self.chunks[self.i]
         self.bar.update(max(0, self.counts[self.i]))
