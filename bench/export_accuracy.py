@@ -7,6 +7,10 @@ with the ``cityseg`` CLI exactly as a user would:
 
 - ONNX fp32, fp16, int8 (Q/DQ, calibrated on the train split of ``--data``) and bf16;
 - OpenVINO fp32, int8 ``--int8-method qdq`` and ``--int8-method nncf``, and bf16;
+- the checkpoint itself in bf16 (``best.pt@bf16``: autocast bf16).  On a CPU without native bf16
+  ``cityseg check --emulate-bf16`` still measures its accuracy — oneDNN's emulation rounds weights
+  and activations to bf16 exactly as AVX-512 BF16/AMX would — and the row says ``emulated``; its
+  speed is not measured there (emulation is slower than fp32 and says nothing about bf16 speed);
 
 then runs ``cityseg check best.pt CANDIDATES... --data DATA --json`` (the val split) and
 ``cityseg bench`` on every artifact, so NNCF and Q/DQ are compared at measured speed too.
@@ -36,8 +40,9 @@ PLAN: list[tuple[str, str, str, list[str]]] = [
     ("openvino int8 qdq", "openvino", "int8", ["--int8-method", "qdq"]),
     ("openvino int8 nncf", "openvino", "int8", ["--int8-method", "nncf"]),
     ("openvino bf16", "openvino", "bf16", []),
+    ("torch bf16", "torch", "bf16", []),
 ]
-TARGETS = {"int8": 1.0, "fp16": 0.1, "fp32": 0.01}  # max mIoU drop, points
+TARGETS = {"int8": 1.0, "fp16": 0.1, "fp32": 0.01, "bf16": 0.3}  # max mIoU drop, points
 MODELS = ("deeplabv3_small", "unet_small", "denseaspp_small")
 
 
@@ -66,8 +71,16 @@ def run_cli(args: list[str], log) -> tuple[int, str, float]:
 def export_all(arch: str, ckpt: Path, data: Path, work: Path, log) -> list[dict]:
     from cityseg_deploy.bench.benchmark import path_mb
 
+    from cityseg_deploy.bench.machine import has_native_bf16
+
     rows = []
     for label, fmt, precision, extra in PLAN:
+        if fmt == "torch":  # no export: the checkpoint at another precision
+            emulated = precision == "bf16" and not has_native_bf16()
+            rows.append({"model": arch, "artifact": label + (" (emulated)" if emulated else ""),
+                         "format": fmt, "precision": precision, "path": f"{ckpt}@{precision}",
+                         "status": "ok", "emulated": emulated})
+            continue
         out = _out_path(work, arch, fmt, precision, extra)
         code, text, seconds = run_cli(["export", str(ckpt), "--format", fmt, "--precision", precision,
                                        "--out", str(out), "--calib-data", str(data), "--data", str(data),
@@ -89,7 +102,7 @@ def check_all(ckpt: Path, rows: list[dict], data: Path, work: Path, arch: str, l
     ok = [r for r in rows if r["status"] == "ok"]
     js = work / f"{arch}_check.json"
     code, text, seconds = run_cli(["check", str(ckpt), *[r["path"] for r in ok], "--data", str(data),
-                                   "--json", str(js), "--no-progress"], log)
+                                   "--json", str(js), "--no-progress", "--emulate-bf16"], log)
     if code != 0:
         raise SystemExit(f"cityseg check failed for {arch}: {_error_line(text)}")
     doc = json.loads(js.read_text())
@@ -112,7 +125,7 @@ def check_all(ckpt: Path, rows: list[dict], data: Path, work: Path, arch: str, l
 
 
 def bench_all(rows: list[dict], ckpt: Path, work: Path, arch: str, iters: int, log) -> None:
-    ok = [r for r in rows if r["status"] == "ok"]
+    ok = [r for r in rows if r["status"] == "ok" and not r.get("emulated")]
     js = work / f"{arch}_bench.json"
     code, text, _ = run_cli(["bench", str(ckpt), *[r["path"] for r in ok], "--iters", str(iters),
                              "--warmup", "5", "--json", str(js), "--no-progress"], log)

@@ -574,6 +574,25 @@ def test_ctrl_c_in_any_command_says_interrupted(tmp_path, monkeypatch, capsys):
     assert _error_line(capsys) == "error: interrupted"
 
 
+def test_input_ending_early_is_bad_input_not_an_interrupt(tmp_path, monkeypatch, capsys):
+    """click also turns an EOFError (pickle/np.load on a truncated file) into Abort; that is
+    bad input — one error line, exit 2 — not a Ctrl-C (130)."""
+    import pickle
+
+    from cityseg_deploy.data import check
+
+    truncated = tmp_path / "half.pkl"
+    truncated.write_bytes(pickle.dumps({"a": list(range(100))})[:0])
+
+    def read_truncated(*args, **kwargs):
+        return pickle.loads(truncated.read_bytes())  # EOFError: Ran out of input
+
+    monkeypatch.setattr(check, "check_dataset", read_truncated)
+    assert run(["data", "check", str(tmp_path)]) == 2
+    line = _error_line(capsys)
+    assert line.startswith("error: input ended early") and "Ran out of input" in line
+
+
 def _ctrl_c_in_the_nth_png(monkeypatch, n: int) -> None:
     """The n-th PNG written goes half to disk, then Ctrl-C (through the real atomic_path)."""
     calls = {"n": 0}

@@ -197,6 +197,33 @@ def test_resume_with_more_epochs_extends_the_schedule(synth_root, tmp_path, monk
     assert resumed > 0 and resumed == pytest.approx(lr_at_start[3], rel=1e-9)
 
 
+def test_resume_with_another_poly_power_uses_it(synth_root, tmp_path, monkeypatch):
+    """--set poly_power=... on resume: the rest of the run follows the new exponent (it used to
+    keep the saved one silently).  Truth: a fresh 3-epoch run with the new power, and the
+    closed form base * (1 - step / total) ** power."""
+    lr_at_start = {}
+    real = loop.train_one_epoch
+
+    def record(*args, **kwargs):
+        lr_at_start[args[5]] = args[2].param_groups[0]["lr"]
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_one_epoch", record)
+    out, lines = tmp_path / "run", []
+    fit(tiny("deeplabv3_small", epochs=1, scheduler="poly", poly_power=0.9), synth_root, out,
+        device="cpu", progress=False, log=None)
+    fit(tiny("deeplabv3_small", epochs=2, scheduler="poly", poly_power=2.0), synth_root, out,
+        device="cpu", resume=True, progress=False, log=lines.append)
+    resumed = lr_at_start[2]
+    assert any("power changed from 0.9 to 2" in line for line in lines), lines
+    lr_at_start.clear()
+    fit(tiny("deeplabv3_small", epochs=2, scheduler="poly", poly_power=2.0), synth_root,
+        tmp_path / "fresh", device="cpu", progress=False, log=None)
+    assert resumed == pytest.approx(lr_at_start[2], rel=1e-9)
+    base = tiny("deeplabv3_small").lr
+    assert resumed == pytest.approx(base * (1 - 3 / 6) ** 2.0, rel=1e-9)  # 3 steps/epoch, 6 in all
+
+
 def test_retarget_leaves_plateau_alone():
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     plateau, when = loop.build_scheduler(tiny(scheduler="plateau"), opt, 10)

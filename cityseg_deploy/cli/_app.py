@@ -47,8 +47,15 @@ def run(argv: list[str] | None = None) -> int:
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.exceptions.Abort as exc:
-        # click turns a KeyboardInterrupt inside any command into Abort (chained as __cause__)
-        # before it can reach the ``except KeyboardInterrupt`` below: Ctrl-C says "interrupted".
+        # click turns a KeyboardInterrupt *or an EOFError* inside any command into Abort (chained
+        # as __cause__) before it can reach the handlers below: Ctrl-C says "interrupted"; an
+        # EOFError is input that ended early (a truncated file some reader did not wrap), which
+        # is bad input — exit 2 like every other, not 130 as if the user had stopped the job.
+        if isinstance(exc.__cause__, EOFError):
+            detail = str(exc.__cause__).splitlines()[0][:160] if str(exc.__cause__) else ""
+            click.echo("error: input ended early (a truncated or empty file?)"
+                       + (f": {detail}" if detail else ""), err=True)
+            return 2
         interrupted = isinstance(exc.__cause__, KeyboardInterrupt)
         click.echo(f"error: {'interrupted' if interrupted else 'aborted'}", err=True)
         return 130

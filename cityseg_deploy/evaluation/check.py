@@ -86,12 +86,15 @@ def check(baseline, candidates: Sequence, data_root: str | os.PathLike, *, split
           device: str = "cpu", threads: int | None = None, batch: int = 1,
           max_miou_drop: float | None = None, out: str | os.PathLike | None = None,
           json_path: str | os.PathLike | None = None, logit_images: int = 4,
-          progress: bool = True, label_set: str | None = None) -> dict:
+          progress: bool = True, label_set: str | None = None, emulate_bf16: bool = False) -> dict:
     """Compare ``candidates`` with ``baseline`` on ``split``; returns the check JSON dict.
 
     Models are paths or ``path@precision`` specs.  ``max_miou_drop`` (percentage points) adds
     ``gate`` = ``{"max_miou_drop", "passed", "failures": [...]}``.  ``out``: folder for
-    Markdown/CSV tables, the JSON and the per-class delta plot.
+    Markdown/CSV tables, the JSON and the per-class delta plot.  ``emulate_bf16``: let a
+    ``checkpoint@bf16`` run on a CPU without native bf16 (oneDNN's emulation: the bf16 rounding of
+    weights and activations is the same, only slow), so bf16 accuracy can be known before the
+    model reaches an AVX-512 BF16/AMX machine; such rows say ``bf16 (emulated)``.
     """
     from .. import runtime
 
@@ -105,7 +108,8 @@ def check(baseline, candidates: Sequence, data_root: str | os.PathLike, *, split
     docs: list[dict] = []
     base_seg = None
     for k, (spec, name) in enumerate(zip(specs, names)):
-        seg = runtime.load(spec, device=device, threads=threads)
+        seg = runtime.load(spec, device=device, threads=threads,
+                           **({"allow_emulated_bf16": True} if emulate_bf16 else {}))
         if base_seg is None:
             base_seg = seg
         elif seg.meta.num_classes != base_seg.meta.num_classes:
@@ -134,7 +138,10 @@ def check(baseline, candidates: Sequence, data_root: str | os.PathLike, *, split
         result = cm.compute(seg.meta.class_names)
         results[name] = result
         doc = eval_json(result, name)
-        doc.update(path=spec, backend=seg.backend, precision=seg.precision, device=seg.device, split=split)
+        precision = seg.precision
+        if getattr(seg, "emulated_bf16", False):
+            precision = f"{precision} (emulated)"
+        doc.update(path=spec, backend=seg.backend, precision=precision, device=seg.device, split=split)
         if k > 0:
             doc["delta"] = delta(result, results[names[0]])
             doc["agreement"] = agree[0] / agree[1] if agree[1] else None

@@ -180,7 +180,7 @@ def _mean_err(job: ExportJob, fp32_path: Path, int8_path: Path, images: np.ndarr
     from .verify import ort_runner, run_batched
 
     a = run_batched(job, ort_runner(fp32_path), images).astype(np.float32)
-    b = run_batched(job, ort_runner(int8_path), images).astype(np.float32)
+    b = run_batched(job, ort_runner(int8_path, int8=True), images).astype(np.float32)
     if job.argmax:
         return float((a != b).mean())
     return float(np.abs(a - b).mean())
@@ -276,5 +276,5 @@ def export_int8(job: ExportJob, out: Path) -> ExportResult:
         check_model(tmp)
         checks = dict(info)
         if job.verify:
-            checks.update(verify.check(job, verify.ort_runner(tmp), "int8", out.name))
+            checks.update(verify.check(job, verify.ort_runner(tmp, int8=True), "int8", out.name))
     return ExportResult(out, "onnx", "int8", t.seconds, path_size_mb(out), checks)

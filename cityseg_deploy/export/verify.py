@@ -143,19 +143,24 @@ def check(job: ExportJob, run: Callable[[np.ndarray], np.ndarray], precision: st
     return stats
 
 
-def ort_session(path, *, providers: list[str] | None = None):
+def ort_session(path, *, providers: list[str] | None = None, int8: bool = False):
+    """A CPU session over ``path``; ``int8=True`` runs an int8 graph the way the runtime does on
+    CPU (``runtime.ort_int8``: uint8 activations, ReLUs folded), so the export's int8 parity
+    gate judges what ``cityseg`` will run, not a form no command uses."""
     import onnxruntime as ort
 
+    from ..runtime.ort_int8 import onnxruntime_cpu_graph
     from .job import threads
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads():
         opts.intra_op_num_threads = threads()
-    return ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
+    source = onnxruntime_cpu_graph(path)[0] if int8 and not providers else str(path)
+    return ort.InferenceSession(source, opts, providers=providers or ["CPUExecutionProvider"])
 
 
-def ort_runner(path) -> Callable[[np.ndarray], np.ndarray]:
-    sess = ort_session(path)
+def ort_runner(path, *, int8: bool = False) -> Callable[[np.ndarray], np.ndarray]:
+    sess = ort_session(path, int8=int8)
     name = sess.get_inputs()[0].name
     return lambda x: sess.run(None, {name: x})[0]

@@ -3,7 +3,8 @@
 Precision lives in the graph (fp32, fp16 with fp32 I/O, int8 QDQ); the runner reads it from the
 metadata and refuses a request for another.  On CUDA the input is uploaded once into a torch CUDA
 tensor and bound, the output is bound to a torch CUDA tensor, and argmax runs there: nothing
-bounces through the host but the final uint8 labels.
+bounces through the host but the final uint8 labels.  On CPU an int8 graph is reshaped in memory
+for onnxruntime's integer kernels (uint8 activations, ReLUs folded; ``ort_int8``), 2x faster.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import numpy as np
 from ..artifacts import read_artifact_meta
 from ..errors import CitysegError
 from .base import Segmenter, check_precision
+from .ort_int8 import onnxruntime_cpu_graph
 
 ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8,
              "tensor(int64)": np.int64, "tensor(int32)": np.int32}
@@ -34,7 +36,8 @@ class OnnxRuntimeSegmenter(Segmenter):
 
     def __init__(self, path: str | os.PathLike, *, device: str = "cpu", precision: str | None = None,
                  threads: int | None = None, size: Sequence[int] | None = None,
-                 tensorrt_ep: bool = False, providers: list | None = None, **_: Any):
+                 tensorrt_ep: bool = False, providers: list | None = None,
+                 cpu_int8_rewrite: bool = True, **_: Any):
         ort = _import_ort()
         meta, io = read_artifact_meta(path)
         precision = check_precision(precision)
@@ -63,8 +66,12 @@ class OnnxRuntimeSegmenter(Segmenter):
                 raise CitysegError(f"device {device!r}: use cpu or cuda")
             else:
                 providers = ["CPUExecutionProvider"]
+        source: Any = str(path)
+        self.int8_rewrite: dict[str, int] = {}
         try:
-            self.session = ort.InferenceSession(str(path), so, providers=providers)
+            if cpu_int8_rewrite and providers == ["CPUExecutionProvider"] and io.get("precision") == "int8":
+                source, self.int8_rewrite = onnxruntime_cpu_graph(path)  # see ort_int8's module doc
+            self.session = ort.InferenceSession(source, so, providers=providers)
         except Exception as exc:
             raise CitysegError(f"{path}: onnxruntime cannot load this graph ({type(exc).__name__}: "
                                f"{str(exc).splitlines()[0][:200]}); re-export it") from None
@@ -90,6 +97,8 @@ class OnnxRuntimeSegmenter(Segmenter):
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         d["providers"] = self.session.get_providers()
+        if self.int8_rewrite:
+            d["int8_rewrite"] = dict(self.int8_rewrite)
         return d
 
     def to_device(self, x: np.ndarray):

@@ -103,9 +103,11 @@ class TorchSegmenter(Segmenter):
         if dev.type == "cpu" and precision == "bf16" and not (has_native_bf16() or allow_emulated_bf16):
             raise CitysegError(
                 "precision bf16 on CPU: this CPU has no native bf16 (needs avx512_bf16 or amx_bf16; "
-                f"it has {', '.join(cpu_flags()) or 'neither'}); use fp32 here")
+                f"it has {', '.join(cpu_flags()) or 'neither'}); use fp32 here, or `cityseg check "
+                "--emulate-bf16` for bf16 accuracy (not speed) on this CPU")
         if dev.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
             raise CitysegError("precision bf16: this GPU does not support bf16; use fp16")
+        self.emulated_bf16 = dev.type == "cpu" and precision == "bf16" and not has_native_bf16()
         self.torch_device = dev
         self.plan = cast_plan(dev.type, precision, autocast=autocast, channels_last=channels_last)
         self.memory_format = torch.channels_last if self.plan.channels_last else torch.contiguous_format
@@ -141,7 +143,8 @@ class TorchSegmenter(Segmenter):
                  bn_folded=self.bn_folded, weights=DTYPE_NAMES[self.plan.weights],
                  autocast=DTYPE_NAMES[self.plan.autocast] if self.plan.autocast else None,
                  tf32=self.tf32 if self.torch_device.type == "cuda" else None,
-                 cuda_graphs=self.cuda_graphs, threads=torch.get_num_threads())
+                 cuda_graphs=self.cuda_graphs, threads=torch.get_num_threads(),
+                 emulated_bf16=self.emulated_bf16)
         return d
 
     # uint8 NHWC travels; normalisation happens on the device

@@ -213,8 +213,12 @@ def build_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer, total_step
     return None, None
 
 
-def retarget_scheduler(scheduler: Any, total_steps: int) -> int | None:
+def retarget_scheduler(scheduler: Any, total_steps: int, *, poly_power: float | None = None) -> int | None:
     """Point a just-restored per-step schedule at ``total_steps``; return the old total if it changed.
+
+    ``poly_power``: the resumed run's poly exponent (a ``--set poly_power=...`` on resume);
+    the restored factor's own power is kept when None.  Changing it is reported by
+    :func:`poly_power_of` before/after, not by the return value.
 
     Why: on ``--resume`` with another epoch count (or batch size) the restored state still holds
     the old run's length (cosine's ``T_max``, the poly factor's ``total``) and the optimiser holds
@@ -233,6 +237,8 @@ def retarget_scheduler(scheduler: Any, total_steps: int) -> int | None:
         old = scheduler.lr_lambdas[0].total
         for factor in scheduler.lr_lambdas:
             factor.total = total
+            if poly_power is not None:
+                factor.power = float(poly_power)
         lrs = [base * factor(scheduler.last_epoch)
                for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
     elif isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
@@ -248,6 +254,14 @@ def retarget_scheduler(scheduler: Any, total_steps: int) -> int | None:
         group["lr"] = lr
     scheduler._last_lr = list(lrs)
     return old if old != total else None
+
+
+def poly_power_of(scheduler: Any) -> float | None:
+    """The exponent of a poly schedule (None for any other schedule)."""
+    if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR) and scheduler.lr_lambdas and all(
+            isinstance(f, PolyFactor) for f in scheduler.lr_lambdas):
+        return scheduler.lr_lambdas[0].power
+    return None
 
 
 def freeze_batchnorm(model: nn.Module) -> None:
@@ -503,8 +517,14 @@ def fit(recipe: Recipe | str | Path | dict, data_root: str | Path, out_dir: str 
             optimizer.load_state_dict(ts["optimizer"])
             if scheduler is not None and ts.get("scheduler") is not None:
                 scheduler.load_state_dict(ts["scheduler"])
-                if sched_when == "step":  # state restored; now the new run's length
-                    old_total = retarget_scheduler(scheduler, steps_per_epoch * recipe.epochs)
+                if sched_when == "step":  # state restored; now the new run's length (and power)
+                    old_power = poly_power_of(scheduler)
+                    old_total = retarget_scheduler(scheduler, steps_per_epoch * recipe.epochs,
+                                                   poly_power=recipe.poly_power)
+                    if old_power is not None and old_power != recipe.poly_power:
+                        say(f"lr schedule (poly) power changed from {old_power:g} to "
+                            f"{recipe.poly_power:g}; continuing at step {ts.get('step', 0)} with lr "
+                            f"{optimizer.param_groups[0]['lr']:.2e}")
             if use_scaler and ts.get("scaler"):
                 scaler.load_state_dict(ts["scaler"])
             for key in state:

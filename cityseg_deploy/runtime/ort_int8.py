@@ -1,0 +1,146 @@
+"""Reshape the int8 Q/DQ graph, in memory at load, into the form onnxruntime's CPU kernels fuse.
+
+The project's int8 ONNX is written for TensorRT (export/quantize.py): symmetric int8 activations
+with zero point 0, float biases, and every ReLU kept between a Dequantize and a Quantize.  On an
+x86 CPU onnxruntime runs integer convolutions only with **uint8** activations; it converts a
+signed Quantize→Dequantize pair to uint8 (zero point +128) itself, but only when the pair has a
+single consumer.  Every tensor that feeds two nodes (each residual block's input, the ASPP input)
+kept int8, so 24 of DeepLabV3-R50's 61 convolutions fell back to float convolutions wrapped in
+Quantize/Dequantize, with layout transposes around them, and the 56 ReLUs ran in float between a
+Dequantize and a Quantize.  Measured on an AMD EPYC (avx2, no VNNI), 2 threads, 512x1024: the
+graph as exported 4.9 s, slower than the fp32 graph.
+
+Two rewrites, both onnxruntime-only (the file on disk stays as exported, for TensorRT/OpenVINO):
+
+1. :func:`fold_relu_into_quantize` — ``Q_a → DQ_a → Relu → Q_b`` (or ``X → Relu → Q_b``) becomes
+   ``X → Q_b`` with Q_b made uint8 with zero point 0: quantising to uint8 at zero point 0 clamps
+   negatives to 0, which *is* the ReLU, and rounding once onto Q_b's grid replaces rounding onto
+   Q_a's grid and then onto Q_b's (same scale as exported; values above the calibrated maximum
+   no longer saturate at 127 but at 255).  Not bit-identical to the exported graph, but closer to
+   fp32: on DeepLabV3-R50 mean |logit error| vs fp32 0.192 → 0.163.
+2. :func:`int8_activations_to_uint8` — every other activation Quantize/Dequantize pair gets
+   zero point ``zp + 128`` in uint8: ``q_u8 = q_s8 + 128`` exactly, the same change onnxruntime
+   makes to single-consumer pairs, now applied to all of them.
+
+Result on the same machine: all 61 convolutions and 16 residual additions integer
+(QLinearConv/QLinearAdd), 4.9 s → 2.4 s.  Weights (7-bit, symmetric int8) are untouched; uint8
+activations up to 255 times 7-bit weights cannot saturate ``vpmaddubsw``'s int16 pair sums
+(2 · 255 · 64 = 32640 < 32767).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+
+class _Graph:
+    """Producer/consumer index over an ``onnx.GraphProto`` (rebuilt by each rewrite)."""
+
+    def __init__(self, graph):
+        from onnx import numpy_helper
+
+        self.graph = graph
+        self.inits = {t.name: t for t in graph.initializer}
+        self.producer = {out: node for node in graph.node for out in node.output}
+        self.consumers: dict[str, list] = defaultdict(list)
+        for node in graph.node:
+            for name in node.input:
+                self.consumers[name].append(node)
+        self.outputs = {o.name for o in graph.output}
+        self._to_array = numpy_helper.to_array
+
+    def const(self, name: str) -> np.ndarray | None:
+        t = self.inits.get(name)
+        return None if t is None else self._to_array(t)
+
+    def only_consumer(self, name: str, op_type: str):
+        nodes = self.consumers.get(name, [])
+        if len(nodes) == 1 and nodes[0].op_type == op_type and name not in self.outputs:
+            return nodes[0]
+        return None
+
+    def int8_activation_quantize(self, node) -> bool:
+        """A QuantizeLinear with an int8 zero point whose every reader is a DequantizeLinear."""
+        if node.op_type != "QuantizeLinear" or len(node.input) < 3:
+            return False
+        zp = self.const(node.input[2])
+        readers = self.consumers.get(node.output[0], [])
+        return (zp is not None and zp.dtype == np.int8 and zp.size == 1 and bool(readers)
+                and node.output[0] not in self.outputs
+                and all(r.op_type == "DequantizeLinear" for r in readers))
+
+    def set_zero_point(self, node, value: np.ndarray) -> None:
+        from onnx import numpy_helper
+
+        name = f"{node.name or node.output[0]}_zero_point_u8"
+        self.graph.initializer.append(numpy_helper.from_array(value, name))
+        node.input[2] = name
+
+
+def fold_relu_into_quantize(model) -> int:
+    """Rewrite 1 of the module doc, in place; returns the number of ReLUs removed."""
+    g = _Graph(model.graph)
+    removed: set[int] = set()
+    folded = 0
+    for relu in list(model.graph.node):
+        if relu.op_type != "Relu":
+            continue
+        q_b = g.only_consumer(relu.output[0], "QuantizeLinear")
+        if q_b is None or not g.int8_activation_quantize(q_b) or g.const(q_b.input[2]).item() != 0:
+            continue
+        source = relu.input[0]
+        dq_a = g.producer.get(source)
+        if dq_a is not None and dq_a.op_type == "DequantizeLinear" and g.only_consumer(source, "Relu"):
+            q_a = g.producer.get(dq_a.input[0])
+            if q_a is not None and q_a.op_type == "QuantizeLinear" and g.only_consumer(
+                    dq_a.input[0], "DequantizeLinear"):
+                source = q_a.input[0]  # round once, straight onto Q_b's grid
+                removed |= {id(dq_a), id(q_a)}
+        q_b.input[0] = source
+        zero = np.zeros(g.const(q_b.input[2]).shape, np.uint8)
+        g.set_zero_point(q_b, zero)
+        for dq in g.consumers[q_b.output[0]]:
+            g.set_zero_point(dq, zero)
+        removed.add(id(relu))
+        folded += 1
+    if removed:
+        kept = [n for n in model.graph.node if id(n) not in removed]
+        del model.graph.node[:]
+        model.graph.node.extend(kept)
+    return folded
+
+
+def int8_activations_to_uint8(model) -> int:
+    """Rewrite 2 of the module doc, in place; returns the number of Quantize nodes changed."""
+    g = _Graph(model.graph)
+    changed = 0
+    for q in list(model.graph.node):
+        if not g.int8_activation_quantize(q):
+            continue
+        zp = (g.const(q.input[2]).astype(np.int16) + 128).astype(np.uint8)
+        g.set_zero_point(q, zp)
+        for dq in g.consumers[q.output[0]]:
+            g.set_zero_point(dq, zp)
+        changed += 1
+    return changed
+
+
+def prepare_qdq_for_onnxruntime(model) -> dict[str, int]:
+    """Both rewrites, in order; returns what each changed (for ``Segmenter.describe``)."""
+    relus = fold_relu_into_quantize(model)
+    return {"relu_folded": relus, "uint8_activations": int8_activations_to_uint8(model)}
+
+
+def onnxruntime_cpu_graph(path) -> tuple[Any, dict[str, int]]:
+    """What to hand ``onnxruntime.InferenceSession`` on CPU: the path itself for graphs without
+    int8 Quantize nodes (fp32/fp16: no copy in memory), else the rewritten graph's bytes."""
+    import onnx
+
+    model = onnx.load(str(path))
+    g = _Graph(model.graph)
+    if not any(g.int8_activation_quantize(n) for n in model.graph.node):
+        return str(path), {}
+    changes = prepare_qdq_for_onnxruntime(model)
+    return model.SerializeToString(), changes
