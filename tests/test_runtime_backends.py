@@ -114,3 +114,19 @@ def test_torch_runs_any_size(arts, val_images):
     seg = runtime.load(arts["ckpt"], threads=1, size=(32, 64))
     assert seg.predict(val_images[0]).shape == val_images[0].shape[:2]
     assert seg.predict_logits(val_images[0]).shape == (1, 19, 32, 64)
+
+
+def test_device_normaliser_equals_the_host_one():
+    """The on-device normalisation (torch and onnxruntime on CUDA) = the host one = the formula."""
+    import torch
+
+    from cityseg_deploy.runtime.base import device_normaliser, normalise_nchw
+
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    nhwc = np.random.default_rng(0).integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)
+    host = normalise_nchw(nhwc, mean, std)
+    device = device_normaliser(mean, std, "cpu")(torch.from_numpy(nhwc)).numpy()
+    formula = (nhwc.transpose(0, 3, 1, 2) / 255.0 - np.reshape(mean, (1, 3, 1, 1))) / np.reshape(std, (1, 3, 1, 1))
+    assert device.shape == host.shape == (2, 3, 5, 7)
+    np.testing.assert_allclose(device, host, atol=1e-6)
+    np.testing.assert_allclose(host, formula, atol=1e-5)

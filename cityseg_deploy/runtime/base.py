@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import cv2
 import numpy as np
@@ -88,6 +88,20 @@ def normalise_nchw(nhwc: np.ndarray, mean: Sequence[float], std: Sequence[float]
         np.multiply(nhwc[..., c], scale, out=out[:, c], dtype=np.float32)
         out[:, c] -= bias
     return out
+
+
+def device_normaliser(mean: Sequence[float], std: Sequence[float], device) -> Callable[[Any], Any]:
+    """NHWC uint8 torch tensor on ``device`` → NCHW float32 ``(x/255 - mean) / std`` there.
+
+    Why on the device: the upload is then 1 byte per channel instead of 4 and the host does no
+    float work (onnxruntime-gpu on an H100 spent 2.25 ms of a 6.58 ms DeepLabV3 frame
+    normalising on the host).  Same arithmetic as :func:`normalise_nchw`.
+    """
+    import torch
+
+    scale = 1.0 / (255.0 * torch.tensor(std, device=device).view(1, 3, 1, 1))
+    bias = torch.tensor(mean, device=device).view(1, 3, 1, 1) / torch.tensor(std, device=device).view(1, 3, 1, 1)
+    return lambda nhwc: nhwc.permute(0, 3, 1, 2).float().mul_(scale).sub_(bias)
 
 
 def argmax_labels(logits) -> np.ndarray:

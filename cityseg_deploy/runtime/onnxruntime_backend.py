@@ -15,7 +15,7 @@ import numpy as np
 
 from ..artifacts import read_artifact_meta
 from ..errors import CitysegError
-from .base import Segmenter, check_precision
+from .base import Segmenter, check_precision, device_normaliser
 from .ort_int8 import onnxruntime_cpu_graph
 
 ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8,
@@ -93,6 +93,8 @@ class OnnxRuntimeSegmenter(Segmenter):
             import torch
 
             self.torch_device = torch.device(str(device) if ":" in str(device) else "cuda:0")
+            self._normalise = device_normaliser(self.mean, self.std, self.torch_device)
+            self._torch_in_dtype = torch.from_numpy(np.zeros(1, self.in_dtype)).dtype
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
@@ -101,12 +103,20 @@ class OnnxRuntimeSegmenter(Segmenter):
             d["int8_rewrite"] = dict(self.int8_rewrite)
         return d
 
+    def preprocess(self, nhwc: np.ndarray):
+        if self.cuda:  # uint8 goes up; to_device normalises on the GPU
+            return np.ascontiguousarray(nhwc)
+        return super().preprocess(nhwc)
+
     def to_device(self, x: np.ndarray):
         if not self.cuda:
             return x
         import torch
 
-        return torch.from_numpy(x).pin_memory().to(self.torch_device, non_blocking=True)
+        t = torch.from_numpy(x).pin_memory().to(self.torch_device, non_blocking=True)
+        if self.input_format == "uint8_nhwc":
+            return t
+        return self._normalise(t).to(self._torch_in_dtype).contiguous()
 
     def _out_shape(self, n: int) -> tuple[int, ...]:
         h, w = self.input_size

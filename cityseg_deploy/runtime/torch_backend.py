@@ -34,7 +34,7 @@ from ..bench.machine import cpu_flags, has_native_bf16
 from ..errors import CitysegError
 from ..models.checkpoint import load_checkpoint
 from ..models.fuse import fold_batchnorm
-from .base import Segmenter, check_precision
+from .base import Segmenter, check_precision, device_normaliser
 
 HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -124,10 +124,7 @@ class TorchSegmenter(Segmenter):
             if bad:
                 raise CitysegError(f"{path}: {len(bad)} parameter(s) overflow in {precision} "
                                    f"(first: {bad[0]}); use autocast=True or fuse_bn=False")
-        mean = torch.tensor(self.mean, device=dev).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=dev).view(1, 3, 1, 1)
-        self._scale = 1.0 / (255.0 * std)
-        self._bias = mean / std
+        self._normalise = device_normaliser(self.mean, self.std, dev)
         if compile:
             mode = compile if isinstance(compile, str) else None
             self._forward = torch.compile(self.model, mode=mode)
@@ -158,7 +155,7 @@ class TorchSegmenter(Segmenter):
         return t
 
     def _network(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.permute(0, 3, 1, 2).float().mul_(self._scale).sub_(self._bias)
+        x = self._normalise(x)
         x = x.to(self.plan.weights, memory_format=self.memory_format)
         if self.torch_device.type == "cuda":  # per call: other Segmenters may share the process
             torch.backends.cudnn.allow_tf32 = self.tf32
