@@ -130,3 +130,14 @@ def test_device_normaliser_equals_the_host_one():
     assert device.shape == host.shape == (2, 3, 5, 7)
     np.testing.assert_allclose(device, host, atol=1e-6)
     np.testing.assert_allclose(host, formula, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["ckpt", "onnx", "onnx_int8", "ov", "ov_int8"])
+def test_predict_leaves_the_callers_image_alone(arts, val_images, name):
+    """A single image at model size reaches the backend as a view (no copy): no backend may
+    write into it."""
+    image = np.ascontiguousarray(val_images[0][: SIZE[0], : SIZE[1]])
+    assert image.shape[:2] == SIZE
+    before = image.copy()
+    runtime.load(arts[name], threads=1).predict(image)
+    np.testing.assert_array_equal(image, before)
