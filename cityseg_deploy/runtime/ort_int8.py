@@ -74,7 +74,7 @@ class _Graph:
     def set_zero_point(self, node, value: np.ndarray) -> None:
         from onnx import numpy_helper
 
-        name = f"{node.name or node.output[0]}_zero_point_u8"
+        name = f"{node.output[0]}_zero_point_u8"  # tensor names are unique; node names need not be
         self.graph.initializer.append(numpy_helper.from_array(value, name))
         node.input[2] = name
 
@@ -82,7 +82,7 @@ class _Graph:
 def fold_relu_into_quantize(model) -> int:
     """Rewrite 1 of the module doc, in place; returns the number of ReLUs removed."""
     g = _Graph(model.graph)
-    removed: set[int] = set()
+    removed: set[str] = set()  # by output tensor name: unique in a graph, unlike node names
     folded = 0
     for relu in list(model.graph.node):
         if relu.op_type != "Relu":
@@ -97,16 +97,16 @@ def fold_relu_into_quantize(model) -> int:
             if q_a is not None and q_a.op_type == "QuantizeLinear" and g.only_consumer(
                     dq_a.input[0], "DequantizeLinear"):
                 source = q_a.input[0]  # round once, straight onto Q_b's grid
-                removed |= {id(dq_a), id(q_a)}
+                removed |= {dq_a.output[0], q_a.output[0]}
         q_b.input[0] = source
         zero = np.zeros(g.const(q_b.input[2]).shape, np.uint8)
         g.set_zero_point(q_b, zero)
         for dq in g.consumers[q_b.output[0]]:
             g.set_zero_point(dq, zero)
-        removed.add(id(relu))
+        removed.add(relu.output[0])
         folded += 1
     if removed:
-        kept = [n for n in model.graph.node if id(n) not in removed]
+        kept = [n for n in model.graph.node if n.output[0] not in removed]
         del model.graph.node[:]
         model.graph.node.extend(kept)
     return folded
