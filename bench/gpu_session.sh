@@ -24,7 +24,8 @@ case "$step" in
     timeout 60 python3 -m pytest -ra -q -p no:cacheprovider tests/test_models_checkpoint.py > "$OUT/pytest_torchvision.txt" 2>&1
     ;;
   eager)
-    python3 bench/gpu_models.py --modes eager_fp32,fp16_cl,fp16_cl_graphs --out "$OUT/gpu_eager" --work /tmp/gmwork
+    # fp16_cl_autocast = the runner before half weights + conv-BN folding, for the comparison
+    python3 bench/gpu_models.py --modes eager_fp32,fp16_cl_autocast,fp16_cl,fp16_cl_graphs --out "$OUT/gpu_eager" --work /tmp/gmwork
     python3 bench/video_pipeline.py --arch deeplabv3_resnet50 --device cuda --precision fp16 --cuda-graphs \
       --size 512x1024 --frames 64 --rounds 3 --threads 8 --out "$OUT/video_pipeline_gpu"
     ;;
@@ -42,6 +43,9 @@ case "$step" in
     export PYTHONPATH="/tmp/ortsite:$PYTHONPATH"
     python3 -c "import onnxruntime as o; o.preload_dlls(); print(o.__version__, o.get_available_providers())" > "$OUT/ort_gpu.txt" 2>&1
     timeout 200 python3 -m pytest -m gpu -ra -q -p no:cacheprovider --continue-on-collection-errors tests/test_gpu.py -k onnxruntime >> "$OUT/ort_gpu.txt" 2>&1
+    # uint8 upload + on-GPU normalisation since stop 13 (host normalisation was 2.25 ms of 6.58)
+    python3 bench/gpu_models.py --models deeplabv3_resnet50 --modes ort_cuda_fp32,ort_cuda_fp16 --settings 512x1024x1 \
+      --out "$OUT/gpu_ort" --work /tmp/gmwork
     ;;
 esac
 ls -R "$OUT" | head -50
