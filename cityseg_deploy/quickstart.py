@@ -159,8 +159,8 @@ def step_check(cfg: QuickstartConfig, arch: str, artifacts: dict[str, dict]) -> 
     ckpt = cfg.out / "runs" / arch / "best.pt"
     candidates = [a["path"] for a in artifacts.values() if a["status"] == "ok"]
     out = cfg.out / "check" / arch
-    report = check(ckpt, candidates, cfg.data, out=out, json_path=out / "check.json",
-                   threads=cfg.threads, progress=cfg.progress)
+    check(ckpt, candidates, cfg.data, out=out, json_path=out / "check.json",
+          threads=cfg.threads, progress=cfg.progress)
     return {"outputs": [str(out / "check.json")], "json": str(out / "check.json")}
 
 
@@ -228,8 +228,6 @@ def sample_figure(cfg: QuickstartConfig, models: dict[str, str], path: Path, n: 
     from . import runtime
     from .data.cityscapes import CityscapesDataset
     from .labels import get_label_set
-
-    import cv2
 
     rows = []
     segmenters = {arch: runtime.load(ckpt, threads=cfg.threads) for arch, ckpt in models.items()}

@@ -4,7 +4,6 @@ from __future__ import annotations
 import importlib.util
 
 import numpy as np
-import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper

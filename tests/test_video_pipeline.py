@@ -12,7 +12,7 @@ from cityseg_deploy.errors import CitysegError
 from cityseg_deploy.fileio import read_label
 from cityseg_deploy.labels import CITYSCAPES19
 from cityseg_deploy.video import PipelineOptions, Renderer, VideoSource, parse_sources, run_source, run_sources
-from cityseg_deploy.video.pipeline import LatestQueue
+from cityseg_deploy.video.pipeline import END, LatestQueue
 from test_video_support import StandInSegmenter, decode_all, moving_frame, video_info, write_clip
 
 N = 40
@@ -133,7 +133,7 @@ def test_latest_queue_keeps_only_the_newest():
         q.put(i, stop)
     q.close(stop)
     assert q.get(stop) == 4 and q.dropped == 4
-    assert q.get(stop) is not 4  # END after the last item
+    assert q.get(stop) is END  # the sentinel after the last item
 
 
 class FakeCapture:

@@ -20,9 +20,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import CitysegError
-from ..fileio import atomic_path, write_text_atomic
+from ..fileio import write_text_atomic
 from .machine import load_average, machine_info, machine_line
-from .timing import StageTimer, stats
+from .timing import StageTimer
 
 STAGES = ("preprocess", "h2d", "compute", "d2h", "postprocess", "end_to_end")
 
@@ -374,9 +374,9 @@ def format_markdown(report: dict) -> str:
 
 def plot(report: dict, path: str | os.PathLike, dpi: int = 110) -> Path:
     """Horizontal bars of throughput per row (failed rows drawn empty and marked)."""
-    from ..metrics.plots import _pyplot
+    from ..metrics.plots import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     rows = report["results"]
     labels = [f"{r['model']} b{r['batch']} {'x'.join(map(str, r['size'])) if r['size'] else ''}" for r in rows]
     values = [r["throughput_fps"] if r["status"] == "ok" else 0.0 for r in rows]
@@ -392,10 +392,4 @@ def plot(report: dict, path: str | os.PathLike, dpi: int = 110) -> Path:
     ax.set_xlabel("throughput (images/s)")
     ax.set_title((report.get("title") or "cityseg bench") + f"\n{report['machine']['cpu']}", fontsize=9)
     ax.set_xlim(0, max(values + [1e-9]) * 1.35)
-    path = Path(path)
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi)

@@ -4,7 +4,6 @@ Thin: parse, call :mod:`cityseg_deploy.evaluation` / :mod:`cityseg_deploy.bench`
 """
 from __future__ import annotations
 
-import json
 
 import click
 

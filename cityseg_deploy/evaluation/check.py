@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from ..errors import CitysegError
-from ..fileio import atomic_path, write_text_atomic
+from ..fileio import write_text_atomic
 from ..metrics.tables import table1_markdown, table2_markdown, write_tables
 from .evaluate import run_split
 from ..metrics.tables import eval_json
@@ -202,9 +202,9 @@ def format_markdown(report: dict, results: dict[str, dict]) -> str:
 
 def plot_class_delta(report: dict, path: str | os.PathLike, dpi: int = 110) -> Path:
     """Per-class IoU delta (points) of each candidate vs the baseline, grouped bars."""
-    from ..metrics.plots import _pyplot
+    from ..metrics.plots import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     base = report["baseline"]["per_class_iou"]
     classes = list(base)
     x = np.arange(len(classes))
@@ -222,13 +222,7 @@ def plot_class_delta(report: dict, path: str | os.PathLike, dpi: int = 110) -> P
     ax.set_title(f"Per-class IoU delta vs {report['baseline']['model']}")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    path = Path(path)
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi)
 
 
 def write_outputs(report: dict, results: dict[str, dict], out: str | os.PathLike) -> list[str]:

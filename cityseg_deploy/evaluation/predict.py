@@ -15,7 +15,6 @@ import numpy as np
 
 from ..errors import CitysegError
 from ..fileio import write_png
-from ..labels import get_label_set
 from .evaluate import label_set_of_model, run_split
 
 FORMATS = ("labelIds", "trainIds", "color", "overlay")

@@ -15,7 +15,8 @@ import numpy as np
 from ..fileio import atomic_path
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files only, no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -24,18 +25,23 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: str | os.PathLike, dpi: int) -> Path:
+def save_figure(fig, path: str | os.PathLike, dpi: int = 120, *, tight: bool = True) -> Path:
+    """Write ``fig`` atomically (format from the suffix, PNG by default) and close it, even when
+    writing fails: every figure of the project goes through here."""
     path = Path(path)
     fmt = path.suffix.lstrip(".") or "png"
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=dpi, **({"bbox_inches": "tight"} if tight else {}))
+    finally:
+        pyplot().close(fig)
     return path
 
 
 def plot_class_iou(results: Mapping[str, dict], path: str | os.PathLike, *,
                    title: str = "Per-class IoU", dpi: int = 120) -> Path:
     """Grouped bars: one group per class, one bar per model (absent classes left empty)."""
-    plt = _pyplot()
+    plt = pyplot()
     names: dict[str, None] = {}
     for r in results.values():
         names.update(dict.fromkeys(r["per_class_iou"]))
@@ -54,10 +60,7 @@ def plot_class_iou(results: Mapping[str, dict], path: str | os.PathLike, *,
     ax.set_title(title)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    try:
-        return _save(fig, path, dpi)
-    finally:
-        plt.close(fig)
+    return save_figure(fig, path, dpi)
 
 
 def normalise_rows(matrix: np.ndarray) -> np.ndarray:
@@ -71,7 +74,7 @@ def plot_confusion(matrix: np.ndarray | Sequence[Sequence[int]], class_names: Se
                    path: str | os.PathLike, *, title: str = "Confusion (rows: truth, normalised)",
                    dpi: int = 120) -> Path:
     """Heat map of the row-normalised confusion matrix (rows = truth, columns = prediction)."""
-    plt = _pyplot()
+    plt = pyplot()
     m = normalise_rows(np.asarray(matrix))
     n = len(class_names)
     fig, ax = plt.subplots(figsize=(max(5.0, 0.45 * n + 2), max(4.0, 0.45 * n + 1)))
@@ -88,7 +91,4 @@ def plot_confusion(matrix: np.ndarray | Sequence[Sequence[int]], class_names: Se
                     ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=6,
                             color="black" if m[i, j] > 0.6 else "white")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    try:
-        return _save(fig, path, dpi)
-    finally:
-        plt.close(fig)
+    return save_figure(fig, path, dpi)

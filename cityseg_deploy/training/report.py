@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..fileio import atomic_path, write_text_atomic
+from ..fileio import write_text_atomic
 
 LOG_COLUMNS = ("epoch", "step", "train_loss", "lr", "val_per_pixel", "val_jaccard_micro",
                "val_jaccard_macro", "val_jaccard_weighted", "val_miou", "images_per_s", "seconds")
@@ -38,11 +38,9 @@ def write_log_csv(path: str | os.PathLike, history: Sequence[dict[str, Any]]) ->
 
 def plot_curves(path: str | os.PathLike, history: Sequence[dict[str, Any]], *, title: str = "") -> Path:
     """Two panels: training loss and validation mIoU (and per-pixel accuracy) per epoch."""
-    import matplotlib
+    from ..metrics.plots import pyplot, save_figure
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     epochs = [row["epoch"] for row in history]
     fig, (ax_loss, ax_iou) = plt.subplots(1, 2, figsize=(10, 3.6))
     ax_loss.plot(epochs, [row["train_loss"] for row in history], marker="o", ms=3)
@@ -59,11 +57,7 @@ def plot_curves(path: str | os.PathLike, history: Sequence[dict[str, Any]], *, t
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, 110, tight=False)
 
 
 def report_markdown(*, name: str, recipe: dict[str, Any], best: dict | None, best_epoch: int | None,
