@@ -86,3 +86,11 @@ def test_eval_leaves_no_json_on_error(tmp_path, synth_root, capsys):
     out = tmp_path / "e.json"
     _error(capsys, ["eval", str(tmp_path / "none.onnx"), "--data", str(synth_root), "--json", str(out)])
     assert not out.exists()
+
+
+def test_onnx_precision_other_than_the_graphs(arts, synth_root, capsys):
+    """An ONNX graph runs at the precision written in it; asking for another says what to do."""
+    line = _error(capsys, ["eval", f"{arts['onnx']}@int8", "--data", str(synth_root)])
+    assert "this ONNX graph is fp32" in line and "re-export it with --precision int8" in line
+    line = _error(capsys, ["eval", f"{arts['onnx']}@bf16", "--data", str(synth_root)])
+    assert "CKPT@bf16" in line and "OpenVINO" in line

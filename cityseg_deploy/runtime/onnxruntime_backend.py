@@ -42,8 +42,11 @@ class OnnxRuntimeSegmenter(Segmenter):
         meta, io = read_artifact_meta(path)
         precision = check_precision(precision)
         if precision and precision != io.get("precision", "fp32"):
+            hint = (f"re-export it with --precision {precision}" if precision != "bf16" else
+                    "ONNX graphs are fp32, fp16 or int8 — for bf16 use the checkpoint (CKPT@bf16) "
+                    "or an OpenVINO IR exported with --precision bf16")
             raise CitysegError(f"{path}: this ONNX graph is {io.get('precision', 'fp32')}; precision "
-                               f"is fixed by the graph — export a {precision} graph instead")
+                               f"is fixed by the graph — {hint}")
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
