@@ -39,6 +39,8 @@ def test_export_onnx_prints_start_success_and_next(ckpt, synth_root, capsys):
     (["--size", "60x100"], "multiples of 8"),
     (["--calib-data", "/nonexistent/root", "--precision", "int8"], "no such folder"),
     (["--keep-fp32", "auto"], "--keep-fp32 applies to --precision int8 only"),
+    (["--int8-layout", "onnxruntime"], "--int8-layout applies to --format onnx --precision int8 only"),
+    (["--precision", "int8", "--int8-layout", "ort"], "--int8-layout 'ort': choose tensorrt or onnxruntime"),
     (["--format", "aoti", "--precision", "fp16"], "compiles half-precision CUDA kernels: add --device cuda"),
 ])
 def test_option_errors_exit_2(ckpt, argv, fragment, capsys):

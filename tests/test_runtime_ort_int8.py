@@ -120,3 +120,24 @@ def test_segmenter_rewrites_on_cpu_and_stays_close(arts, synth_root):
     assert err_fast <= 1.1 * err_plain, (err_fast, err_plain)  # no worse than the graph as exported
     agree = (fast.predict(images) == plain.predict(images)).mean()
     assert agree >= 0.95, agree
+
+
+def test_export_in_onnxruntime_layout_runs_fast_in_plain_onnxruntime(arts, synth_root, tmp_path):
+    """`--int8-layout onnxruntime` writes what the runner builds at load: plain onnxruntime on
+    the file gives the runner's logits exactly, with every convolution integer; the TensorRT
+    operator check refuses the form (uint8 inside the network), and accepts the default."""
+    from cityseg_deploy.artifacts import read_artifact_meta
+    from cityseg_deploy.export import export
+    from cityseg_deploy.export.trt_ops import check_graph
+
+    path = export(arts["ckpt"], format="onnx", precision="int8", calib_data=synth_root,
+                  out=tmp_path / "ort.onnx", int8_layout="onnxruntime", verify=False, log=None).path
+    assert read_artifact_meta(path)[1]["int8_layout"] == "onnxruntime"
+    x = np.random.default_rng(1).standard_normal((1, 3, *SIZE)).astype(np.float32)
+    plain = session(path, optimize=True, saved=tmp_path / "opt.onnx")
+    ops = Counter(n.op_type for n in onnx.load(str(tmp_path / "opt.onnx"), load_external_data=False).graph.node)
+    assert ops["Conv"] == 0 and ops["Relu"] == 0 and ops["QLinearConv"] > 0, ops
+    runner_graph, _ = onnxruntime_cpu_graph(arts["onnx_int8"])  # the default file, as the runner loads it
+    np.testing.assert_array_equal(run(plain, x), run(session(onnx.load_from_string(runner_graph), optimize=True), x))
+    assert any("UINT8" in issue.problem for issue in check_graph(str(path))), "TensorRT check must refuse it"
+    assert check_graph(str(arts["onnx_int8"])) == []

@@ -13,7 +13,7 @@ from ._app import app, parse_size
 from ..errors import CitysegError
 
 PROFILE_KEYS = {"format", "precision", "out", "size", "batch", "dynamic", "calib_data", "data",
-                "calib_images", "keep_fp32", "preprocess", "argmax", "opset", "int8_method",
+                "calib_images", "keep_fp32", "preprocess", "argmax", "opset", "int8_method", "int8_layout",
                 "device", "verify", "verify_images", "workspace_gb", "opt_level"}
 
 
@@ -61,13 +61,16 @@ def read_profile(path: str) -> list[dict]:
 @click.option("--argmax", is_flag=True, default=None, help="uint8 label output (argmax in the graph)")
 @click.option("--opset", type=click.IntRange(17, 20), default=None, help="ONNX opset [18]")
 @click.option("--int8-method", default=None, help="openvino int8: qdq (default) | nncf")
+@click.option("--int8-layout", default=None,
+              help="onnx int8: tensorrt (default; TensorRT, OpenVINO and cityseg run it) | onnxruntime "
+                   "(uint8 activations, ReLU folded: fast in plain onnxruntime on x86, not for TensorRT)")
 @click.option("--device", default=None, help="aoti: cpu | cuda")
 @click.option("--workspace", "workspace_gb", type=float, default=None, help="trt: workspace GiB [4]")
 @click.option("--no-verify", "verify", flag_value=False, default=None, help="skip the parity check")
 @click.option("--profile", default=None, help="export profile YAML (see export/*.yaml)")
 def export_cmd(model: str, fmt, precision, out, size, batch, dynamic, calib_data, data, calib_images,
-               keep_fp32, preprocess, argmax, opset, int8_method, device, workspace_gb, verify,
-               profile) -> None:
+               keep_fp32, preprocess, argmax, opset, int8_method, int8_layout, device, workspace_gb,
+               verify, profile) -> None:
     """Export MODEL (a cityseg checkpoint) to ONNX, TensorRT, AOTInductor or OpenVINO.
 
     Precision lives in the exported graph (fp16 casts, int8 Q/DQ calibrated on --calib-data);
@@ -78,7 +81,8 @@ def export_cmd(model: str, fmt, precision, out, size, batch, dynamic, calib_data
     given = {"format": fmt, "precision": precision, "out": out, "size": parse_size(size),
              "batch": batch, "dynamic": dynamic, "calib_data": calib_data, "data": data,
              "calib_images": calib_images, "keep_fp32": keep_fp32, "preprocess": preprocess,
-             "argmax": argmax, "opset": opset, "int8_method": int8_method, "device": device,
+             "argmax": argmax, "opset": opset, "int8_method": int8_method,
+             "int8_layout": int8_layout, "device": device,
              "workspace_gb": workspace_gb, "verify": verify}
     given = {k: v for k, v in given.items() if v is not None}
     jobs = read_profile(profile) if profile else [{}]

@@ -17,6 +17,7 @@ from ..errors import CitysegError
 from .job import ExportJob, ExportResult
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+INT8_LAYOUTS = ("tensorrt", "onnxruntime")  # ONNX int8 Q/DQ forms (export/quantize.py)
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,11 @@ def _validate(fmt: Format, precision: str, opts: dict[str, Any], source: Path) -
                            f"add --device cuda (CPU packages are fp32)")
     if opts.get("int8_method") and not (fmt.name == "openvino" and precision == "int8"):
         raise CitysegError("--int8-method applies to --format openvino --precision int8 only")
+    if opts.get("int8_layout") is not None:
+        if not (fmt.name == "onnx" and precision == "int8"):
+            raise CitysegError("--int8-layout applies to --format onnx --precision int8 only")
+        if opts["int8_layout"] not in INT8_LAYOUTS:
+            raise CitysegError(f"--int8-layout {opts['int8_layout']!r}: choose {' or '.join(INT8_LAYOUTS)}")
     if opts.get("keep_fp32") and precision != "int8":
         raise CitysegError("--keep-fp32 applies to --precision int8 only")
     if source.suffix == ".onnx":
@@ -161,7 +167,8 @@ def export(model_path: str | os.PathLike, *, format: str = "onnx", precision: st
     """Export ``model_path`` (a checkpoint; a project fp32 ONNX for trt/openvino) to ``format``.
 
     Options (all keyword): ``preprocess``, ``argmax``, ``opset``, ``calib_images``, ``keep_fp32``
-    (``"auto"`` or node names), ``int8_method`` (openvino: ``"qdq"``|``"nncf"``), ``device``,
+    (``"auto"`` or node names), ``int8_method`` (openvino: ``"qdq"``|``"nncf"``), ``int8_layout``
+    (onnx int8: ``"tensorrt"`` (default) | ``"onnxruntime"``, see export/quantize.py), ``device``,
     ``verify`` (parity check, default True), ``verify_images``, ``workspace_gb``, ``opt_level``.
     Returns the :class:`ExportResult` of the artifact; ONNX files written on the way are in
     ``result.intermediates``.

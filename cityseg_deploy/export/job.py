@@ -61,6 +61,7 @@ class ExportJob:
     verify_images: int = 8
     keep_fp32: str | None = None       # None | "auto" | "name1,name2"
     int8_method: str | None = None     # OpenVINO int8: "qdq" | "nncf"
+    int8_layout: str | None = None     # ONNX int8 Q/DQ form: "tensorrt" (default) | "onnxruntime"
     device: str = "cpu"
     verify: bool = True
     workspace_gb: float = 4.0

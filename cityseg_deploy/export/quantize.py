@@ -13,6 +13,11 @@ onnxruntime's ``quantize_static``:
   Symmetry: TensorRT's parser
   requires zero points of 0 (onnx-tensorrt docs/operators.md: Quantize/DequantizeLinear); biases
   stay float (``QuantizeBias=False``): an int32 bias DequantizeLinear is not parseable by TensorRT;
+- ``--int8-layout onnxruntime`` writes the graph in the form onnxruntime's x86 integer kernels
+  fuse (uint8 activations, each ReLU folded into the Quantize after it; runtime/ort_int8.py) —
+  the form cityseg's own onnxruntime runner makes in memory at load, for deployments that run
+  the file with plain onnxruntime.  TensorRT cannot parse it (uint8 inside the network, zero
+  points of 128); the default ``tensorrt`` layout serves TensorRT, OpenVINO and cityseg alike;
 - MinMax calibration on ``--calib-images`` images of the train split of ``--calib-data``
   (a tqdm bar counts them);
 - the tensor ranges are cached in ``<out stem>.calib.json`` keyed by the graph (source checkpoint
@@ -261,9 +266,19 @@ def build_int8_graph(job: ExportJob, tmp_out: Path, out: Path) -> dict[str, Any]
         if hit or keep:
             quantize(fp32_path, tmp_out, job, ort_cache=ort_cache, images=images, exclude=keep)
     model = onnx.load(str(tmp_out))
-    set_metadata(model, job, "int8", calibration=where, calib_method=METHOD, keep_fp32=keep)
+    layout = job.int8_layout or "tensorrt"
+    if layout == "onnxruntime":  # written in the form the onnxruntime runner would make at load
+        from ..runtime.ort_int8 import prepare_qdq_for_onnxruntime
+
+        changes = info["int8_layout_changes"] = prepare_qdq_for_onnxruntime(model)
+        job.log(f"  layout: onnxruntime ({changes['relu_folded']} ReLU folded into Quantize, "
+                f"{changes['uint8_activations']} more activations uint8) — fast in plain onnxruntime "
+                "on x86; TensorRT cannot parse this form")
+    set_metadata(model, job, "int8", calibration=where, calib_method=METHOD, keep_fp32=keep,
+                 int8_layout=layout)
     onnx.save(model, str(tmp_out))
-    info.update({"calibration": where, "calibration_cached": hit, "calib_cache": str(cache)})
+    info.update({"calibration": where, "calibration_cached": hit, "calib_cache": str(cache),
+                 "int8_layout": layout})
     return info
 
 
