@@ -122,3 +122,14 @@ def test_suite_records_failed_bf16_row_and_judges_targets(tmp_path):
     for ext in (".json", ".md", ".png"):
         assert (tmp_path / "res" / f"tiny{ext}").stat().st_size > 0
     assert "failed" in (tmp_path / "res" / "tiny.md").read_text()
+
+
+def test_bench_says_when_the_int8_graph_was_reshaped(arts, tmp_path):
+    """The Markdown note of an onnxruntime int8 row says the runner reshaped the graph."""
+    md = tmp_path / "b.md"
+    assert run(["bench", str(arts["onnx_int8"]), str(arts["onnx"]), "--warmup", "1", "--iters", "2",
+                "--threads", "1", "--md", str(md), "--no-progress"]) == 0
+    rows = [ln for ln in md.read_text().splitlines() if ln.startswith(f"| {arts['onnx_int8'].name} ")]
+    plain = [ln for ln in md.read_text().splitlines() if ln.startswith(f"| {arts['onnx'].name} ")]
+    assert rows and rows[0].rstrip(" |").endswith("int8 reshaped for onnxruntime at load")
+    assert plain and "reshaped" not in plain[0]

@@ -361,7 +361,7 @@ def format_markdown(report: dict) -> str:
             cells.append(f"{100 * r['sgemm_fraction']:.0f}%" if r.get("sgemm_fraction") else "–")
         cells += [f"{r['peak_mem_mb']:.0f}" if r.get("peak_mem_mb") is not None else "–",
                   f"{r['file_mb']:.1f}" if r.get("file_mb") is not None else "–",
-                  (r.get("error") or "").replace("|", "/")]
+                  (r.get("error") or _row_note(r)).replace("|", "/")]
         lines.append("| " + " | ".join(cells) + " |")
     refs = list(dict.fromkeys(r["reference"] for r in report["results"] if r.get("reference")))
     if len(refs) == 1:
@@ -370,6 +370,12 @@ def format_markdown(report: dict) -> str:
         lines += ["", "x ref = throughput / throughput of the first row of the same network "
                   f"({', '.join(f'`{x}`' for x in refs)}) at the same batch and size, same run."]
     return "\n".join(lines) + "\n"
+
+
+def _row_note(row: dict) -> str:
+    """What the runner changed about the artifact it timed, said next to the figure."""
+    detail = row.get("detail") or {}
+    return "int8 reshaped for onnxruntime at load" if detail.get("int8_rewrite") else ""
 
 
 def plot(report: dict, path: str | os.PathLike, dpi: int = 110) -> Path:
