@@ -97,7 +97,8 @@ class OnnxRuntimeSegmenter(Segmenter):
 
             self.torch_device = torch.device(str(device) if ":" in str(device) else "cuda:0")
             self._normalise = device_normaliser(self.mean, self.std, self.torch_device)
-            self._torch_in_dtype = torch.from_numpy(np.zeros(1, self.in_dtype)).dtype
+            self._torch_in_dtype, self._torch_out_dtype = (
+                torch.from_numpy(np.zeros(1, dt)).dtype for dt in (self.in_dtype, self.out_dtype))
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
@@ -134,7 +135,7 @@ class OnnxRuntimeSegmenter(Segmenter):
 
         x = x.contiguous()
         out = torch.empty(self._out_shape(x.shape[0]), device=self.torch_device,
-                          dtype=torch.from_numpy(np.zeros(1, self.out_dtype)).dtype)
+                          dtype=self._torch_out_dtype)
         binding = self.session.io_binding()
         idx = self.torch_device.index or 0
         binding.bind_input(self.in_name, "cuda", idx, self.in_dtype, tuple(x.shape), x.data_ptr())

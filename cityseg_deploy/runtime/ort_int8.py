@@ -134,13 +134,12 @@ def prepare_qdq_for_onnxruntime(model) -> dict[str, int]:
 
 
 def onnxruntime_cpu_graph(path) -> tuple[Any, dict[str, int]]:
-    """What to hand ``onnxruntime.InferenceSession`` on CPU: the path itself for graphs without
-    int8 Quantize nodes (fp32/fp16: no copy in memory), else the rewritten graph's bytes."""
+    """What to hand ``onnxruntime.InferenceSession`` on CPU: the rewritten graph's bytes, or the
+    path itself when neither rewrite applies (fp32/fp16 graphs, or one already in this form)."""
     import onnx
 
     model = onnx.load(str(path))
-    g = _Graph(model.graph)
-    if not any(g.int8_activation_quantize(n) for n in model.graph.node):
-        return str(path), {}
     changes = prepare_qdq_for_onnxruntime(model)
+    if not any(changes.values()):
+        return str(path), {}
     return model.SerializeToString(), changes

@@ -100,14 +100,14 @@ class TorchSegmenter(Segmenter):
         if dev.type == "cpu" and precision == "fp16":
             raise CitysegError("precision fp16 on CPU: PyTorch has no fast fp16 CPU kernels; "
                                "use bf16 (where the CPU supports it) or an OpenVINO/ONNX artifact")
-        if dev.type == "cpu" and precision == "bf16" and not (has_native_bf16() or allow_emulated_bf16):
+        self.emulated_bf16 = dev.type == "cpu" and precision == "bf16" and not has_native_bf16()
+        if self.emulated_bf16 and not allow_emulated_bf16:
             raise CitysegError(
                 "precision bf16 on CPU: this CPU has no native bf16 (needs avx512_bf16 or amx_bf16; "
                 f"it has {', '.join(cpu_flags()) or 'neither'}); use fp32 here, or `cityseg check "
                 "--emulate-bf16` for bf16 accuracy (not speed) on this CPU")
         if dev.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
             raise CitysegError("precision bf16: this GPU does not support bf16; use fp16")
-        self.emulated_bf16 = dev.type == "cpu" and precision == "bf16" and not has_native_bf16()
         self.torch_device = dev
         self.plan = cast_plan(dev.type, precision, autocast=autocast, channels_last=channels_last)
         self.memory_format = torch.channels_last if self.plan.channels_last else torch.contiguous_format
