@@ -42,9 +42,11 @@ from typing import Any
 
 MODELS = ("deeplabv3_resnet50", "unet", "denseaspp161")
 SETTINGS = ("512x1024x1", "512x1024x8", "1024x2048x1")
-MODES = ("eager_fp32", "fp16_cl", "fp16_cl_autocast", "fp16_cl_graphs", "compile", "aoti_fp16",
-         "ort_cuda_fp32", "ort_cuda_fp16")
-CHILD_MODES = ("compile", "aoti_fp16")
+MODES = ("eager_fp32", "fp16_cl", "fp16_cl_autocast", "fp16_cl_graphs", "fp16_cl_graphs_stop13",
+         "fp16_nchw_graphs", "fp16_cl_graphs_bl0", "compile", "compile_default_graphs",
+         "compile_mac_graphs", "aoti_fp16", "ort_cuda_fp32", "ort_cuda_fp16", "ort_cuda_fp16_graph",
+         "ort_cuda_fp16_nhwc_graph")
+CHILD_MODES = ("compile", "compile_default_graphs", "compile_mac_graphs", "aoti_fp16")
 
 # Dense (no sparsity) datasheet peaks in TFLOP/s: fp32 on CUDA cores, tf32/fp16 on tensor cores.
 PEAKS = {
@@ -103,33 +105,58 @@ def gemm_fp16_tflops(n: int = 8192, iters: int = 20) -> float:
     return 2 * n**3 * iters / (start.elapsed_time(end) / 1e3) / 1e12
 
 
+# mode → (precision, runner options); the PyTorch rows run the runner's defaults unless named
+TORCH_MODES: dict[str, tuple[str, dict[str, Any]]] = {
+    "eager_fp32": ("fp32", {"channels_last": False}),
+    "fp16_cl": ("fp16", {}),
+    "fp16_cl_autocast": ("fp16", {"autocast": True}),
+    "fp16_cl_graphs": ("fp16", {"cuda_graphs": True}),
+    # the stop-13 runner (BN folded, no affine BN, torch.cat per dense layer), for the comparison
+    "fp16_cl_graphs_stop13": ("fp16", {"cuda_graphs": True, "bn_affine": False, "concat_in_place": False}),
+    "fp16_nchw_graphs": ("fp16", {"cuda_graphs": True, "channels_last": False}),
+    "fp16_cl_graphs_bl0": ("fp16", {"cuda_graphs": True, "cudnn_benchmark_limit": 0}),
+    "compile": ("fp16", {"compile": "max-autotune"}),
+    # Inductor's fusions without autotuning, replayed from the runner's own CUDA graph
+    "compile_default_graphs": ("fp16", {"compile": True, "cuda_graphs": True}),
+    "compile_mac_graphs": ("fp16", {"compile": "max-autotune-no-cudagraphs", "cuda_graphs": True}),
+}
+# onnxruntime-gpu rows: (graph precision, runner options)
+ORT_MODES: dict[str, tuple[str, dict[str, Any]]] = {
+    "ort_cuda_fp32": ("fp32", {}),
+    "ort_cuda_fp16": ("fp16", {}),
+    "ort_cuda_fp16_graph": ("fp16", {"cuda_graph": True}),
+    "ort_cuda_fp16_nhwc_graph": ("fp16", {"cuda_graph": True, "cuda_options": {"prefer_nhwc": "1"}}),
+}
+
+
 def run_mode(arch: str, setting: str, mode: str, work: Path, iters: int, warmup: int,
              device: str = "cuda") -> dict[str, Any]:
     """One row: the mode's Segmenter through bench_one (compile/export time recorded)."""
     from cityseg_deploy.bench.benchmark import bench_one
+    from cityseg_deploy.export import export
 
     h, w, b = parse_setting(setting)
     ckpt = make_checkpoint(arch, (h, w), work)
-    options: dict[str, Any] = {}
-    precision = "fp16"
-    spec = str(ckpt)
-    prepare_s = 0.0
-    if mode == "eager_fp32":
-        precision, options = "fp32", {"channels_last": False}
-    elif mode == "fp16_cl_autocast":
-        options = {"autocast": True}
-    elif mode == "fp16_cl_graphs":
-        options = {"cuda_graphs": True}
-    elif mode == "compile":
-        options = {"compile": "max-autotune"}
+    spec, prepare_s = str(ckpt), 0.0
+    if mode in TORCH_MODES:
+        precision, options = TORCH_MODES[mode]
+    elif mode in ORT_MODES:
+        graph_precision, options = ORT_MODES[mode]
+        onnx_path = work / f"{arch}_{h}x{w}x{b}_{graph_precision}.onnx"
+        t0 = time.perf_counter()
+        if not onnx_path.exists():
+            export(ckpt, format="onnx", precision=graph_precision, size=(h, w), batch=b,
+                   out=onnx_path, verify=False, log=None)
+        prepare_s = time.perf_counter() - t0
+        spec, precision = str(onnx_path), None
     elif mode == "aoti_fp16":
-        from cityseg_deploy.export import export
-
         t0 = time.perf_counter()
         res = export(ckpt, format="aoti", precision="fp16", device=device, size=(h, w), batch=b,
                      out=work / f"{arch}_{h}x{w}x{b}_fp16.pt2", verify=False, log=None)
         prepare_s = time.perf_counter() - t0
-        spec, precision = str(res.path), None
+        spec, precision, options = str(res.path), None, {}
+    else:
+        raise ValueError(f"unknown mode {mode!r}")
     t0 = time.perf_counter()
     row = bench_one(spec, device=device, batch=b, size=(h, w), warmup=warmup, iters=iters,
                     precision=precision, label=f"{arch} {mode}", options=options)
@@ -188,7 +215,7 @@ def sweep(args: argparse.Namespace) -> None:
 
 
 def _in_child(arch: str, setting: str, mode: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--child", "--arch", arch, "--setting", setting, "--mode", mode,
+    cmd = [sys.executable, "-X", "faulthandler", __file__, "--child", "--arch", arch, "--setting", setting, "--mode", mode,
            "--work", str(work), "--iters", str(args.iters), "--warmup", str(args.warmup),
            "--device", args.device]
     try:
@@ -199,8 +226,10 @@ def _in_child(arch: str, setting: str, mode: str, work: Path, args: argparse.Nam
     for line in proc.stdout.splitlines():
         if line.startswith("ROW "):
             return json.loads(line[4:])
-    tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-    return {"status": "failed", "error": f"exit {proc.returncode}: {tail[0][:300]}"}
+    lines = (proc.stderr or proc.stdout).strip().splitlines() or ["no output"]
+    # a crash keeps faulthandler's Python stack: the minimal reproduction starts from it
+    return {"status": "failed", "error": f"exit {proc.returncode}: {lines[-1][:300]}",
+            "stderr_tail": "\n".join(lines[-40:])[-4000:]}
 
 
 # ------------------------------------------------------------------------------------ report

@@ -131,3 +131,65 @@ def test_bn_without_running_stats_is_kept():
     x = torch.randn(2, 3, 4, 4)
     with torch.no_grad():
         np.testing.assert_array_equal(folded(x).numpy(), model(x).numpy())
+
+
+def _randomised_bn(model):
+    torch.manual_seed(1)
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.5, 0.5)
+            mod.running_var.uniform_(0.5, 2.0)
+            mod.weight.data.uniform_(0.5, 1.5)
+            mod.bias.data.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
+def test_batchnorm_affine_equals_eval_batchnorm():
+    from cityseg_deploy.models.fuse import BatchNormAffine
+
+    bn = _randomised_bn(torch.nn.Sequential(torch.nn.BatchNorm2d(7)))[0]
+    x = torch.randn(2, 7, 5, 6)
+    with torch.no_grad():
+        expected = bn(x)
+        got = BatchNormAffine(bn)(x)
+        got_cl = BatchNormAffine(bn)(x.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got_cl, expected, rtol=1e-5, atol=1e-6)
+    assert got.data_ptr() != x.data_ptr()  # a new tensor: a following in-place ReLU is safe
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_inference_rewrites_keep_denseaspp_outputs(channels_last):
+    """BN folded + affine pre-activation BNs + in-place concatenation = the original network."""
+    from cityseg_deploy.models.fuse import count_batchnorm, fold_batchnorm, optimise_for_inference
+    from cityseg_deploy.models.registry import build_model
+
+    torch.manual_seed(0)
+    model = _randomised_bn(build_model("denseaspp121", num_classes=5))
+    x = torch.randn(1, 3, 48, 64)
+    with torch.no_grad():
+        expected = model(x)
+    fast, _ = fold_batchnorm(model)
+    done = optimise_for_inference(fast)
+    assert done["concat_in_place"] == 4 and done["bn_affine"] > 0 and count_batchnorm(fast) == 0
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    fast = fast.to(memory_format=fmt)
+    with torch.no_grad():
+        got = fast(x.to(memory_format=fmt))
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_concat_in_place_only_without_autograd():
+    """With autograd recording the block concatenates as written (the buffer would be modified
+    after earlier layers saved views of it), and gradients flow."""
+    from cityseg_deploy.models.densenet import DenseBlock
+
+    torch.manual_seed(0)
+    block = DenseBlock(3, 8, growth_rate=4, bn_size=2).eval()
+    block.concat_in_place = True
+    x = torch.randn(1, 8, 6, 6, requires_grad=True)
+    out = block(x)
+    out.sum().backward()
+    assert x.grad is not None and out.shape == (1, 20, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), out.detach())

@@ -37,7 +37,8 @@ class OnnxRuntimeSegmenter(Segmenter):
     def __init__(self, path: str | os.PathLike, *, device: str = "cpu", precision: str | None = None,
                  threads: int | None = None, size: Sequence[int] | None = None,
                  tensorrt_ep: bool = False, providers: list | None = None,
-                 cpu_int8_rewrite: bool = True, **_: Any):
+                 cpu_int8_rewrite: bool = True, cuda_graph: bool = False,
+                 cuda_options: dict[str, Any] | None = None, **_: Any):
         ort = _import_ort()
         meta, io = read_artifact_meta(path)
         precision = check_precision(precision)
@@ -61,7 +62,10 @@ class OnnxRuntimeSegmenter(Segmenter):
                     raise CitysegError(f"device {device}: this onnxruntime has no CUDA provider "
                                        f"(has {', '.join(available)}); pip install onnxruntime-gpu")
                 dev_id = int(str(device).split(":")[1]) if ":" in str(device) else 0
-                providers = [("CUDAExecutionProvider", {"device_id": dev_id}), "CPUExecutionProvider"]
+                cuda_ep = {"device_id": dev_id, **(cuda_options or {})}
+                if cuda_graph:  # replays the captured run; needs fixed input/output addresses
+                    cuda_ep["enable_cuda_graph"] = "1"
+                providers = [("CUDAExecutionProvider", cuda_ep), "CPUExecutionProvider"]
                 if tensorrt_ep and "TensorrtExecutionProvider" in available:
                     providers.insert(0, ("TensorrtExecutionProvider", {"device_id": dev_id,
                                                                        "trt_fp16_enable": io.get("precision") == "fp16"}))
@@ -92,6 +96,8 @@ class OnnxRuntimeSegmenter(Segmenter):
             io["batch"] = inp.shape[0]
         super().__init__(path, meta, io, device=str(device), precision=io.get("precision", "fp32"),
                          threads=threads, size=size)
+        self.cuda_graph = bool(cuda_graph) and self.cuda
+        self._static: dict[tuple, tuple] = {}
         if self.cuda:
             import torch
 
@@ -103,6 +109,7 @@ class OnnxRuntimeSegmenter(Segmenter):
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         d["providers"] = self.session.get_providers()
+        d["cuda_graph"] = self.cuda_graph
         if self.int8_rewrite:
             d["int8_rewrite"] = dict(self.int8_rewrite)
         return d
@@ -134,15 +141,42 @@ class OnnxRuntimeSegmenter(Segmenter):
         import torch
 
         x = x.contiguous()
+        if self.cuda_graph:
+            return self._replay(x)
         out = torch.empty(self._out_shape(x.shape[0]), device=self.torch_device,
                           dtype=self._torch_out_dtype)
-        binding = self.session.io_binding()
-        idx = self.torch_device.index or 0
-        binding.bind_input(self.in_name, "cuda", idx, self.in_dtype, tuple(x.shape), x.data_ptr())
-        binding.bind_output(self.out_name, "cuda", idx, self.out_dtype, tuple(out.shape), out.data_ptr())
+        binding = self._bind(x, out)
         torch.cuda.current_stream().synchronize()  # the upload must land before ORT's stream reads it
         self.session.run_with_iobinding(binding)
         return out
 
+    def _bind(self, x, out):
+        binding = self.session.io_binding()
+        idx = self.torch_device.index or 0
+        binding.bind_input(self.in_name, "cuda", idx, self.in_dtype, tuple(x.shape), x.data_ptr())
+        binding.bind_output(self.out_name, "cuda", idx, self.out_dtype, tuple(out.shape), out.data_ptr())
+        return binding
+
+    def _replay(self, x):
+        """onnxruntime's CUDA graph: the first run captures, later runs replay with the same
+        buffers, so the input is copied into a static tensor and the output read from one."""
+        import torch
+
+        key = tuple(x.shape)
+        if key not in self._static:
+            if self._static:
+                raise CitysegError(f"{self.path}: onnxruntime's CUDA graph holds one input shape "
+                                   f"({next(iter(self._static))}); got {key}")
+            static_in = torch.empty_like(x)
+            static_out = torch.empty(self._out_shape(x.shape[0]), device=self.torch_device,
+                                     dtype=self._torch_out_dtype)
+            self._static[key] = (static_in, static_out, self._bind(static_in, static_out))
+        static_in, static_out, binding = self._static[key]
+        static_in.copy_(x)
+        torch.cuda.current_stream().synchronize()
+        self.session.run_with_iobinding(binding)
+        return static_out
+
     def close(self) -> None:
+        self._static.clear()
         self.session = None

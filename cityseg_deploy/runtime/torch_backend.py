@@ -2,7 +2,9 @@
 
 The runner's model is its own inference copy, loaded from the checkpoint: every BatchNorm that
 directly follows a convolution is folded into it (``fuse_bn=True``, :mod:`..models.fuse`; the
-count is in ``describe()["bn_folded"]``), which removes a normalisation pass per conv.
+count is in ``describe()["bn_folded"]``), which removes a normalisation pass per conv; the BNs
+left (pre-activation ones) become one elementwise affine each (``bn_affine``), and DenseNet
+blocks concatenate into one buffer (``concat_in_place``) — ``describe()["rewrites"]``.
 
 On CUDA: uint8 NHWC goes up (4x fewer bytes than float), normalisation runs on the device,
 ``channels_last`` + ``cudnn.benchmark``.  ``precision`` fp16/bf16 casts the inference copy's
@@ -33,7 +35,7 @@ from ..artifacts import default_io
 from ..bench.machine import cpu_flags, has_native_bf16
 from ..errors import CitysegError
 from ..models.checkpoint import load_checkpoint
-from ..models.fuse import fold_batchnorm
+from ..models.fuse import fold_batchnorm, optimise_for_inference
 from .base import Segmenter, check_precision, device_normaliser
 
 HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -86,7 +88,8 @@ class TorchSegmenter(Segmenter):
                  threads: int | None = None, size: Sequence[int] | None = None,
                  compile: bool | str = False, cuda_graphs: bool = False, tf32: bool = False,
                  channels_last: bool | None = None, allow_emulated_bf16: bool = False,
-                 fuse_bn: bool = True, autocast: bool = False, **_: Any):
+                 fuse_bn: bool = True, autocast: bool = False, bn_affine: bool = True,
+                 concat_in_place: bool = True, cudnn_benchmark_limit: int | None = None, **_: Any):
         precision = check_precision(precision) or "fp32"
         dev = resolve_device(device)
         model, meta = load_checkpoint(path)
@@ -113,11 +116,14 @@ class TorchSegmenter(Segmenter):
         self.memory_format = torch.channels_last if self.plan.channels_last else torch.contiguous_format
         if dev.type == "cuda":
             torch.backends.cudnn.benchmark = True
+            if cudnn_benchmark_limit is not None:  # 0 = time every cuDNN algorithm (default: 10)
+                torch.backends.cudnn.benchmark_limit = int(cudnn_benchmark_limit)
         self.tf32 = bool(tf32)
         model.eval()
         self.bn_folded = 0
         if fuse_bn:  # in place: this model is the runner's own copy, fresh from the checkpoint file
             model, self.bn_folded = fold_batchnorm(model, inplace=True)
+        self.rewrites = optimise_for_inference(model, bn_affine=bn_affine, concat_in_place=concat_in_place)
         self.model = model.to(dev).to(self.plan.weights, memory_format=self.memory_format)
         if self.plan.weights != torch.float32:
             bad = [n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()]
@@ -127,6 +133,10 @@ class TorchSegmenter(Segmenter):
         self._normalise = device_normaliser(self.mean, self.std, dev)
         if compile:
             mode = compile if isinstance(compile, str) else None
+            if dev.type == "cuda":  # autotuning results survive the process: one cache per GPU model
+                gpu = torch.cuda.get_device_name(dev).replace(" ", "_")
+                os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(
+                    os.path.expanduser("~"), ".cache", "cityseg", "inductor", gpu))
             self._forward = torch.compile(self.model, mode=mode)
         else:
             self._forward = self.model
@@ -137,7 +147,7 @@ class TorchSegmenter(Segmenter):
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         d.update(channels_last=self.memory_format is torch.channels_last, compiled=self.compiled,
-                 bn_folded=self.bn_folded, weights=DTYPE_NAMES[self.plan.weights],
+                 bn_folded=self.bn_folded, rewrites=self.rewrites, weights=DTYPE_NAMES[self.plan.weights],
                  autocast=DTYPE_NAMES[self.plan.autocast] if self.plan.autocast else None,
                  tf32=self.tf32 if self.torch_device.type == "cuda" else None,
                  cuda_graphs=self.cuda_graphs, threads=torch.get_num_threads(),
