@@ -272,7 +272,7 @@ def report(rows_files: list[str], out: Path) -> str:
                              order.get(r["mode"], 9)))
     versions = machine.get("versions", {})
     lines = [
-        "# Full-size networks on the GPU (issue 9)", "",
+        "# Full-size networks on the GPU (issues 9 and 17)", "",
         f"GPU: **{gpu}** (capability {(machine.get('gpu') or {}).get('capability')}, "
         f"CUDA {(machine.get('gpu') or {}).get('cuda')}, cuDNN {machine.get('cudnn')}); torch "
         f"{versions.get('torch')}; host CPU {machine.get('cpu')} ({machine.get('logical_cpus')} CPUs).",

@@ -143,9 +143,13 @@ def check_cmd(baseline, candidates, data_root, split, json_path, max_miou_drop, 
 @click.option("--md", "md_path", default=None)
 @click.option("--plot", "plot_path", default=None)
 @click.option("--suite", default=None, help="run a YAML suite (bench/*.yaml) instead of MODELS")
+@click.option("--backend", type=click.Choice(["as-given", "auto"]), default="as-given", show_default=True,
+              help="auto: MODELS are one network in one or more artifacts; time every runner for "
+                   "them on this device and shape, bench the fastest and say why (cached per machine)")
+@click.option("--auto-compile", is_flag=True, help="with --backend auto: also try torch.compile (30-60 s once)")
 @click.option("--no-progress", is_flag=True)
 def bench_cmd(models, device, batch, size, warmup, iters, duration, threads, precision, reference,
-              sgemm, json_path, md_path, plot_path, suite, no_progress):
+              sgemm, json_path, md_path, plot_path, suite, backend, auto_compile, no_progress):
     """Latency per stage, throughput and memory of MODEL artifacts (MODEL@bf16 for a precision)."""
     from ..bench.benchmark import benchmark, format_markdown
 
@@ -160,7 +164,10 @@ def bench_cmd(models, device, batch, size, warmup, iters, duration, threads, pre
     if iters is not None and duration is not None:
         raise CitysegError("--iters and --duration exclude each other; give one")
     sizes = [parse_size(s) for s in size.split(",")] if size else [None]
-    report = benchmark(list(models), device=device, batches=_int_list(batch, "--batch"), sizes=sizes,
+    models = list(models)
+    if backend == "auto":
+        models = [_auto_pick(models, device, _int_list(batch, "--batch")[0], sizes[0], auto_compile)]
+    report = benchmark(models, device=device, batches=_int_list(batch, "--batch"), sizes=sizes,
                        warmup=warmup, iters=iters if iters is not None else (None if duration else 20),
                        duration=duration, threads=threads, precision=precision, reference=reference,
                        sgemm=sgemm, progress=not no_progress, json_path=json_path, md_path=md_path,
@@ -169,3 +176,16 @@ def bench_cmd(models, device, batch, size, warmup, iters, duration, threads, pre
     failed = [r for r in report["results"] if r["status"] != "ok"]
     if failed:
         click.echo(f"{len(failed)} of {len(report['results'])} rows failed (see the note column)", err=True)
+
+
+def _auto_pick(models: list[str], device: str, batch: int, size, compile: bool) -> dict:
+    """Choose the runner for ``--backend auto`` and say which and why before the bench row."""
+    from ..bench.auto import choose, default_candidates
+
+    candidates = default_candidates(models[0], device, compile=compile, extra=models[1:])
+    choice = choose(candidates, device=device, size=size, batch=batch)
+    measured = ", ".join(f"{n}: {v if isinstance(v, str) else f'{v:.2f} ms'}" for n, v in choice.measured.items())
+    click.echo(f"auto: {choice.candidate.name} — {choice.reason}"
+               f"{' (cached measurement)' if choice.cached else ''}; measured: {measured}")
+    c = choice.candidate
+    return {"model": c.spec, "label": f"auto: {c.name}", "precision": c.precision, "options": c.options}

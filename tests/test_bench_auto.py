@@ -1,0 +1,107 @@
+"""``--backend auto``: the pick is the measured minimum, cached per machine/model/shape, and
+re-measured when the model file changes or the cache is unreadable.  Real timings on the CPU
+(checkpoint vs its ONNX graph) for the CLI; scripted timings for the cache logic."""
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import pytest
+import torch
+
+from cityseg_deploy.bench.auto import Candidate, cache_path, choose, default_candidates
+from cityseg_deploy.cli import run
+from cityseg_deploy.errors import CitysegError
+from cityseg_deploy.models.checkpoint import ModelMeta, save_checkpoint
+from cityseg_deploy.models.registry import build_model
+
+SIZE = (32, 64)
+
+
+@pytest.fixture()
+def ckpt(tmp_path, monkeypatch):
+    monkeypatch.setenv("CITYSEG_CACHE_DIR", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    meta = ModelMeta.for_arch("unet_small", input_size=SIZE)
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, build_model("unet_small", **meta.arch_args).eval(), meta)
+    return path
+
+
+def scripted(latencies: dict[str, float | None], calls: list[str]):
+    """A measure function returning the given medians (None = a failed row), recording calls."""
+    def measure(spec, *, label, **_):
+        calls.append(label)
+        ms = latencies[label]
+        if ms is None:
+            return {"status": "failed", "error": "boom"}
+        return {"status": "ok", "latency_ms": {"median": ms}}
+    return measure
+
+
+def candidates(ckpt):
+    return [Candidate("a", str(ckpt)), Candidate("b", str(ckpt), options={"x": 1}), Candidate("c", str(ckpt))]
+
+
+def test_picks_the_measured_minimum_and_caches_it(ckpt):
+    calls: list[str] = []
+    first = choose(candidates(ckpt), device="cpu", size=SIZE,
+                   measure=scripted({"a": 3.0, "b": 1.5, "c": None}, calls))
+    assert first.candidate.name == "b" and not first.cached and calls == ["a", "b", "c"]
+    assert first.measured["c"].startswith("failed") and "1.50 ms" in first.reason and "a 3.00 ms" in first.reason
+    again = choose(candidates(ckpt), device="cpu", size=SIZE, measure=scripted({}, calls))
+    assert again.cached and again.candidate.name == "b" and len(calls) == 3  # nothing re-measured
+    other_shape = choose(candidates(ckpt), device="cpu", size=(64, 128),
+                         measure=scripted({"a": 1.0, "b": 2.0, "c": 3.0}, calls))
+    assert other_shape.candidate.name == "a" and not other_shape.cached
+
+
+def test_changed_model_or_broken_cache_is_measured_again(ckpt):
+    calls: list[str] = []
+    choose(candidates(ckpt), device="cpu", size=SIZE, measure=scripted({"a": 1.0, "b": 2.0, "c": 3.0}, calls))
+    st = os.stat(ckpt)
+    os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a new file under the same name
+    changed = choose(candidates(ckpt), device="cpu", size=SIZE,
+                     measure=scripted({"a": 5.0, "b": 2.0, "c": 3.0}, calls))
+    assert not changed.cached and changed.candidate.name == "b"
+    cache_path().write_text("{not json")
+    broken = choose(candidates(ckpt), device="cpu", size=SIZE,
+                    measure=scripted({"a": 1.0, "b": 2.0, "c": 3.0}, calls))
+    assert not broken.cached and broken.candidate.name == "a"
+    assert json.loads(cache_path().read_text())  # rewritten whole
+
+
+def test_every_candidate_failing_is_one_clear_error(ckpt):
+    with pytest.raises(CitysegError, match="every candidate failed"):
+        choose(candidates(ckpt)[:1], device="cpu", measure=scripted({"a": None}, []))
+
+
+def test_cuda_candidates_for_a_checkpoint(ckpt, tmp_path):
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"")
+    names = [c.name for c in default_candidates(ckpt, "cuda", compile=True, extra=[onnx])]
+    assert names == ["torch fp16 channels_last + CUDA graphs", "torch fp16 NCHW + CUDA graphs",
+                     "torch fp16 torch.compile + CUDA graphs", "onnx m.onnx + CUDA graph",
+                     "onnx m.onnx NHWC + CUDA graph"]
+    assert [c.name for c in default_candidates(ckpt, "cpu")] == ["torch m.pt"]
+
+
+def test_cli_bench_auto_measures_checkpoint_and_onnx(ckpt, tmp_path, capsys):
+    from cityseg_deploy.export import export
+
+    onnx = export(ckpt, format="onnx", size=SIZE, out=tmp_path / "m.onnx", verify=False, log=None).path
+    out = tmp_path / "b.json"
+    code = run(["bench", str(ckpt), str(onnx), "--backend", "auto", "--iters", "3", "--warmup", "1",
+                "--no-progress", "--json", str(out)])
+    output = capsys.readouterr().out
+    assert code == 0, output
+    line = next(ln for ln in output.splitlines() if ln.startswith("auto: "))
+    measured = dict(re.findall(r"(torch m\.pt|onnx m\.onnx): ([0-9.]+) ms", line.split("measured: ")[1]))
+    fastest = min(measured, key=lambda n: float(measured[n]))
+    assert line.startswith(f"auto: {fastest} — fastest of 2 measured")
+    rows = json.loads(out.read_text())["results"]
+    assert len(rows) == 1 and rows[0]["model"] == f"auto: {fastest}" and rows[0]["status"] == "ok"
+    assert run(["bench", str(ckpt), str(onnx), "--backend", "auto", "--iters", "2", "--warmup", "1",
+                "--no-progress"]) == 0
+    assert "(cached measurement)" in capsys.readouterr().out
