@@ -34,9 +34,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from cityseg_deploy.bench.benchmark import _images, _load, model_flops
     from cityseg_deploy.bench.gemm import sgemm_gflops
-    from cityseg_deploy.bench.machine import load_average, machine_info, machine_line
+    from cityseg_deploy.system.machine import load_average, machine_info, machine_line
     from cityseg_deploy.bench.suite import load_suite, prepare
-    from cityseg_deploy.bench.timing import StageTimer
+    from cityseg_deploy.system.timing import StageTimer
 
     suite = load_suite(args.suite)
     work = Path(os.path.expanduser(args.work or suite.get("work") or f"~/.cache/cityseg/bench/{suite['name']}"))

@@ -71,7 +71,7 @@ def run_cli(args: list[str], log) -> tuple[int, str, float]:
 def export_all(arch: str, ckpt: Path, data: Path, work: Path, log) -> list[dict]:
     from cityseg_deploy.bench.benchmark import path_mb
 
-    from cityseg_deploy.bench.machine import has_native_bf16
+    from cityseg_deploy.system.machine import has_native_bf16
 
     rows = []
     for label, fmt, precision, extra in PLAN:
@@ -154,7 +154,7 @@ def _f(v, fmt="{:.2f}") -> str:
 
 
 def markdown(doc: dict) -> str:
-    from cityseg_deploy.bench.machine import FLAGS_OF_INTEREST, machine_line
+    from cityseg_deploy.system.machine import FLAGS_OF_INTEREST, machine_line
 
     lines = ["# Export accuracy of the trained small presets", "",
              f"Machine: {machine_line(doc['machine'])}; load average before {doc['load_before']}, "
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="output stem (.json and .md)")
     args = ap.parse_args(argv)
 
-    from cityseg_deploy.bench.machine import load_average, machine_info
+    from cityseg_deploy.system.machine import load_average, machine_info
 
     runs, data = Path(args.runs), Path(args.data)
     work = Path(args.work) if args.work else runs.parent / "export_accuracy"

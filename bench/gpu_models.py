@@ -180,7 +180,7 @@ def child(args: argparse.Namespace) -> None:
 def sweep(args: argparse.Namespace) -> None:
     import torch
 
-    from cityseg_deploy.bench.machine import machine_info
+    from cityseg_deploy.system.machine import machine_info
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 import torch
 
-from cityseg_deploy.bench.machine import gpu_info
+from cityseg_deploy.system.machine import gpu_info
 from cityseg_deploy.video import PipelineOptions, parse_sources, run_source
 
 RESULTS = Path(__file__).parent / "results"

@@ -256,7 +256,7 @@ def sample_figure(cfg: QuickstartConfig, models: dict[str, str], path: Path, n: 
 # --------------------------------------------------------------------------- report
 
 def _machine_line() -> str:
-    from .bench.machine import machine_info
+    from .system.machine import machine_info
 
     m = machine_info(None)
     flags = ", ".join(m.get("cpu_flags") or []) or "none of the listed"

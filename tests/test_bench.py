@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from cityseg_deploy.bench.benchmark import benchmark
-from cityseg_deploy.bench.timing import STAT_KEYS, StageTimer, stats
+from cityseg_deploy.system.timing import STAT_KEYS, StageTimer, stats
 from cityseg_deploy.cli import run
 from test_runtime_artifacts import arts  # noqa: F401
 
@@ -65,7 +65,7 @@ def test_stage_timer_and_stats():
 def test_ratios_refer_to_the_first_row_of_the_same_group():
     """Quickstart rows of network B must not be ratioed against network A's PyTorch row."""
     from cityseg_deploy.bench.benchmark import add_ratios, format_markdown
-    from cityseg_deploy.bench.machine import machine_info
+    from cityseg_deploy.system.machine import machine_info
 
     def row(model, fps, group=None):
         r = {"model": model, "status": "ok", "batch": 1, "size": [64, 128], "throughput_fps": fps,
@@ -91,7 +91,7 @@ def test_suite_records_failed_bf16_row_and_judges_targets(tmp_path):
     (never a crash), the plain-OpenVINO reference runs, targets are judged, files are written."""
     import yaml
 
-    from cityseg_deploy.bench.machine import has_native_bf16
+    from cityseg_deploy.system.machine import has_native_bf16
     from cityseg_deploy.bench.suite import run_suite
 
     suite = {

@@ -55,7 +55,7 @@ def test_bf16_accuracy_on_any_cpu(arts, synth_root, tmp_path, capsys):
 
     Truth: bf16 keeps 8 significant bits, so its logits must differ from fp32 by far more than
     fp32 reorderings do (~1e-6, the onnx fp32 row above) yet by well under a logit margin."""
-    from cityseg_deploy.bench.machine import has_native_bf16
+    from cityseg_deploy.system.machine import has_native_bf16
 
     js = tmp_path / "c.json"
     spec = f"{arts['ckpt']}@bf16"

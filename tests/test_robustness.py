@@ -487,17 +487,17 @@ def _only(folder: Path, *names: str) -> None:
                                             ("openvino", "fp32"), ("openvino", "int8")])
 def test_export_interrupted_mid_write_leaves_nothing(small_ckpt, synth_root, tmp_path, monkeypatch,
                                                       capsys, fmt, precision):
-    from cityseg_deploy.export import onnx as onnx_export
+    from cityseg_deploy.export import graph as onnx_graph
 
     if fmt == "openvino":
         pytest.importorskip("openvino", reason="openvino is the [cpu] extra")
     ckpt = Path(shutil.copy(small_ckpt, tmp_path / "m.pt"))
-    monkeypatch.setattr(onnx_export, "_GRAPHS", {})  # no cached graph: the exporter must run
+    monkeypatch.setattr(onnx_graph, "_GRAPHS", {})  # no cached graph: the exporter must run
     if fmt == "onnx" and precision == "fp32":
         # the exporter writes straight into the atomic temporary of the final file
-        monkeypatch.setattr(onnx_export, "torch_to_onnx", lambda job, path: _half_then_ctrl_c(path))
+        monkeypatch.setattr(onnx_graph, "torch_to_onnx", lambda job, path: _half_then_ctrl_c(path))
     else:
-        monkeypatch.setattr(onnx_export, "build_fp32_graph", lambda job, path: _half_then_ctrl_c(path))
+        monkeypatch.setattr(onnx_graph, "build_fp32_graph", lambda job, path: _half_then_ctrl_c(path))
     argv = ["export", str(ckpt), "--format", fmt, "--precision", precision]
     if precision == "int8":
         argv += ["--calib-data", str(synth_root), "--calib-images", "2"]

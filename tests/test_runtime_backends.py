@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from cityseg_deploy import runtime
-from cityseg_deploy.bench.machine import has_native_bf16
+from cityseg_deploy.system.machine import has_native_bf16
 from cityseg_deploy.data import CityscapesDataset
 from cityseg_deploy.errors import CitysegError
 from test_runtime_artifacts import SIZE, arts  # noqa: F401  (session fixture)

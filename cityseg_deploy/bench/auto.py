@@ -86,7 +86,7 @@ def _file_id(path: Path) -> str:
 
 def cache_key(candidates: Sequence[Candidate], device: str, size: Sequence[int] | None,
               batch: int) -> str:
-    from .machine import machine_info
+    from ..system.machine import machine_info
 
     info = machine_info()
     where = (info.get("gpu") or {}).get("name") if str(device).startswith("cuda") else info.get("cpu")

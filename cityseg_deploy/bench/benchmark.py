@@ -21,8 +21,8 @@ import numpy as np
 
 from ..errors import CitysegError
 from ..fileio import write_text_atomic
-from .machine import load_average, machine_info, machine_line
-from .timing import StageTimer
+from ..system.machine import load_average, machine_info, machine_line
+from ..system.timing import StageTimer
 
 STAGES = ("preprocess", "h2d", "compute", "d2h", "postprocess", "end_to_end")
 

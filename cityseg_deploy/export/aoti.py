@@ -42,7 +42,7 @@ class HalfPrecision(torch.nn.Module):
 
 def export_aoti(job: ExportJob, out: Path, precision: str = "fp32") -> ExportResult:
     from . import verify
-    from .onnx import _dynamic_shapes, example_input, wrapped_model
+    from .graph import _dynamic_shapes, example_input, wrapped_model
 
     device = torch.device(job.device)
     if device.type == "cuda" and not torch.cuda.is_available():

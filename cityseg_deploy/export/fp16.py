@@ -102,7 +102,7 @@ def export_fp16(job: ExportJob, out: Path) -> ExportResult:
     import onnx
 
     from . import verify
-    from .onnx import build_fp32_graph, check_model, set_metadata
+    from .graph import build_fp32_graph, check_model, set_metadata
 
     with Timer() as t, atomic_path(out) as tmp:
         fp32 = build_fp32_graph(job, tmp)

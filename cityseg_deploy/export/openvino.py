@@ -98,7 +98,7 @@ def export_openvino(job: ExportJob, out: Path, precision: str = "fp32") -> Expor
     import openvino as ov
 
     from . import verify
-    from .onnx import build_fp32_graph
+    from .graph import build_fp32_graph
     from .quantize import build_int8_graph, calibration_images
 
     if precision == "bf16" and not has_bf16():

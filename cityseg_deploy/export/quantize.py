@@ -14,7 +14,7 @@ onnxruntime's ``quantize_static``:
   requires zero points of 0 (onnx-tensorrt docs/operators.md: Quantize/DequantizeLinear); biases
   stay float (``QuantizeBias=False``): an int32 bias DequantizeLinear is not parseable by TensorRT;
 - ``--int8-layout onnxruntime`` writes the graph in the form onnxruntime's x86 integer kernels
-  fuse (uint8 activations, each ReLU folded into the Quantize after it; runtime/ort_int8.py) —
+  fuse (uint8 activations, each ReLU folded into the Quantize after it; graphs/ort_int8.py) —
   the form cityseg's own onnxruntime runner makes in memory at load, for deployments that run
   the file with plain onnxruntime.  TensorRT cannot parse it (uint8 inside the network, zero
   points of 128); the default ``tensorrt`` layout serves TensorRT, OpenVINO and cityseg alike;
@@ -231,7 +231,7 @@ def build_int8_graph(job: ExportJob, tmp_out: Path, out: Path) -> dict[str, Any]
     import onnx
     import onnxruntime
 
-    from .onnx import build_fp32_graph, set_metadata
+    from .graph import build_fp32_graph, set_metadata
 
     info: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="cityseg-int8-") as d:
@@ -268,7 +268,7 @@ def build_int8_graph(job: ExportJob, tmp_out: Path, out: Path) -> dict[str, Any]
     model = onnx.load(str(tmp_out))
     layout = job.int8_layout or "tensorrt"
     if layout == "onnxruntime":  # written in the form the onnxruntime runner would make at load
-        from ..runtime.ort_int8 import prepare_qdq_for_onnxruntime
+        from ..graphs.ort_int8 import prepare_qdq_for_onnxruntime
 
         changes = info["int8_layout_changes"] = prepare_qdq_for_onnxruntime(model)
         job.log(f"  layout: onnxruntime ({changes['relu_folded']} ReLU folded into Quantize, "
@@ -284,7 +284,7 @@ def build_int8_graph(job: ExportJob, tmp_out: Path, out: Path) -> dict[str, Any]
 
 def export_int8(job: ExportJob, out: Path) -> ExportResult:
     from . import verify
-    from .onnx import check_model
+    from .graph import check_model
 
     with Timer() as t, atomic_path(out) as tmp:
         info = build_int8_graph(job, tmp, out)

@@ -145,11 +145,11 @@ def check(job: ExportJob, run: Callable[[np.ndarray], np.ndarray], precision: st
 
 def ort_session(path, *, providers: list[str] | None = None, int8: bool = False):
     """A CPU session over ``path``; ``int8=True`` runs an int8 graph the way the runtime does on
-    CPU (``runtime.ort_int8``: uint8 activations, ReLUs folded), so the export's int8 parity
+    CPU (``graphs.ort_int8``: uint8 activations, ReLUs folded), so the export's int8 parity
     gate judges what ``cityseg`` will run, not a form no command uses."""
     import onnxruntime as ort
 
-    from ..runtime.ort_int8 import onnxruntime_cpu_graph
+    from ..graphs.ort_int8 import onnxruntime_cpu_graph
     from .job import threads
 
     opts = ort.SessionOptions()

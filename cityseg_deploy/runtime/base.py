@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 import cv2
 import numpy as np
 
-from ..bench.timing import NullTimer
+from ..system.timing import NullTimer
 from ..errors import CitysegError
 from ..models.checkpoint import ModelMeta
 

@@ -16,7 +16,7 @@ import numpy as np
 from ..artifacts import read_artifact_meta
 from ..errors import CitysegError
 from .base import Segmenter, check_precision, device_normaliser
-from .ort_int8 import onnxruntime_cpu_graph
+from ..graphs.ort_int8 import onnxruntime_cpu_graph
 
 ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8,
              "tensor(int64)": np.int64, "tensor(int32)": np.int32}

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..artifacts import openvino_files, read_artifact_meta
-from ..bench.machine import cpu_flags, has_native_bf16
+from ..system.machine import cpu_flags, has_native_bf16
 from ..errors import CitysegError
 from .base import Segmenter, check_precision, labels_array
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ..artifacts import default_io
-from ..bench.machine import cpu_flags, has_native_bf16
+from ..system.machine import cpu_flags, has_native_bf16
 from ..errors import CitysegError
 from ..models.checkpoint import load_checkpoint
 from ..models.fuse import fold_batchnorm, optimise_for_inference

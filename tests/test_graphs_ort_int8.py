@@ -1,4 +1,4 @@
-"""The onnxruntime-only reshaping of int8 Q/DQ graphs (runtime/ort_int8.py).
+"""The onnxruntime-only reshaping of int8 Q/DQ graphs (graphs/ort_int8.py).
 
 Independent truths: onnxruntime with every graph optimisation off (its reference
 Quantize/Dequantize/Relu kernels) on the graph as exported; numpy for a hand-built Q→DQ→Relu→Q
@@ -16,7 +16,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from cityseg_deploy import runtime
-from cityseg_deploy.runtime.ort_int8 import (fold_relu_into_quantize, int8_activations_to_uint8,
+from cityseg_deploy.graphs.ort_int8 import (fold_relu_into_quantize, int8_activations_to_uint8,
                                              onnxruntime_cpu_graph)
 from test_runtime_artifacts import SIZE, arts  # noqa: F401  (session fixture)
 
