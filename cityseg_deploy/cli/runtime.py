@@ -167,5 +167,9 @@ def bench_cmd(models, device, batch, size, warmup, iters, duration, threads, pre
                        plot_path=plot_path)
     click.echo(format_markdown(report))
     failed = [r for r in report["results"] if r["status"] != "ok"]
+    if failed and len(failed) == len(report["results"]):
+        # Nothing measured: a bad input (missing, corrupt or refused file), not a slow backend.
+        raise CitysegError(f"every bench row failed; first: {failed[0]['model']}: "
+                           f"{(failed[0].get('error') or 'unknown error').splitlines()[0]}")
     if failed:
         click.echo(f"{len(failed)} of {len(report['results'])} rows failed (see the note column)", err=True)

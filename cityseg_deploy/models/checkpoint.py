@@ -22,6 +22,7 @@ import torch.nn as nn
 
 from ..errors import CitysegError
 from ..fileio import atomic_path
+from .safe_load import load_weights_file
 
 FORMAT_NAME = "cityseg-checkpoint"
 FORMAT_VERSION = 1
@@ -103,13 +104,9 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: ModelMeta, 
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load the raw checkpoint dict, checking that it is one of ours."""
     path = Path(path)
-    if not path.is_file():
-        raise CitysegError(f"{path}: no such checkpoint file")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # corrupt zip, pickle with code, truncated file ...
-        raise CitysegError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: "
-                           f"{str(exc).splitlines()[0][:160]})") from None
+    payload = load_weights_file(path, map_location=map_location, what="checkpoint file",
+                                hint="a cityseg checkpoint holds only tensors and plain values; "
+                                     "re-create it with cityseg (train or convert-weights)")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
         raise CitysegError(f"{path}: not a cityseg checkpoint; convert foreign weights with "
                            f"'cityseg convert-weights {path} --arch ARCH --out CKPT'")
