@@ -8,13 +8,10 @@ file — and nothing else.  With ``-s`` the module prints how many inputs were t
 """
 from __future__ import annotations
 
-import io
 import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 
 import pytest
 import torch
@@ -101,6 +102,13 @@ _value = st.recursive(_scalar, lambda inner: st.one_of(st.lists(inner, max_size=
 _FIELDS = ("arch", "arch_args", "label_set", "class_names", "palette", "mean", "std", "input_size",
            "format_version", "extra")
 TRIED = {"inputs": 0, "refused": 0}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report_counts():
+    yield
+    print(f"\n[bad inputs] metadata/sidecars (generated): {TRIED['inputs']} tried, "
+          f"{TRIED['refused']} clear errors, {TRIED['inputs'] - TRIED['refused']} accepted", file=sys.stderr)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -142,7 +142,8 @@ def check_cmd(baseline, candidates, data_root, split, json_path, max_miou_drop, 
 @click.option("--json", "json_path", default=None)
 @click.option("--md", "md_path", default=None)
 @click.option("--plot", "plot_path", default=None)
-@click.option("--suite", default=None, help="run a YAML suite (bench/*.yaml) instead of MODELS")
+@click.option("--suite", default=None,
+              help="run a YAML suite instead of MODELS: a path or a shipped name (cpu_backends; see bench/)")
 @click.option("--no-progress", is_flag=True)
 def bench_cmd(models, device, batch, size, warmup, iters, duration, threads, precision, reference,
               sgemm, json_path, md_path, plot_path, suite, no_progress):
