@@ -80,7 +80,7 @@ def pack(meta: ModelMeta, io: dict[str, Any]) -> str:
 def unpack(text: str, where: str) -> tuple[ModelMeta, dict[str, Any]]:
     try:
         data = json.loads(text)
-        return ModelMeta.from_dict(data["meta"]), dict(data["io"])
+        return ModelMeta.from_dict(data["meta"], where=where), dict(data["io"])
     except (ValueError, KeyError, TypeError) as exc:
         raise CitysegError(f"{where}: unreadable cityseg metadata ({exc}); re-export the artifact") from None
 

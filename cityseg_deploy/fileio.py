@@ -81,6 +81,22 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+def child_path(root: str | os.PathLike, name: str, *, what: str) -> Path:
+    """``root/name``, refused unless it resolves to a path strictly inside ``root``.
+
+    Why: output names derived from user files (a list-file entry ``sub/..`` has the name ``..``)
+    must never make a job write beside or above the folder the user chose.
+    """
+    root = Path(root)
+    child = root / name
+    inside = Path(os.path.abspath(child))
+    if (not name or name in (".", "..") or os.sep in name or (os.altsep and os.altsep in name)
+            or inside.parent != Path(os.path.abspath(root))):
+        raise CitysegError(f"{what}: the output name {name!r} would write outside {root}; "
+                           f"name a file or folder itself, not '.' or '..'")
+    return child
+
+
 def write_png(path: str | os.PathLike, array: np.ndarray, *, rgb: bool = False) -> None:
     """Write a uint8 PNG atomically (``rgb=True``: the array is RGB, converted to OpenCV's BGR)."""
     if rgb:

@@ -23,3 +23,20 @@ def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """
     root = tmp_path_factory.mktemp("synth") / "cityscapes"
     return synthesize(root, n_train=SYNTH_TRAIN, n_val=SYNTH_VAL, size=SYNTH_SIZE, seed=0)
+
+
+@pytest.fixture
+def no_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every bf16 capability check answer "no", whatever CPU runs the test.
+
+    Why: the refusal and emulation paths for bf16 must be exercised on every machine — an AMD
+    EPYC with avx512_bf16 or an Intel Xeon with AMX would otherwise skip them or take the other
+    branch (tests never depend on the CPU's instruction sets, only on what they force).
+    """
+    from cityseg_deploy.system import machine
+    from cityseg_deploy.export import openvino as ov_export
+    from cityseg_deploy.runtime import openvino_backend, torch_backend
+
+    for module in (machine, torch_backend, openvino_backend):
+        monkeypatch.setattr(module, "has_native_bf16", lambda: False)
+    monkeypatch.setattr(ov_export, "has_bf16", lambda device="CPU": False)

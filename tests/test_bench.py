@@ -86,12 +86,12 @@ def test_ratios_refer_to_the_first_row_of_the_same_group():
     assert plain[1]["reference"] == "a torch" and plain[1]["ratio"] == 6.0
 
 
-def test_suite_records_failed_bf16_row_and_judges_targets(tmp_path):
-    """A CPU suite: a torch bf16 row on a CPU without native bf16 is a failed row with its reason
-    (never a crash), the plain-OpenVINO reference runs, targets are judged, files are written."""
+def test_suite_records_failed_bf16_row_and_judges_targets(tmp_path, no_native_bf16):
+    """A CPU suite: a torch bf16 row on a CPU without native bf16 (forced, so on every CPU) is a
+    failed row with its reason (never a crash), the plain-OpenVINO reference runs, targets are
+    judged, files are written."""
     import yaml
 
-    from cityseg_deploy.system.machine import has_native_bf16
     from cityseg_deploy.bench.suite import run_suite
 
     suite = {
@@ -114,10 +114,9 @@ def test_suite_records_failed_bf16_row_and_judges_targets(tmp_path):
     report = run_suite(path, work=tmp_path / "work", results=tmp_path / "res" / "tiny", progress=False)
     by = {r["model"]: r for r in report["results"]}
     assert by["torch eager fp32"]["status"] == "ok" and by["openvino int8 plain"]["status"] == "ok"
-    if not has_native_bf16():
-        bf16 = by["torch bf16"]
-        assert bf16["status"] == "failed" and "no native bf16" in bf16["error"]
-        assert report["targets"][2]["met"] is None  # a failed row is not judged
+    bf16 = by["torch bf16"]
+    assert bf16["status"] == "failed" and "no native bf16" in bf16["error"]
+    assert report["targets"][2]["met"] is None  # a failed row is not judged
     assert report["targets"][0]["met"] and report["targets"][1]["met"]
     for ext in (".json", ".md", ".png"):
         assert (tmp_path / "res" / f"tiny{ext}").stat().st_size > 0

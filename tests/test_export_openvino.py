@@ -12,7 +12,6 @@ ov = pytest.importorskip("openvino", reason="openvino (cpu extra) not installed"
 from cityseg_deploy.artifacts import read_artifact_meta
 from cityseg_deploy.errors import CitysegError
 from cityseg_deploy.export import export
-from cityseg_deploy.export.openvino import has_bf16
 from cityseg_deploy.models.checkpoint import ModelMeta, save_checkpoint
 from cityseg_deploy.models.registry import build_model
 
@@ -81,8 +80,7 @@ def test_int8_ir_nncf(ckpt, synth_root):
     assert res.checks["agreement"] >= 0.93
 
 
-@pytest.mark.skipif(has_bf16(), reason="this CPU supports bf16")
-def test_bf16_refused_without_cpu_support(ckpt):
+def test_bf16_refused_without_cpu_support(ckpt, no_native_bf16):
     with pytest.raises(CitysegError, match="no BF16 support"):
         export(ckpt, format="openvino", precision="bf16", log=None)
     assert not ckpt.with_name("denseaspp_small_bf16_openvino_model").exists()

@@ -90,10 +90,14 @@ def test_denseaspp_release_file_renamed_and_buffers_filled(tmp_path):
     assert meta.mean == pytest.approx([0.290101, 0.328081, 0.286964])
 
 
-def test_full_pickled_module_is_read(tmp_path):
+def test_full_pickled_module_is_read_only_with_trust_pickle(tmp_path):
     src = build_model("denseaspp_small", num_classes=5)
     torch.save(src, tmp_path / "whole.pkl")  # a pickle with classes: only weights_only=False reads it
-    model, meta = load_checkpoint(convert_weights(tmp_path / "whole.pkl", "denseaspp_small", tmp_path / "w.pt"))
+    with pytest.raises(CitysegError, match=r"refused to unpickle the Python object '.*DenseASPP'.*--trust-pickle"):
+        convert_weights(tmp_path / "whole.pkl", "denseaspp_small", tmp_path / "w.pt")
+    assert not (tmp_path / "w.pt").exists()
+    model, meta = load_checkpoint(convert_weights(tmp_path / "whole.pkl", "denseaspp_small", tmp_path / "w.pt",
+                                                  trust_pickle=True))
     _assert_weights_equal(model, src)
     assert meta.label_set == "custom5" and len(meta.palette) == 5
 
@@ -185,5 +189,7 @@ def test_pickle_of_unimportable_code_says_what_to_do(tmp_path):
         torch.save({"model": fake.Net()}, tmp_path / "whole.pkl", pickle_module=pickle)
     finally:
         del sys.modules["fake_release_models"]
-    with pytest.raises(CitysegError, match="'fake_release_models'.*state_dict"):
+    with pytest.raises(CitysegError, match="'fake_release_models.Net'.*--trust-pickle.*state_dict"):
         convert_weights(tmp_path / "whole.pkl", "denseaspp161", tmp_path / "x.pt")
+    with pytest.raises(CitysegError, match="'fake_release_models'.*state_dict"):
+        convert_weights(tmp_path / "whole.pkl", "denseaspp161", tmp_path / "x.pt", trust_pickle=True)

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from cityseg_deploy import runtime
-from cityseg_deploy.system.machine import has_native_bf16
 from cityseg_deploy.data import CityscapesDataset
 from cityseg_deploy.errors import CitysegError
 from test_runtime_artifacts import SIZE, arts  # noqa: F401  (session fixture)
@@ -89,16 +88,15 @@ def test_bad_images_raise(arts, bad):
         seg.predict(bad)
 
 
-@pytest.mark.skipif(has_native_bf16(), reason="this CPU has native bf16; the refusal is for CPUs without it")
-def test_torch_bf16_refused_without_native_support(arts):
+def test_torch_bf16_refused_without_native_support(arts, no_native_bf16):
     with pytest.raises(CitysegError, match="bf16"):
         runtime.load(f"{arts['ckpt']}@bf16")
 
 
-def test_torch_bf16_on_cpu(arts, val_images, reference):
-    """Native bf16 where the CPU has it, oneDNN's emulation elsewhere (same bf16 rounding)."""
+def test_torch_bf16_on_cpu(arts, val_images, reference, no_native_bf16):
+    """oneDNN's emulation (forced, as on a CPU without native bf16) rounds as native bf16 does."""
     seg = runtime.load(arts["ckpt"], precision="bf16", threads=1, allow_emulated_bf16=True)
-    assert seg.describe()["emulated_bf16"] is (not has_native_bf16())
+    assert seg.describe()["emulated_bf16"] is True
     logits = seg.predict_logits(val_images)
     err = np.abs(logits - reference[1]).mean()
     assert 1e-4 < err < 0.1, err  # bf16 (8 significant bits), not fp32 (~1e-6)

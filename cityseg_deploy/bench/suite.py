@@ -21,18 +21,88 @@ from ..fileio import write_text_atomic
 def load_suite(path: str | os.PathLike) -> dict[str, Any]:
     import yaml
 
-    path = Path(path)
-    if not path.is_file():
-        raise CitysegError(f"{path}: no such suite file")
+    from ..resources import resolve
+
+    path = resolve("suite", path)  # a path, or a bare name of a shipped suite (cpu_backends)
     try:
         suite = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise CitysegError(f"{path}: not valid YAML ({exc})") from None
-    for key in ("name", "model", "rows"):
-        if key not in (suite or {}):
-            raise CitysegError(f"{path}: suite lacks the {key!r} key")
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise CitysegError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    check_suite(suite, str(path))
     suite["_file"] = str(path)
     return suite
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_suite(suite: Any, where: str) -> None:
+    """Refuse a suite whose keys are missing or of the wrong type, naming the key (before any
+    artifact is built: a typo must not surface as a traceback after minutes of exporting)."""
+    def need(ok: bool, key: str, expected: str) -> None:
+        if not ok:
+            raise CitysegError(f"{where}: suite key {key!r} must be {expected}")
+
+    if not isinstance(suite, dict):
+        raise CitysegError(f"{where}: a suite must be a mapping with 'name', 'model' and 'rows'")
+    for key in ("name", "model", "rows"):
+        if key not in suite:
+            raise CitysegError(f"{where}: suite lacks the {key!r} key")
+    need(isinstance(suite["name"], str) and bool(suite["name"]) and "/" not in suite["name"]
+         and suite["name"] not in (".", ".."), "name", "a plain name (it names the result files)")
+    model = suite["model"]
+    need(isinstance(model, dict) and isinstance(model.get("arch"), str), "model", "a mapping with an 'arch' name")
+    size = model.get("size", [1, 1])
+    need(isinstance(size, list) and len(size) == 2 and all(_is_int(v) and 0 < v <= 8192 for v in size),
+         "model.size", "[H, W] of 1 to 8192")
+    need(_is_int(model.get("seed", 0)), "model.seed", "an integer")
+    need(isinstance(model.get("label_set", ""), str), "model.label_set", "a label set name")
+    for key in ("artifacts", "settings", "calib"):
+        need(isinstance(suite.get(key) or {}, dict), key, "a mapping")
+    for name, art in (suite.get("artifacts") or {}).items():
+        need(isinstance(name, str) and name != "checkpoint" and isinstance(art, dict)
+             and isinstance(art.get("format"), str), f"artifacts.{name}", "a mapping with a 'format'")
+        out = art.get("out", "x")
+        need(isinstance(out, str) and out not in ("", ".", "..") and "/" not in out,
+             f"artifacts.{name}.out", "a plain file name (written inside the work folder)")
+        need(isinstance(art.get("options") or {}, dict), f"artifacts.{name}.options", "a mapping")
+        need(isinstance(art.get("precision", "fp32"), str), f"artifacts.{name}.precision", "a string")
+    calib = suite.get("calib") or {}
+    need(_is_int(calib.get("images", 8)) and 0 < calib.get("images", 8) <= 10_000, "calib.images", "1 to 10000")
+    csize = calib.get("size", [1, 1])
+    need(isinstance(csize, list) and len(csize) == 2 and all(_is_int(v) and 0 < v <= 8192 for v in csize),
+         "calib.size", "[H, W] of 1 to 8192")
+    need(_is_int(calib.get("seed", 1)), "calib.seed", "an integer")
+    settings = suite.get("settings") or {}
+    for key in ("batch", "warmup", "iters", "threads"):
+        need(settings.get(key) is None or (_is_int(settings[key]) and settings[key] >= 0),
+             f"settings.{key}", "a non-negative integer")
+    need(settings.get("duration") is None or (isinstance(settings["duration"], (int, float))
+                                              and not isinstance(settings["duration"], bool)
+                                              and settings["duration"] > 0), "settings.duration",
+         "a positive number of seconds")
+    need(settings.get("size") is None or (isinstance(settings["size"], list) and len(settings["size"]) == 2
+                                          and all(_is_int(v) and 0 < v <= 8192 for v in settings["size"])),
+         "settings.size", "[H, W] of 1 to 8192")
+    need(isinstance(settings.get("device", "cpu"), str), "settings.device", "a device name")
+    rows = suite["rows"]
+    need(isinstance(rows, list) and bool(rows) and all(isinstance(r, dict) for r in rows), "rows",
+         "a non-empty list of mappings")
+    for i, row in enumerate(rows):
+        for key in ("label", "artifact", "precision", "runner"):
+            need(row.get(key) is None or isinstance(row[key], str), f"rows[{i}].{key}", "a string")
+        need(isinstance(row.get("options") or {}, dict), f"rows[{i}].options", "a mapping")
+    need(suite.get("reference") is None or isinstance(suite["reference"], str), "reference", "a row label")
+    targets = suite.get("targets") or []
+    need(isinstance(targets, list), "targets", "a list")
+    for i, t in enumerate(targets):
+        need(isinstance(t, dict) and isinstance(t.get("row"), str)
+             and isinstance(t.get("min_ratio"), (int, float)) and not isinstance(t.get("min_ratio"), bool)
+             and (t.get("vs") is None or isinstance(t["vs"], str)),
+             f"targets[{i}]", "a mapping with 'row', 'min_ratio' (number) and optional 'vs'")
+    for key in ("work", "results", "title"):
+        need(suite.get(key) is None or isinstance(suite[key], str), key, "a string")
 
 
 def _log(msg: str) -> None:
@@ -102,6 +172,14 @@ def judge(report: dict, suite: dict) -> list[dict[str, Any]]:
     return out
 
 
+def _default_results(suite_file: Path) -> Path:
+    """``results/`` next to the suite in a checkout (bench/results); ``./bench-results`` for a
+    suite shipped inside an installed package, where nothing may be written."""
+    from ..resources import is_shipped
+
+    return Path("bench-results") if is_shipped(suite_file) else suite_file.parent / "results"
+
+
 def run_suite(path: str | os.PathLike, *, work: str | os.PathLike | None = None,
               results: str | os.PathLike | None = None, progress: bool = True) -> dict:
     """Prepare, measure and record a suite; returns the bench JSON (+ ``targets``, ``suite``)."""
@@ -109,7 +187,7 @@ def run_suite(path: str | os.PathLike, *, work: str | os.PathLike | None = None,
 
     suite = load_suite(path)
     work = Path(os.path.expanduser(work or suite.get("work") or f"~/.cache/cityseg/bench/{suite['name']}"))
-    prefix = Path(results or suite.get("results") or Path(suite["_file"]).parent / "results" / suite["name"])
+    prefix = Path(results or suite.get("results") or _default_results(Path(suite["_file"])) / suite["name"])
     paths = prepare(suite, work)
     s = suite.get("settings") or {}
     entries = []

@@ -11,6 +11,7 @@ import sys
 import click
 
 from ..errors import CitysegError
+from ..redact import redact
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -42,7 +43,7 @@ def run(argv: list[str] | None = None) -> int:
         # With standalone_mode=False, click returns ctx.exit(N)'s code instead of exiting.
         status = app.main(args=argv, prog_name="cityseg", standalone_mode=False)
     except CitysegError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {redact(str(exc))}", err=True)
         return 2
     except click.exceptions.Exit as exc:
         return exc.exit_code
@@ -54,7 +55,7 @@ def run(argv: list[str] | None = None) -> int:
         if isinstance(exc.__cause__, EOFError):
             detail = str(exc.__cause__).splitlines()[0][:160] if str(exc.__cause__) else ""
             click.echo("error: input ended early (a truncated or empty file?)"
-                       + (f": {detail}" if detail else ""), err=True)
+                       + (f": {redact(detail)}" if detail else ""), err=True)
             return 2
         interrupted = isinstance(exc.__cause__, KeyboardInterrupt)
         click.echo(f"error: {'interrupted' if interrupted else 'aborted'}", err=True)
@@ -65,7 +66,7 @@ def run(argv: list[str] | None = None) -> int:
         ctx = getattr(exc, "ctx", None)
         if ctx is not None:
             hint = f" (see '{ctx.command_path} --help')"
-        click.echo(f"error: {message}{hint}", err=True)
+        click.echo(f"error: {redact(message)}{hint}", err=True)
         return exc.exit_code
     except KeyboardInterrupt:
         click.echo("error: interrupted", err=True)

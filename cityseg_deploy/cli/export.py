@@ -5,7 +5,6 @@ list of a ``--profile`` YAML), print a success line per artifact and the next co
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import click
 
@@ -17,31 +16,73 @@ PROFILE_KEYS = {"format", "precision", "out", "size", "batch", "dynamic", "calib
                 "device", "verify", "verify_images", "workspace_gb", "opt_level"}
 
 
+# The type each profile key must have (checked when the profile is read, naming the key).
+_STR = ("format", "precision", "out", "calib_data", "data", "int8_method", "int8_layout", "device")
+_INT = ("batch", "calib_images", "verify_images", "opset", "opt_level")
+_BOOL = ("dynamic", "preprocess", "argmax", "verify")
+
+
+def _check_profile_value(where: str, key: str, value: object) -> object:
+    """The value of a profile key in the form export() takes, or a CitysegError naming it."""
+    def bad(expected: str) -> CitysegError:
+        return CitysegError(f"{where}: key {key!r} must be {expected}, got {value!r}"[:300])
+
+    if key in _STR and not isinstance(value, str):
+        raise bad("a string")
+    if key in _INT and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        raise bad("a non-negative integer")
+    if key in _BOOL and not isinstance(value, bool):
+        raise bad("true or false")
+    if key == "workspace_gb" and (not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0):
+        raise bad("a positive number of GiB")
+    if key == "keep_fp32" and not (isinstance(value, str) or (isinstance(value, list)
+                                                              and all(isinstance(v, str) for v in value))):
+        raise bad("'auto' or a list of node names")
+    if key == "size":
+        if isinstance(value, str):
+            return parse_size(value)
+        if (not isinstance(value, list) or len(value) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
+            raise bad("HxW or [H, W]")
+        return tuple(value)
+    return value
+
+
+def _keys(where: str, mapping: dict) -> dict:
+    if not all(isinstance(k, str) for k in mapping):
+        raise CitysegError(f"{where}: every key must be a name, got {sorted(map(repr, mapping))[:5]}")
+    return {k.replace("-", "_"): v for k, v in mapping.items()}
+
+
 def read_profile(path: str) -> list[dict]:
-    """A profile: common keys plus ``exports: [{format, precision, ...}, ...]``."""
+    """A profile: common keys plus ``exports: [{format, precision, ...}, ...]``, every key known
+    and of its type (a bad profile fails here, naming the key, before any export starts)."""
     import yaml
 
-    p = Path(path)
-    if not p.is_file():
-        raise CitysegError(f"--profile {p}: no such file (see the export/ folder for examples)")
+    from ..resources import resolve
+
+    p = resolve("profile", path)  # a path, or a bare name of a shipped profile (smoke, cpu, ...)
+    where = f"--profile {p}"
     try:
-        doc = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise CitysegError(f"--profile {p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        doc = yaml.safe_load(p.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise CitysegError(f"{where}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if doc is None:
+        doc = {}
     if not isinstance(doc, dict):
-        raise CitysegError(f"--profile {p}: expected a mapping with an 'exports' list")
-    doc = {k.replace("-", "_"): v for k, v in doc.items() if k != "description"}
+        raise CitysegError(f"{where}: expected a mapping with an 'exports' list")
+    doc = {k: v for k, v in _keys(where, doc).items() if k != "description"}
     entries = doc.pop("exports", None) or [{}]
-    unknown = (set(doc) | {k.replace("-", "_") for e in entries for k in e}) - PROFILE_KEYS
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise CitysegError(f"{where}: 'exports' must be a list of mappings ({{format: onnx, ...}})")
+    entries = [_keys(where, e) for e in entries]
+    unknown = (set(doc) | {k for e in entries for k in e}) - PROFILE_KEYS
     if unknown:
-        raise CitysegError(f"--profile {p}: unknown keys {sorted(unknown)} (known: {sorted(PROFILE_KEYS)})")
+        raise CitysegError(f"{where}: unknown keys {sorted(unknown)} (known: {sorted(PROFILE_KEYS)})")
     jobs = []
     for entry in entries:
-        merged = dict(doc)
-        merged.update({k.replace("-", "_"): v for k, v in entry.items()})
-        if isinstance(merged.get("size"), str):
-            merged["size"] = parse_size(merged["size"])
-        jobs.append(merged)
+        merged = {**doc, **entry}
+        jobs.append({k: _check_profile_value(where, k, v) for k, v in merged.items() if v is not None})
     return jobs
 
 
@@ -67,7 +108,8 @@ def read_profile(path: str) -> list[dict]:
 @click.option("--device", default=None, help="aoti: cpu | cuda")
 @click.option("--workspace", "workspace_gb", type=float, default=None, help="trt: workspace GiB [4]")
 @click.option("--no-verify", "verify", flag_value=False, default=None, help="skip the parity check")
-@click.option("--profile", default=None, help="export profile YAML (see export/*.yaml)")
+@click.option("--profile", default=None,
+              help="export profile: a YAML path or a shipped name (smoke, cpu, edge, tensorrt; see export/)")
 def export_cmd(model: str, fmt, precision, out, size, batch, dynamic, calib_data, data, calib_images,
                keep_fp32, preprocess, argmax, opset, int8_method, int8_layout, device, workspace_gb,
                verify, profile) -> None:

@@ -24,13 +24,20 @@ def models_cmd(size: str | None) -> None:
 @click.option("--arch", required=True, help="architecture the file holds, e.g. deeplabv3_resnet50, "
               "unet, denseaspp161, denseaspp121 (see 'cityseg models')")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="checkpoint to write (.pt)")
-def convert_weights_cmd(src: str, arch: str, out: str) -> None:
+@click.option("--trust-pickle", is_flag=True,
+              help="unpickle SRC in full when it holds more than tensors, arrays and plain containers "
+                   "(a whole pickled model); a crafted file can then run any code: only for files you trust")
+def convert_weights_cmd(src: str, arch: str, out: str, trust_pickle: bool) -> None:
     """Convert published weights SRC (torchvision, milesial, DenseASPP release, ImageNet
-    backbones) into a cityseg checkpoint.  SRC may be unpickled: convert only files you trust."""
+    backbones) into a cityseg checkpoint.  SRC is read without running code from it: only
+    tensors, numpy arrays and plain containers are unpickled unless --trust-pickle."""
     from ..models.checkpoint import read_meta
     from ..models.convert import convert_weights
 
-    path = convert_weights(src, arch, out)
+    if trust_pickle:
+        click.echo(f"warning: --trust-pickle: {src} is unpickled in full; a crafted file can run "
+                   f"any code on this machine", err=True)
+    path = convert_weights(src, arch, out, trust_pickle=trust_pickle)
     meta = read_meta(path)
     note = " (backbone only; head freshly initialised)" if meta.extra.get("backbone_only") else ""
     click.echo(f"wrote {path}: {meta.arch}, {meta.num_classes} classes ({meta.label_set}){note}")

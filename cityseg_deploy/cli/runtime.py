@@ -142,7 +142,8 @@ def check_cmd(baseline, candidates, data_root, split, json_path, max_miou_drop, 
 @click.option("--json", "json_path", default=None)
 @click.option("--md", "md_path", default=None)
 @click.option("--plot", "plot_path", default=None)
-@click.option("--suite", default=None, help="run a YAML suite (bench/*.yaml) instead of MODELS")
+@click.option("--suite", default=None,
+              help="run a YAML suite instead of MODELS: a path or a shipped name (cpu_backends; see bench/)")
 @click.option("--backend", type=click.Choice(["as-given", "auto"]), default="as-given", show_default=True,
               help="auto: MODELS are one network in one or more artifacts; time every runner for "
                    "them on this device and shape, bench the fastest and say why (cached per machine)")
@@ -174,6 +175,10 @@ def bench_cmd(models, device, batch, size, warmup, iters, duration, threads, pre
                        plot_path=plot_path)
     click.echo(format_markdown(report))
     failed = [r for r in report["results"] if r["status"] != "ok"]
+    if failed and len(failed) == len(report["results"]):
+        # Nothing measured: a bad input (missing, corrupt or refused file), not a slow backend.
+        raise CitysegError(f"every bench row failed; first: {failed[0]['model']}: "
+                           f"{(failed[0].get('error') or 'unknown error').splitlines()[0]}")
     if failed:
         click.echo(f"{len(failed)} of {len(report['results'])} rows failed (see the note column)", err=True)
 

@@ -12,6 +12,7 @@ palette, normalisation and input size, so export, runtime and check never ask th
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ import torch.nn as nn
 
 from ..errors import CitysegError
 from ..fileio import atomic_path
+from .safe_load import load_weights_file
 
 FORMAT_NAME = "cityseg-checkpoint"
 FORMAT_VERSION = 1
@@ -50,12 +52,10 @@ class ModelMeta:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelMeta":
+    def from_dict(cls, data: Any, *, where: str = "model metadata") -> "ModelMeta":
+        """Metadata read from a file, checked first (types and bounds: see :func:`check_meta_dict`)."""
+        check_meta_dict(data, where)
         known = {f for f in cls.__dataclass_fields__}
-        missing = {"arch", "arch_args", "label_set", "class_names", "palette", "mean", "std",
-                   "input_size"} - set(data)
-        if missing:
-            raise CitysegError(f"model metadata lacks {sorted(missing)}")
         return cls(**{k: v for k, v in data.items() if k in known})
 
     @classmethod
@@ -73,6 +73,79 @@ class ModelMeta:
                    class_names=list(labels.class_names), palette=[list(c) for c in labels.palette],
                    mean=list(cfg["mean"]), std=list(cfg["std"]),
                    input_size=list(input_size or cfg["input_size"]))
+
+
+# Bounds on numbers read from files, checked before anything is allocated from them.
+# Labels travel as uint8 maps in which 255 means "ignore": at most 255 classes.
+MAX_CLASSES = 255
+# Largest input side a checkpoint/artifact may claim: 4x a Cityscapes frame's width.
+MAX_INPUT_SIDE = 8192
+_REQUIRED = ("arch", "arch_args", "label_set", "class_names", "palette", "mean", "std", "input_size")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def check_meta_dict(data: Any, where: str = "model metadata") -> None:
+    """Refuse metadata whose types or numbers are out of bounds, naming the field.
+
+    Why here: every stage builds networks, buffers and dummy inputs from these numbers, so a
+    corrupt or hostile file claiming ``num_classes=10**12`` or a 10^6-pixel side must stop with
+    one clear line before any allocation, not as a MemoryError or a backend traceback.
+    """
+    def bad(field: str, why: str) -> CitysegError:
+        return CitysegError(f"{where}: metadata field {field!r} {why}; re-create the file with cityseg")
+
+    if not isinstance(data, dict):
+        raise CitysegError(f"{where}: metadata is a {type(data).__name__}, not a mapping; "
+                           f"re-create the file with cityseg")
+    missing = sorted(set(_REQUIRED) - set(data))
+    if missing:
+        raise CitysegError(f"{where}: model metadata lacks {missing}")
+    if not isinstance(data["arch"], str) or not isinstance(data["label_set"], str):
+        raise bad("arch" if not isinstance(data["arch"], str) else "label_set", "must be a string")
+    args = data["arch_args"]
+    if not isinstance(args, dict) or not all(isinstance(k, str) and k.isidentifier() for k in args):
+        raise bad("arch_args", "must map argument names to values")
+    names = data["class_names"]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise bad("class_names", "must be a list of strings")
+    claimed = args.get("num_classes", len(names))
+    if not _is_int(claimed) or not 1 <= claimed <= MAX_CLASSES:
+        raise bad("arch_args.num_classes", f"is {claimed!r}: expected 1 to {MAX_CLASSES} "
+                                           f"(labels are uint8, 255 = ignore)")
+    if len(names) != claimed:
+        raise bad("class_names", f"has {len(names)} names for {claimed} classes")
+    for key, value in args.items():
+        if _is_int(value) and not 0 <= value <= 4 * MAX_INPUT_SIDE:
+            raise bad(f"arch_args.{key}", f"is {value}: out of range")
+    palette = data["palette"]
+    if (not isinstance(palette, list) or len(palette) != claimed
+            or not all(isinstance(c, list) and len(c) == 3 and all(_is_int(v) and 0 <= v <= 255 for v in c)
+                       for c in palette)):
+        raise bad("palette", f"must hold {claimed} [r, g, b] colours of 0-255")
+    for key in ("mean", "std"):
+        values = data[key]
+        if (not isinstance(values, list) or not 1 <= len(values) <= 4
+                or not all(_is_number(v) for v in values)):
+            raise bad(key, "must be a list of 1 to 4 finite numbers")
+    if any(v == 0 for v in data["std"]):
+        raise bad("std", "holds a 0 (division by zero when normalising)")
+    size = data["input_size"]
+    if (not isinstance(size, list) or len(size) != 2
+            or not all(_is_int(v) and 1 <= v <= MAX_INPUT_SIDE for v in size)):
+        raise bad("input_size", f"is {size!r}: expected [H, W] of 1 to {MAX_INPUT_SIDE} pixels")
+    for key in ("format_version",):
+        if key in data and not _is_int(data[key]):
+            raise bad(key, "must be an integer")
+    if "extra" in data and not isinstance(data["extra"], dict):
+        raise bad("extra", "must be a mapping")
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -103,13 +176,9 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: ModelMeta, 
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load the raw checkpoint dict, checking that it is one of ours."""
     path = Path(path)
-    if not path.is_file():
-        raise CitysegError(f"{path}: no such checkpoint file")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # corrupt zip, pickle with code, truncated file ...
-        raise CitysegError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: "
-                           f"{str(exc).splitlines()[0][:160]})") from None
+    payload = load_weights_file(path, map_location=map_location, what="checkpoint file",
+                                hint="a cityseg checkpoint holds only tensors and plain values; "
+                                     "re-create it with cityseg (train or convert-weights)")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
         raise CitysegError(f"{path}: not a cityseg checkpoint; convert foreign weights with "
                            f"'cityseg convert-weights {path} --arch ARCH --out CKPT'")
@@ -120,7 +189,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 
 def read_meta(path: str | os.PathLike) -> ModelMeta:
-    return ModelMeta.from_dict(read_checkpoint(path)["meta"])
+    return ModelMeta.from_dict(read_checkpoint(path).get("meta"), where=str(path))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"
@@ -129,11 +198,25 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     from .registry import build_model
 
     payload = read_checkpoint(path, map_location)
-    meta = ModelMeta.from_dict(payload["meta"])
+    meta = ModelMeta.from_dict(payload.get("meta"), where=str(path))
+    state_dict = payload.get("state_dict")
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise CitysegError(f"{path}: its 'state_dict' is not a mapping of tensors; re-create the checkpoint")
+    # Shapes first, on the meta device (nothing allocated): a file whose metadata claims a far
+    # larger network than its tensors hold is refused before the network is built for real.
+    with torch.device("meta"):
+        skeleton = build_model(meta.arch, **meta.arch_args)
+    own = skeleton.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    mismatched = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
+                  for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
+    if missing or unexpected or mismatched:
+        raise CitysegError(f"{path}: weights do not fit {meta.arch}: missing {missing[:5]}"
+                           f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+                           f"{'...' if len(unexpected) > 5 else ''}, shapes (file vs "
+                           f"{meta.arch_args}) {mismatched[:3]}{'...' if len(mismatched) > 3 else ''}")
+    del skeleton
     model = build_model(meta.arch, **meta.arch_args)
-    missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
-    if missing or unexpected:
-        raise CitysegError(f"{path}: weights do not fit {meta.arch}: missing {list(missing)[:5]}"
-                           f"{'...' if len(missing) > 5 else ''}, unexpected {list(unexpected)[:5]}"
-                           f"{'...' if len(unexpected) > 5 else ''}")
+    model.load_state_dict(state_dict, strict=True)
     return model.eval(), meta

@@ -32,6 +32,7 @@ import torch.nn as nn
 from ..errors import CitysegError
 from .checkpoint import FORMAT_NAME, ModelMeta, file_sha256, save_checkpoint
 from .registry import build_model, get_entry
+from .safe_load import load_weights_file
 
 StateDict = dict[str, torch.Tensor]
 
@@ -47,30 +48,16 @@ VOC_CLASSES = ("__background__", "aeroplane", "bicycle", "bird", "boat", "bottle
 # --------------------------------------------------------------------------------------------
 # reading
 # --------------------------------------------------------------------------------------------
-def read_source(path: str | os.PathLike) -> StateDict:
+def read_source(path: str | os.PathLike, *, trust_pickle: bool = False) -> StateDict:
     """The state dict inside a foreign weights file.
 
-    Accepts a plain state dict (``.pth``/``.pkl``), a dict holding it under ``state_dict`` or
-    ``model``, or a whole pickled ``nn.Module``.  The file is first read with
-    ``torch.load(weights_only=True)``; only if that refuses (a pickle with classes, as old
-    releases are) is it read with ``weights_only=False``, which runs the pickle's code.  This
-    function is called only on a file the user names explicitly to ``cityseg convert-weights``;
-    nothing else in cityseg unpickles foreign files.
+    Accepts a plain state dict (``.pth``/``.pkl``, legacy PyTorch 0.3 files included), a dict
+    holding it under ``state_dict`` or ``model``, or — only with ``trust_pickle`` — a whole pickled
+    ``nn.Module``.  The file is read by :func:`~.safe_load.load_weights_file`, which runs no code
+    from it; ``trust_pickle`` allows full unpickling for a file the restricted reader refuses.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CitysegError(f"{path}: no such weights file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=False)
-        except ModuleNotFoundError as exc:
-            raise CitysegError(f"{path}: a pickled model whose code ({exc.name!r}) is not importable "
-                               f"here; save its state_dict() with the original code and convert that") from None
-        except Exception as exc:
-            raise CitysegError(f"{path}: not a readable PyTorch weights file ({type(exc).__name__}: "
-                               f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
+    obj = load_weights_file(path, trust_pickle=trust_pickle)
     if isinstance(obj, dict) and obj.get("format") == FORMAT_NAME:
         raise CitysegError(f"{path}: already a cityseg checkpoint; use it as it is")
     for key in ("state_dict", "model", "model_state_dict", "net"):
@@ -246,18 +233,19 @@ def label_set_meta(num_classes: int, *, family: str) -> tuple[str, list[str], li
 # --------------------------------------------------------------------------------------------
 # the conversion
 # --------------------------------------------------------------------------------------------
-def convert_weights(src: str | os.PathLike, arch: str, out: str | os.PathLike) -> Path:
+def convert_weights(src: str | os.PathLike, arch: str, out: str | os.PathLike, *,
+                    trust_pickle: bool = False) -> Path:
     """Convert the foreign weights file ``src`` for ``arch`` into a cityseg checkpoint at ``out``.
 
     The class count comes from the file (a backbone-only file gets the architecture's default
     head); label set ``cityscapes19``/``cityscapes10`` for 19/10 classes, ``coco21`` for
-    torchvision's 21-class DeepLabV3, otherwise ``custom{N}`` with generic names.  May unpickle
-    ``src`` (see :func:`read_source`): use it only on files you trust.
+    torchvision's 21-class DeepLabV3, otherwise ``custom{N}`` with generic names.  ``src`` is read
+    without running code from it unless ``trust_pickle`` (see :func:`read_source`).
     """
     src, out = Path(src), Path(out)
     entry = get_entry(arch)
     what = f"{src} as {arch}"
-    raw = read_source(src)
+    raw = read_source(src, trust_pickle=trust_pickle)
     sd, args, partial, kind = _plan(arch, raw, what)
     model = build_model(arch, **args)
     model.load_state_dict(fit_state_dict(model, sd, what=what, partial_prefixes=partial), strict=True)

@@ -458,7 +458,7 @@ def fit(recipe: Recipe | str | Path | dict, data_root: str | Path, out_dir: str 
                            "--resume, or choose another --out (or --overwrite)")
     checkpoint = read_checkpoint(last_path) if resume else None
     if checkpoint is not None:
-        _check_resume_fits(last_path, ModelMeta.from_dict(checkpoint["meta"]), meta)
+        _check_resume_fits(last_path, ModelMeta.from_dict(checkpoint.get("meta"), where=str(last_path)), meta)
         if "train_state" not in checkpoint:
             raise CitysegError(f"{last_path}: holds no train state to resume from; start a new run")
 

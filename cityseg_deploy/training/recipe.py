@@ -4,9 +4,9 @@ Why a schema: a recipe is the record of how a checkpoint was made (it travels in
 ``meta.extra["recipe"]``), so a typo must fail before hours of training, naming the key, rather
 than silently fall back to a default.  Unknown keys and wrong types raise :class:`CitysegError`.
 
-Where recipes live: the repository's top-level ``training/`` folder (the project is installed
-editable, so it sits next to the package).  ``--recipe`` takes a path, or a bare name such as
-``unet_small`` looked up there (and, for a non-editable install, in ``cityseg_deploy/recipes/``).
+Where recipes live: the repository's top-level ``training/`` folder, shipped inside the package
+as ``cityseg_deploy/recipes`` (:mod:`cityseg_deploy.resources`).  ``--recipe`` takes a path, or a
+bare name such as ``unet_small`` looked up there.
 """
 from __future__ import annotations
 
@@ -20,10 +20,8 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from .. import resources
 from ..errors import CitysegError
-
-PACKAGE_DIR = Path(__file__).resolve().parents[1]
-RECIPE_DIRS = (PACKAGE_DIR.parent / "training", PACKAGE_DIR / "recipes")
 
 
 @dataclass
@@ -203,27 +201,18 @@ def recipe_from_dict(data: dict[str, Any]) -> Recipe:
 
 # --------------------------------------------------------------------------- files and overrides
 def available_recipes() -> dict[str, Path]:
-    """Bare recipe names → files (the repo's ``training/`` first, then package data)."""
-    found: dict[str, Path] = {}
-    for folder in RECIPE_DIRS:
-        if folder.is_dir():
-            for path in sorted(folder.glob("*.yaml")):
-                found.setdefault(path.stem, path)
-    return found
+    """Bare recipe names → the files shipped with cityseg (``training/`` in the repository)."""
+    return resources.available("recipe")
 
 
 def resolve_recipe_path(name_or_path: str | os.PathLike) -> Path:
-    """A path to an existing file, or a bare name (``unet_small``) from the recipe folders."""
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    if path.parent == Path(".") and path.suffix in ("", ".yaml", ".yml"):
-        found = available_recipes().get(path.stem)
-        if found is not None:
-            return found
-    names = ", ".join(available_recipes()) or "none found"
-    raise CitysegError(f"recipe {str(name_or_path)!r}: no such file or recipe name; "
-                       f"give a YAML path or one of: {names}")
+    """A path to an existing file, or a bare name (``unet_small``) of a shipped recipe."""
+    try:
+        return resources.resolve("recipe", name_or_path)
+    except CitysegError:
+        names = ", ".join(available_recipes()) or "none found"
+        raise CitysegError(f"recipe {str(name_or_path)!r}: no such file or recipe name; "
+                           f"give a YAML path or one of: {names}") from None
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterable, Protocol
 
 import numpy as np
 
+from ..fileio import child_path
 from .overlay import Renderer
 from .sources import Frame, Source
 from .writers import LabelPngSink, VideoSink, Window
@@ -357,8 +358,9 @@ def output_paths(sources: list[Source], out: str | os.PathLike | None,
     paths = []
     for src in sources:
         o = Path(out) if out is not None else None
-        paths.append((o.with_name(f"{o.stem}_{src.stem}{o.suffix}") if o is not None else None,
-                      Path(labels_dir) / src.stem if labels_dir is not None else None))
+        what = f"source {src.name}"
+        paths.append((child_path(o.parent, f"{o.stem}_{src.stem}{o.suffix}", what=what) if o is not None else None,
+                      child_path(labels_dir, src.stem, what=what) if labels_dir is not None else None))
     return paths
 
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..errors import CitysegError
 from ..fileio import read_rgb
+from ..redact import redact, strip_userinfo
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 LIST_EXTS = (".txt", ".streams")
@@ -107,8 +108,9 @@ class VideoSource(Source):
         if self.camera:
             self.name, self.stem = f"camera {target}", f"camera{target}"
         elif self.url:
-            self.name = str(target)
-            tail = re.sub(r"[^A-Za-z0-9_-]+", "_", str(target).split("://", 1)[1]).strip("_")
+            # Credentials never reach names, stems (file names, progress bars) or messages.
+            self.name = redact(str(target))
+            tail = re.sub(r"[^A-Za-z0-9_-]+", "_", strip_userinfo(str(target)).split("://", 1)[1]).strip("_")
             self.stem = tail[-40:] or "stream"
         else:
             self.name, self.stem = str(target), Path(str(target)).stem
