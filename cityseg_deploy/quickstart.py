@@ -196,9 +196,11 @@ def write_demo_video(path: Path, *, size: tuple[int, int], frames: int, seed: in
     return path
 
 
-def step_segment(cfg: QuickstartConfig, model: str) -> dict[str, Any]:
+def step_segment(cfg: QuickstartConfig, pick: dict[str, Any]) -> dict[str, Any]:
     from . import runtime
     from .video import PipelineOptions, VideoSource, run_source
+
+    model = pick["path"]
 
     video = write_demo_video(cfg.out / "video" / "drive.avi", size=cfg.size,
                              frames=cfg.video_frames, seed=cfg.seed + 1000)
@@ -219,7 +221,8 @@ def step_segment(cfg: QuickstartConfig, model: str) -> dict[str, Any]:
     still = cfg.out / "video" / "drive_frame.png"
     if ok:
         write_png(still, frame)
-    return {"outputs": [str(out)], "model": model, "frames": result.frames,
+    return {"outputs": [str(out)], "model": model, "arch": pick.get("arch"), "why": pick.get("why"),
+            "artifact": pick.get("artifact"), "frames": result.frames,
             "fps": result.pipeline_fps, "still": str(still) if ok else None}
 
 
@@ -272,7 +275,7 @@ def write_report(cfg: QuickstartConfig, state: State) -> Path:
     rel = lambda p: os.path.relpath(p, out)  # noqa: E731
     lines = ["# cityseg quickstart report", "",
              f"Synthetic Cityscapes-layout data ({cfg.n_train} train / {cfg.n_val} val at "
-             f"{cfg.size[0]}x{cfg.size[1]}, seed {cfg.seed}); the three networks of the report as "
+             f"{cfg.size[0]}x{cfg.size[1]}, seed {cfg.seed}); {_networks_phrase(cfg.models)} as "
              f"small CPU presets. Machine: {_machine_line()}.", ""]
 
     baselines: dict[str, dict] = {}
@@ -307,18 +310,21 @@ def write_report(cfg: QuickstartConfig, state: State) -> Path:
     figures = out / "figures"
     plot_class_iou({arch: doc for arch, doc in baselines.items()}, figures / "class_iou.png",
                    title="Per-class IoU of the PyTorch baselines")
-    best_arch = max(baselines, key=lambda a: baselines[a]["miou"] or 0.0)
+    best_arch, _ = choose_video_network(baselines)
     best = baselines[best_arch]
     plot_confusion(best["confusion"], best["classes"], figures / "confusion.png",
                    title=f"Confusion of {best_arch} (rows: truth, normalised)")
-    lines += ["## The three networks side by side", "",
+    lines += _deploy_section(_choices(cfg, state), rel)
+    lines += [_side_by_side_heading(len(baselines)), "",
               "| network | classes | mIoU % | per-pixel % |", "| --- | --- | --- | --- |"]
     for arch, doc in baselines.items():
         lines.append(f"| {arch} | {doc['num_classes']} | {100 * doc['miou']:.2f} | "
                      f"{100 * doc['per_pixel']:.2f} |")
-    lines += ["", "U-Net predicts the report's 10 merged classes, the others the 19 Cityscapes "
-              "classes, so their mIoUs are not on the same scale (as in the report).", "",
-              f"![per-class IoU]({rel(figures / 'class_iou.png')})", "",
+    lines.append("")
+    if len({doc["num_classes"] for doc in baselines.values()}) > 1:
+        lines += ["U-Net predicts the report's 10 merged classes, the others the 19 Cityscapes "
+                  "classes, so their mIoUs are not on the same scale (as in the report).", ""]
+    lines += [f"![per-class IoU]({rel(figures / 'class_iou.png')})", "",
               f"![confusion]({rel(figures / 'confusion.png')})", ""]
 
     sample = sample_figure(cfg, {a: str(out / "runs" / a / "best.pt") for a in cfg.models},
@@ -328,7 +334,8 @@ def write_report(cfg: QuickstartConfig, state: State) -> Path:
               "", f"![samples]({rel(sample)})", ""]
 
     bench_md = (out / "bench" / "bench.md").read_text()
-    lines += ["## Speed", "", bench_md.strip(), "", f"![latency]({rel(out / 'bench' / 'latency.png')})", ""]
+    lines += ["## Speed", "", demote_headings(bench_md.strip(), 2), "",
+              f"![latency]({rel(out / 'bench' / 'latency.png')})", ""]
 
     seg = state.steps.get("segment")
     if seg:
@@ -336,6 +343,9 @@ def write_report(cfg: QuickstartConfig, state: State) -> Path:
                   f"`cityseg segment` on a generated drive ({seg['frames']} frames) with "
                   f"`{rel(seg['model'])}`: {seg['fps']:.1f} FPS end to end → "
                   f"`{rel(seg['outputs'][0])}`.", ""]
+        if seg.get("why"):
+            lines += [f"Network: {seg['arch']}, {seg['why']}; artifact: its deploy choice above "
+                      f"({seg.get('artifact')}).", ""]
         if seg.get("still"):
             lines += [f"![frame]({rel(seg['still'])})", ""]
 
@@ -348,26 +358,143 @@ def write_report(cfg: QuickstartConfig, state: State) -> Path:
     return report
 
 
+_COUNT_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
+
+
+def _networks_phrase(models: tuple[str, ...]) -> str:
+    if len(models) == 3 and set(models) == set(MODELS):
+        return "the three networks of the report"
+    return f"{_COUNT_WORDS.get(len(models), len(models))} of the report's networks ({', '.join(models)})"
+
+
+def _side_by_side_heading(n: int) -> str:
+    if n == 1:
+        return "## The PyTorch baseline"
+    return f"## The {_COUNT_WORDS.get(n, n)} networks side by side"
+
+
+def demote_headings(markdown: str, levels: int) -> str:
+    """Push every ATX heading down ``levels`` (an embedded document's H1 inside a ``##`` section)."""
+    out = []
+    for line in markdown.splitlines():
+        if line.startswith("#"):
+            hashes = len(line) - len(line.lstrip("#"))
+            if line[hashes:hashes + 1] in (" ", ""):
+                line = "#" * min(6, hashes + levels) + line[hashes:]
+        out.append(line)
+    return "\n".join(out)
+
+
+def _deploy_section(choices: dict[str, dict[str, Any]], rel: Callable[[Any], str]) -> list[str]:
+    """Which artifact to deploy per network, and why (the rule, the numbers, what lost)."""
+    lines = ["## Which artifact to deploy", "",
+             f"Per network, the fastest artifact whose val mIoU is at most {MAX_MIOU_DROP:g} point "
+             "below its own PyTorch baseline (Table 2 above; speed from the bench table below, "
+             "same run, this machine). Another machine can rank the backends differently: re-run "
+             "`cityseg bench` there before deploying.", "",
+             "| network | deploy | median ms | vs PyTorch | ΔmIoU (pts) | why |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for arch, c in choices.items():
+        ms = f"{c['median_ms']:.1f}" if c["median_ms"] is not None else "–"
+        ratio = (f"{c['baseline_ms'] / c['median_ms']:.2f}x" if c["median_ms"] and c["baseline_ms"]
+                 else "–")
+        lines.append(f"| {arch} | `{rel(c['path'])}` | {ms} | {ratio} | {c['delta_miou']:+.2f} | "
+                     f"{c['reason']} |")
+    lines.append("")
+    for arch, c in choices.items():
+        if c["rejected"]:
+            lines.append(f"- {arch}, not chosen: " + "; ".join(f"{label} ({why})" for label, why in c["rejected"]))
+    lines.append("")
+    return lines
+
+
 # --------------------------------------------------------------------------- driver
 
-def _pick_video_model(cfg: QuickstartConfig, state: State) -> str:
-    """The most accurate network; its fastest artifact that keeps mIoU within 1 point."""
-    best_arch, best_miou = None, -1.0
+#: An artifact may lose at most this many mIoU points against its own PyTorch baseline.
+MAX_MIOU_DROP = 1.0
+
+
+def choose_artifact(arch: str, baseline_path: str, check_doc: dict, bench_rows: list[dict],
+                    max_drop: float = MAX_MIOU_DROP) -> dict[str, Any]:
+    """The artifact of network ``arch`` to deploy: the fastest one within ``max_drop`` mIoU points.
+
+    Like with like: each candidate is measured against its own network's PyTorch baseline (same
+    label set, same val images), and speeds come from the bench rows of that network's group,
+    matched by **path** (a row's ``model`` is its display label).  Returns ``{"arch", "path",
+    "label", "median_ms", "baseline_ms", "delta_miou" (pts), "reason", "rejected": [(label,
+    why)]}``; the PyTorch checkpoint itself is always eligible (drop 0).
+    """
+    def key(path: str) -> str:
+        return str(Path(path).resolve())
+
+    rows = {key(r["path"]): r for r in bench_rows
+            if r.get("status") == "ok" and r.get("path") and r.get("group", arch) == arch}
+    options = [(baseline_path, 0.0)] + [(c["path"], 100 * c["delta"]["miou"])
+                                         for c in check_doc["candidates"]]
+    base_row = rows.get(key(baseline_path))
+    base_ms = base_row["latency_ms"]["median"] if base_row else None
+    eligible, rejected = [], []
+    for path, delta in options:
+        row = rows.get(key(path))
+        label = row["model"] if row else Path(path).name
+        if row is None:
+            rejected.append((label, "not timed (no bench row)"))
+        elif -delta > max_drop:
+            rejected.append((label, f"ΔmIoU {delta:+.2f} pts, more than {max_drop:g} below PyTorch"))
+        else:
+            eligible.append((row["latency_ms"]["median"], path, label, delta))
+    if not eligible:  # nothing timed at all: the checkpoint, said plainly
+        return {"arch": arch, "path": baseline_path, "label": f"{arch} torch fp32", "median_ms": None,
+                "baseline_ms": base_ms, "delta_miou": 0.0, "rejected": rejected,
+                "reason": "no artifact was timed; the PyTorch checkpoint by default"}
+    eligible.sort(key=lambda e: e[0])
+    ms, path, label, delta = eligible[0]
+    for other_ms, _, other_label, _ in eligible[1:]:
+        rejected.append((other_label, f"slower: {other_ms:.1f} ms median vs {ms:.1f} ms"))
+    speed = (f"{base_ms / ms:.2f}x the PyTorch checkpoint's speed ({ms:.1f} vs {base_ms:.1f} ms median)"
+             if base_ms else f"{ms:.1f} ms median")
+    reason = (f"fastest artifact within {max_drop:g} mIoU point(s) of its PyTorch baseline: {speed}, "
+              f"ΔmIoU {delta:+.2f} pts")
+    return {"arch": arch, "path": path, "label": label, "median_ms": ms, "baseline_ms": base_ms,
+            "delta_miou": delta, "reason": reason, "rejected": rejected}
+
+
+def choose_video_network(baselines: dict[str, dict]) -> tuple[str, str]:
+    """(network, why) for the video: the highest val mIoU, compared only within one label set.
+
+    U-Net predicts 10 merged classes, the others 19; a 10-class mIoU is not on the 19-class scale,
+    so the 19-class networks are compared among themselves (the others only when none has 19).
+    """
+    by_classes: dict[int, list[str]] = {}
+    for arch, doc in baselines.items():
+        by_classes.setdefault(int(doc["num_classes"]), []).append(arch)
+    classes = 19 if 19 in by_classes else max(by_classes)
+    pool = by_classes[classes]
+    arch = max(pool, key=lambda a: baselines[a]["miou"] or 0.0)
+    why = f"highest val mIoU ({100 * (baselines[arch]['miou'] or 0.0):.2f} %)"
+    why += (f" among the {classes}-class networks" if len(pool) > 1 else f", the only {classes}-class network")
+    others = sorted(set(baselines) - set(pool))
+    if others:
+        why += (f"; {', '.join(others)} predict{'s' if len(others) == 1 else ''} another class set, "
+                "whose mIoU is not on the same scale")
+    return arch, why
+
+
+def _choices(cfg: QuickstartConfig, state: State) -> dict[str, dict[str, Any]]:
+    bench_rows = json.loads((cfg.out / "bench" / "bench.json").read_text())["results"]
+    out = {}
     for arch in cfg.models:
-        miou = state.steps[f"train:{arch}"].get("miou") or 0.0
-        if miou > best_miou:
-            best_arch, best_miou = arch, miou
-    check_doc = json.loads(Path(state.steps[f"check:{best_arch}"]["json"]).read_text())
-    bench_doc = json.loads((cfg.out / "bench" / "bench.json").read_text())
-    latency = {str(Path(r["model"]).resolve()): r["latency_ms"]["median"]
-               for r in bench_doc["results"] if r.get("status") == "ok"}
-    choice = str(cfg.out / "runs" / best_arch / "best.pt")
-    best_ms = latency.get(str(Path(choice).resolve()), float("inf"))
-    for cand in check_doc["candidates"]:
-        ms = latency.get(str(Path(cand["path"]).resolve()))
-        if ms is not None and ms < best_ms and -100 * cand["delta"]["miou"] <= 1.0:
-            choice, best_ms = cand["path"], ms
-    return choice
+        check_doc = json.loads(Path(state.steps[f"check:{arch}"]["json"]).read_text())
+        out[arch] = choose_artifact(arch, str(cfg.out / "runs" / arch / "best.pt"), check_doc, bench_rows)
+        out[arch]["baseline"] = check_doc["baseline"]
+    return out
+
+
+def _pick_video_model(cfg: QuickstartConfig, state: State) -> dict[str, Any]:
+    """The network for the video (:func:`choose_video_network`) and its chosen artifact."""
+    choices = _choices(cfg, state)
+    arch, why = choose_video_network({a: c["baseline"] for a, c in choices.items()})
+    return {"path": choices[arch]["path"], "arch": arch, "why": why, "artifact": choices[arch]["label"]}
 
 
 def quickstart(cfg: QuickstartConfig) -> Path:

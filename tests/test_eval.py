@@ -90,3 +90,23 @@ def test_predict_color_formats(arts, synth_root, tmp_path, fmt):
 def test_eval_needs_model_or_pred_dir(synth_root, capsys):
     assert run(["eval", "--data", str(synth_root)]) == 2
     assert "MODEL or --pred-dir" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt", ["trainIds", "color"])
+def test_predict_hint_is_a_command_that_works_for_that_format(arts, synth_root, tmp_path, capsys, fmt):
+    # color PNGs cannot be scored ("a label image must have one channel"): the hint must not say so.
+    import shlex
+
+    out = tmp_path / "preds"
+    assert run(["predict", str(arts["onnx"]), "--data", str(synth_root), "--out", str(out),
+                "--format", fmt, "--threads", "1", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    argv = shlex.split(text.split("'")[1])
+    assert argv[0] == "cityseg"
+    if fmt == "color":
+        assert argv[1] == "predict" and "eval" not in argv
+        assert run(argv[1:] + ["--threads", "1", "--no-progress"]) == 0
+        argv = shlex.split(capsys.readouterr().out.split("'")[1])
+    assert argv[1:3] == ["eval", "--pred-dir"]
+    assert run(argv[1:] + ["--no-progress"]) == 0
+    assert "| mIoU |" in capsys.readouterr().out

@@ -193,3 +193,62 @@ def test_pickle_of_unimportable_code_says_what_to_do(tmp_path):
         convert_weights(tmp_path / "whole.pkl", "denseaspp161", tmp_path / "x.pt")
     with pytest.raises(CitysegError, match="'fake_release_models'.*state_dict"):
         convert_weights(tmp_path / "whole.pkl", "denseaspp161", tmp_path / "x.pt", trust_pickle=True)
+
+
+def _next_command(text: str, root) -> list[str]:
+    """The ``next:`` line's command, ROOT replaced by a real data root, as argv for cli.run."""
+    import shlex
+
+    line = next(l for l in text.splitlines() if l.startswith("next: "))
+    argv = shlex.split(line[len("next: "):].replace("ROOT", str(root)))
+    assert argv[0] == "cityseg"
+    return argv[1:]
+
+
+def test_convert_hint_of_cityscapes_weights_evaluates(tmp_path, synth_root, capsys):
+    torch.save(build_model("deeplabv3_small").state_dict(), tmp_path / "cs.pth")
+    assert run(["convert-weights", str(tmp_path / "cs.pth"), "--arch", "deeplabv3_small",
+                "--out", str(tmp_path / "cs.pt")]) == 0
+    argv = _next_command(capsys.readouterr().out, synth_root)
+    assert argv[0] == "eval"
+    assert run(argv + ["--no-progress"]) == 0  # the hint works as printed
+    assert "| mIoU |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_convert_hint_of_coco_weights_fine_tunes_instead_of_failing_eval(tmp_path, synth_root,
+                                                                         capsys, monkeypatch):
+    torch.save(build_model("deeplabv3_small", num_classes=21, aux_loss=True).state_dict(),
+               tmp_path / "coco.pth")
+    assert run(["convert-weights", str(tmp_path / "coco.pth"), "--arch", "deeplabv3_small",
+                "--out", str(tmp_path / "coco.pt")]) == 0
+    out = capsys.readouterr().out
+    assert "not a Cityscapes class set" in out
+    argv = _next_command(out, synth_root)
+    assert argv[:3] == ["train", "--recipe", "deeplabv3_small"]
+    assert f"init_weights={tmp_path / 'coco.pt'}" in argv
+    # Evaluating it as it is stays refused (the README shows that error) ...
+    assert run(["eval", str(tmp_path / "coco.pt"), "--data", str(synth_root)]) == 2
+    # ... while the hinted command trains (made tiny here by appended overrides).
+    monkeypatch.chdir(tmp_path)
+    assert run(argv + ["--epochs", "1", "--set", "train_size=[32,64]", "--set", "val_size=[32,64]",
+                       "--no-progress", "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "init_weights:" in text and "re-initialised" in text
+    assert (tmp_path / "runs" / "coco_ft" / "best.pt").is_file()
+
+
+def test_convert_hint_for_an_arch_without_its_own_recipe_builds_a_valid_recipe():
+    from cityseg_deploy.cli.models import _convert_hint
+    from cityseg_deploy.models.checkpoint import ModelMeta
+    from cityseg_deploy.training.recipe import load_recipe, parse_override
+    import shlex
+
+    meta = ModelMeta.for_arch("denseaspp121", label_set="cityscapes19", input_size=[512, 1024])
+    meta.extra = {"backbone_only": True}
+    note, command = _convert_hint("d121.pt", meta)
+    assert "freshly initialised" in note
+    argv = shlex.split(command)
+    assert argv[:4] == ["cityseg", "train", "--recipe", "denseaspp161"]
+    sets = dict(parse_override(argv[i + 1]) for i, a in enumerate(argv) if a == "--set")
+    assert load_recipe(argv[3], sets).model == "denseaspp121"

@@ -84,3 +84,70 @@ def test_cuda_device_without_gpu_is_a_clear_error(recipe_file, synth_root, tmp_p
         pytest.skip("a CUDA GPU is visible")
     assert run(_args(recipe_file, synth_root, tmp_path / "o")[:-2] + ["--device", "cuda"]) == 2
     assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def _ctrl_c_in_epoch(monkeypatch, which: int):
+    """Make train_one_epoch raise KeyboardInterrupt when it starts epoch ``which`` (1-based)."""
+    from cityseg_deploy.training import loop
+
+    real = loop.train_one_epoch
+
+    def interrupted(*args, **kwargs):
+        if args[5] == which:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_one_epoch", interrupted)
+    return real
+
+
+@pytest.mark.slow
+def test_interrupted_run_already_has_report_and_curves(tmp_path, synth_root, monkeypatch, capsys):
+    # README: report.md and curves.png are rewritten after every epoch, not only at the end.
+    recipe = tmp_path / "three.yaml"
+    recipe.write_text(yaml.safe_dump({**TINY, "epochs": 3}))
+    out = tmp_path / "run"
+    _ctrl_c_in_epoch(monkeypatch, 2)
+    assert run(_args(recipe, synth_root, out)) == 130
+    report = (out / "report.md").read_text()
+    assert "epochs run: 1 of 3" in report and "Table 2" in report
+    assert (out / "curves.png").stat().st_size > 1000
+    assert not list(out.glob("*.tmp*"))
+
+
+@pytest.mark.slow
+def test_resume_alone_keeps_the_overrides_the_run_started_with(tmp_path, synth_root, monkeypatch,
+                                                                capsys):
+    recipe = tmp_path / "three.yaml"
+    recipe.write_text(yaml.safe_dump({**TINY, "epochs": 3, "scheduler": "poly"}))
+    out = tmp_path / "run"
+    real = _ctrl_c_in_epoch(monkeypatch, 2)
+    assert run(_args(recipe, synth_root, out, "--epochs", "2", "--lr", "0.002")) == 130
+    err = capsys.readouterr().err
+    hint = err.split("continue with: ")[1].split(" (the run")[0]
+    assert hint == f"cityseg train --recipe {recipe} --data {synth_root} --out {out} --resume"
+    monkeypatch.setattr("cityseg_deploy.training.loop.train_one_epoch", real)
+    # The printed hint, as written (plus this test's quiet/cpu flags), continues the 2-epoch run.
+    assert run(hint.split()[1:] + ["--no-progress", "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "epoch 2/2" in text and "epoch 3" not in text and "extended" not in text
+    assert "resume:" not in text
+    from cityseg_deploy.models.checkpoint import read_checkpoint
+    extra = read_checkpoint(out / "last.pt")["meta"]["extra"]
+    assert extra["overrides"] == {"epochs": 2, "lr": 0.002} and extra["recipe"]["lr"] == 0.002
+    # A changed override on resume is said, and then kept.
+    assert run(_args(recipe, synth_root, out, "--resume", "--epochs", "3")) == 0
+    text = capsys.readouterr().out
+    assert "resume: epochs changed on resume: 2 -> 3" in text and "epoch 3/3" in text
+
+
+def test_merge_resume_overrides_notes_only_changes():
+    from cityseg_deploy.training.recipe import merge_resume_overrides
+
+    merged, notes = merge_resume_overrides({"epochs": 4, "augment.hflip": 0}, {"epochs": 4})
+    assert merged == {"epochs": 4, "augment.hflip": 0} and notes == []
+    merged, notes = merge_resume_overrides({"epochs": 4}, {"epochs": 6, "lr": 0.1})
+    assert merged == {"epochs": 6, "lr": 0.1}
+    assert notes == ["epochs changed on resume: 4 -> 6",
+                     "lr=0.1 added on resume (the run was started without it)"]
+    assert merge_resume_overrides(None, {}) == ({}, [])

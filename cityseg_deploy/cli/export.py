@@ -118,6 +118,7 @@ def export_cmd(model: str, fmt, precision, out, size, batch, dynamic, calib_data
     Precision lives in the exported graph (fp16 casts, int8 Q/DQ calibrated on --calib-data);
     every artifact is checked against PyTorch and carries the model's metadata.
     """
+    from ..artifacts import artifact_kind, sidecar_path
     from ..export import export, next_commands
 
     given = {"format": fmt, "precision": precision, "out": out, "size": parse_size(size),
@@ -139,6 +140,10 @@ def export_cmd(model: str, fmt, precision, out, size, batch, dynamic, calib_data
         for r in result.intermediates + [result]:
             click.echo(f"export success: {r.format} {r.precision} → {r.path} "
                        f"({r.seconds:.1f} s, {r.size_mb:.1f} MB)")
+            side = sidecar_path(r.path)
+            if artifact_kind(Path(r.path)) in ("aoti", "tensorrt") and side.is_file():
+                click.echo(f"  metadata: {side} (classes, palette, normalisation, io; keep it next "
+                           f"to {Path(r.path).name})")
         results.append(result)
     click.echo("next:")
     root = given.get("data") or given.get("calib_data") or jobs[0].get("data")

@@ -4,6 +4,7 @@ Thin: parse, call :mod:`cityseg_deploy.evaluation` / :mod:`cityseg_deploy.bench`
 """
 from __future__ import annotations
 
+import shlex
 
 import click
 
@@ -86,9 +87,18 @@ def predict_cmd(model, data_root, split, out, fmt, device, precision, threads, b
     res = predict_split(model, data_root, out, split=split, fmt=fmt, device=device,
                         precision=precision, threads=threads, batch=batch, progress=not no_progress)
     click.echo(f"wrote {res['written']} {fmt} PNGs to {res['out']} (mIoU on the way: "
-               f"{100 * res['metrics']['miou']:.2f}); score them with "
-               f"'cityseg eval --pred-dir {res['out']} --data {data_root} --split {split}"
-               f"{' --pred-format trainIds' if fmt == 'trainIds' else ''}'")
+               f"{100 * res['metrics']['miou']:.2f}); {_predict_hint(model, data_root, split, res['out'], fmt)}")
+
+
+def _predict_hint(model: str, data_root: str, split: str, out: str, fmt: str) -> str:
+    """What to do with the PNGs: label PNGs can be scored; color/overlay ones are for people."""
+    q = shlex.quote
+    if fmt in ("labelIds", "trainIds"):
+        return (f"score them with 'cityseg eval --pred-dir {q(str(out))} --data {q(str(data_root))} "
+                f"--split {q(split)}{' --pred-format trainIds' if fmt == 'trainIds' else ''}'")
+    return (f"{fmt} PNGs are for viewing, not scoring; for scoreable label PNGs run "
+            f"'cityseg predict {q(str(model))} --data {q(str(data_root))} --split {q(split)} "
+            f"--out {q(str(out) + '_labelIds')}'")
 
 
 @app.command("check")

@@ -5,6 +5,8 @@ training room reads the distributed environment; only rank 0 prints.
 """
 from __future__ import annotations
 
+import shlex
+
 import click
 
 from ._app import app
@@ -34,19 +36,25 @@ def train(ctx: click.Context, recipe: str, data_root: str, out_dir: str, epochs:
     """Train a network from a recipe; validate every epoch; keep best.pt and last.pt."""
     from ..training import TrainingInterrupted, fit, load_recipe, parse_override
     from ..training.distributed import env_from_torchrun
+    from ..training.loop import saved_overrides
+    from ..training.recipe import merge_resume_overrides
 
     overrides = dict(parse_override(s) for s in sets)
     for key, value in (("epochs", epochs), ("lr", lr), ("batch_size", batch_size)):
         if value is not None:
             overrides[key] = value
-    spec = load_recipe(recipe, overrides)
     main = env_from_torchrun().is_main
     echo = click.echo if main else (lambda *a, **k: None)
+    if resume:  # the run continues with the options it was started with, plus what is given now
+        overrides, notes = merge_resume_overrides(saved_overrides(out_dir), overrides)
+        for note in notes:
+            echo(f"resume: {note}")
+    spec = load_recipe(recipe, overrides)
     try:
         result = fit(spec, data_root, out_dir, device=device, resume=resume, overwrite=overwrite,
-                     progress=not no_progress, log=echo)
+                     progress=not no_progress, log=echo, overrides=overrides)
     except TrainingInterrupted as exc:
-        echo(f"stopped: {exc}".replace("RECIPE", recipe), err=True)
+        echo(f"stopped: {exc}".replace("RECIPE", shlex.quote(recipe)), err=True)
         ctx.exit(130)
         return
     best = result["best"]

@@ -104,6 +104,28 @@ def _quiet():
             lg.setLevel(lv)
 
 
+def exporter_reason(exc: BaseException, limit: int = 160) -> str:
+    """One readable line for why an exporter failed.
+
+    torch.onnx's own message is boilerplate ("Failed to export the model with torch.export. This
+    is step 1/3 ... Next steps: ...") around the real error, which is its ``__cause__``: take the
+    innermost cause's first line, drop ANSI colours, and shorten at a word with an ellipsis.
+    """
+    import re
+
+    inner = exc
+    seen = {id(exc)}
+    while inner.__cause__ is not None and id(inner.__cause__) not in seen:
+        inner = inner.__cause__
+        seen.add(id(inner))
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", ln).strip() for ln in str(inner).splitlines()]
+    text = next((ln for ln in lines if ln), "") or type(inner).__name__
+    text = re.split(r"\s*Next steps:", text)[0].rstrip(" .:") or type(inner).__name__
+    if len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0].rstrip(" ,.:;") + " …"
+    return f"{type(inner).__name__}: {text}" if not text.startswith(type(inner).__name__) else text
+
+
 def torch_to_onnx(job: ExportJob, path: Path) -> str:
     """Write the raw exported graph to ``path``; return the exporter used."""
     model, x = wrapped_model(job), example_input(job)
@@ -116,8 +138,7 @@ def torch_to_onnx(job: ExportJob, path: Path) -> str:
             program.save(str(path))
         return "dynamo"
     except Exception as exc:  # noqa: BLE001 - any exporter failure: try the other exporter
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        job.log(f"  note: the dynamo exporter failed for {job.meta.arch} ({first}); "
+        job.log(f"  note: the dynamo exporter failed for {job.meta.arch} ({exporter_reason(exc)}); "
                 f"using the TorchScript exporter")
     axes = None
     if job.dynamic:

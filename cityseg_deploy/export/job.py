@@ -129,7 +129,14 @@ class ExportJob:
         ``root`` (or ``data`` / ``calib_data``) gives real images; without one, seeded random
         images stand in and the description says so.
         """
+        given = root
         root = root or (self.data if split == "val" else self.calib_data) or self.data or self.calib_data
+        # Say so when the images come from the other option's root (mIoU on --calib-data's val split).
+        borrowed = ""
+        if given is None and root is not None:
+            usual = self.data if split == "val" else self.calib_data
+            if usual is None:
+                borrowed = f" (the {split} split of {'--data' if root == self.data else '--calib-data'})"
         if root is not None:
             from ..data.cityscapes import CityscapesDataset
 
@@ -140,7 +147,7 @@ class ExportJob:
             pairs = [ds[i] for i in range(min(limit, len(ds)))]
             ims = np.stack([p[0] for p in pairs])
             lab = np.stack([p[1] for p in pairs]) if labels and pairs[0][1] is not None else None
-            return ims, lab, f"{len(ims)} {split} images of {root}"
+            return ims, lab, f"{len(ims)} {split} images of {root}{borrowed}"
         rng = np.random.default_rng(seed)
         h, w = self.size
         ims = rng.integers(0, 256, size=(min(limit, 4), h, w, 3), dtype=np.uint8)

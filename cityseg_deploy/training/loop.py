@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import shlex
 import time
 import warnings
 from pathlib import Path
@@ -29,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from ..data.cityscapes import CityscapesDataset
 from ..data.transforms import TrainAugment, label_to_tensor, to_tensor
 from ..errors import CitysegError
+from ..fileio import write_text_atomic
 from ..labels import get_label_set
 from ..metrics.confusion import ConfusionMatrix
 from ..models.checkpoint import ModelMeta, read_checkpoint, save_checkpoint
@@ -397,6 +399,19 @@ def _compact_metrics(metrics: dict) -> dict:
             if k in metrics}
 
 
+def saved_overrides(out_dir: str | Path) -> dict[str, Any] | None:
+    """The command-line overrides the run in ``out_dir`` was started (or last resumed) with.
+
+    None when there is no ``last.pt`` (nothing to resume; :func:`fit` says so) or when it predates
+    saving them.  Read before the recipe is built, so ``--resume`` alone rebuilds the same recipe.
+    """
+    path = Path(out_dir) / "last.pt"
+    if not path.is_file():
+        return None
+    saved = (read_checkpoint(path)["meta"].get("extra") or {}).get("overrides")
+    return dict(saved) if isinstance(saved, dict) else None
+
+
 def _check_resume_fits(path: Path, saved: ModelMeta, meta: ModelMeta) -> None:
     for key in ("arch", "label_set", "arch_args"):
         if getattr(saved, key) != getattr(meta, key):
@@ -407,13 +422,18 @@ def _check_resume_fits(path: Path, saved: ModelMeta, meta: ModelMeta) -> None:
 
 def fit(recipe: Recipe | str | Path | dict, data_root: str | Path, out_dir: str | Path, *,
         device: str | None = None, resume: bool = False, overwrite: bool = False,
-        progress: bool = True, log: Callable[[str], None] | None = print) -> dict[str, Any]:
+        progress: bool = True, log: Callable[[str], None] | None = print,
+        overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train ``recipe`` on the Cityscapes root ``data_root``, writing the run to ``out_dir``.
 
     Writes ``best.pt`` (highest val mIoU), ``last.pt`` (with optimiser, scheduler, scaler,
     epoch/step, history and RNG states), ``log.csv``, ``tensorboard/``, ``report.md`` and
-    ``curves.png``.  ``resume=True`` continues from ``out_dir/last.pt``; without it an
-    ``out_dir`` that already holds ``last.pt`` is refused unless ``overwrite``.
+    ``curves.png`` — every one of them after every epoch, atomically, so an interrupted run's
+    folder shows its report and curves up to the last finished epoch.  ``resume=True``
+    continues from ``out_dir/last.pt``; without it an ``out_dir`` that already holds ``last.pt``
+    is refused unless ``overwrite``.  ``overrides`` (the command line's ``--epochs``/``--set``
+    ...) are saved with the run so that ``--resume`` alone continues it as it was started
+    (:func:`saved_overrides`).
 
     Ctrl-C: ``last.pt`` always holds the state at the **last completed epoch boundary** (it is
     written at the start and after every epoch); the interrupted epoch's steps are dropped, and
@@ -549,8 +569,20 @@ def fit(recipe: Recipe | str | Path | dict, data_root: str | Path, out_dir: str 
 
         def extra(metrics: dict | None) -> dict[str, Any]:
             return {"val": metrics, "epoch": state["epoch"], "step": state["step"],
-                    "recipe": recipe.to_dict(), "data_root": str(data_root),
+                    "recipe": recipe.to_dict(), "overrides": dict(overrides or {}),
+                    "data_root": str(data_root),
                     "world_size": env.world_size, "train_seconds": state["seconds"]}
+
+        def write_run_files(*, stopped_early: bool) -> None:
+            """log.csv, curves.png and report.md from the history so far (each written atomically)."""
+            write_log_csv(out_dir / "log.csv", state["history"])
+            plot_curves(out_dir / "curves.png", state["history"], title=f"{recipe.model} ({label_set.name})")
+            recipe_dict = {**recipe.to_dict(), "label_set": label_set.name, "train_size": list(train_size)}
+            write_text_atomic(out_dir / "report.md", report_markdown(
+                name=recipe.model, recipe=recipe_dict, best=best_metrics,
+                best_epoch=state["best_epoch"], history=state["history"], data_root=str(data_root),
+                device=str(device_t), world_size=env.world_size, seconds=state["seconds"],
+                stopped_early=stopped_early))
 
         if env.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -609,7 +641,7 @@ def fit(recipe: Recipe | str | Path | dict, data_root: str | Path, out_dir: str 
                     if improved:
                         save_checkpoint(best_path, model, meta)
                     save_checkpoint(last_path, model, meta, train_state=train_state())
-                    write_log_csv(out_dir / "log.csv", state["history"])
+                    write_run_files(stopped_early=False)
                     if tb is not None:
                         for key in ("per_pixel", "miou"):
                             tb.add_scalar(f"val/{key}", metrics[key], epoch)
@@ -633,19 +665,12 @@ def fit(recipe: Recipe | str | Path | dict, data_root: str | Path, out_dir: str 
             raise TrainingInterrupted(
                 f"interrupted in epoch {saved_epoch + 1}; {last_path} holds the state after epoch "
                 f"{saved_epoch} (the interrupted epoch's steps are not kept); continue with: "
-                f"cityseg train --recipe RECIPE --data {data_root} --out {out_dir} --resume") from None
+                f"cityseg train --recipe RECIPE --data {shlex.quote(str(data_root))} "
+                f"--out {shlex.quote(str(out_dir))} --resume (the run's own options are "
+                "saved with it)") from None
 
-        if env.is_main and state["history"]:
-            write_log_csv(out_dir / "log.csv", state["history"])
-            plot_curves(out_dir / "curves.png", state["history"], title=f"{recipe.model} ({label_set.name})")
-            from ..fileio import write_text_atomic
-
-            recipe_dict = {**recipe.to_dict(), "label_set": label_set.name, "train_size": list(train_size)}
-            write_text_atomic(out_dir / "report.md", report_markdown(
-                name=recipe.model, recipe=recipe_dict, best=best_metrics,
-                best_epoch=state["best_epoch"], history=state["history"], data_root=str(data_root),
-                device=str(device_t), world_size=env.world_size, seconds=state["seconds"],
-                stopped_early=stopped_early))
+        if env.is_main and state["history"] and stopped_early:
+            write_run_files(stopped_early=True)  # the report names the early stop
         return {"best": best_metrics, "best_epoch": state["best_epoch"], "last": last_metrics,
                 "epochs_run": state["epoch"], "step": state["step"], "seconds": state["seconds"],
                 "stopped_early": stopped_early, "out_dir": str(out_dir),

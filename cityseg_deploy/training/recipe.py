@@ -244,6 +244,23 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
     return data
 
 
+def merge_resume_overrides(saved: dict[str, Any] | None, given: dict[str, Any]
+                           ) -> tuple[dict[str, Any], list[str]]:
+    """Overrides for a resumed run: those it was started with, then the ones given now.
+
+    Returns (merged, notes): one note per override that the resume changes or adds, so that
+    ``--resume`` alone continues the run as started and a deliberate change is said, never silent.
+    """
+    saved = dict(saved or {})
+    notes = []
+    for key, value in given.items():
+        if key not in saved:
+            notes.append(f"{key}={value!r} added on resume (the run was started without it)")
+        elif saved[key] != value:
+            notes.append(f"{key} changed on resume: {saved[key]!r} -> {value!r}")
+    return {**saved, **given}, notes
+
+
 def load_recipe(name_or_path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> Recipe:
     """Read, override (dotted keys) and validate a recipe."""
     path = resolve_recipe_path(name_or_path)
