@@ -5,6 +5,7 @@ list of a ``--profile`` YAML), print a success line per artifact and the next co
 """
 from __future__ import annotations
 
+from pathlib import Path
 
 import click
 

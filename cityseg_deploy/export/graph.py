@@ -23,7 +23,6 @@ import torch.nn as nn
 
 from ..artifacts import ONNX_META_KEY, pack
 from ..errors import CitysegError
-from ..fileio import atomic_path
 from .job import ExportJob
 
 DEFAULT_OPSET = 18
