@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -17,6 +19,7 @@ import cv2
 import numpy as np
 
 from .errors import CitysegError
+from .native_logs import native_stderr
 
 
 def new_file_mode() -> int:
@@ -37,16 +40,115 @@ def new_file_mode() -> int:
     return 0o666 & ~mask
 
 
+# Files older than this are left over from an earlier run (this process imported fileio first).
+RUN_STARTED = time.time()
+_MKSTEMP_PART = re.compile(r"[A-Za-z0-9_]{8}")
+
+
+def _is_temp_of(name: str, prefix: str, suffixes: tuple[str, ...]) -> bool:
+    """``name`` is ``<prefix><8 random chars><one of suffixes>``, as ``tempfile.mkstemp`` names it."""
+    if not name.startswith(prefix):
+        return False
+    for suffix in suffixes:
+        if suffix and name.endswith(suffix) and _MKSTEMP_PART.fullmatch(name[len(prefix):-len(suffix)]):
+            return True
+    return False
+
+
+def clean_stale_temporaries(folder: str | os.PathLike, prefix: str, suffixes: tuple[str, ...]) -> list[Path]:
+    """Remove hidden temporaries a killed earlier run left for the same target; return them.
+
+    Why: SIGKILL skips every cleanup handler, so ``.m.onnx.ab12cd34.tmp`` or
+    ``.drive.x1y2z3w4.partial.mp4`` stayed forever.  Only names built from the same target's
+    ``prefix`` and last modified before this run started are touched: a concurrent job writing
+    another file, or this run's own temporaries, are left alone.
+    """
+    folder = Path(folder)
+    removed: list[Path] = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        if not _is_temp_of(entry.name, prefix, suffixes):
+            continue
+        try:
+            if entry.lstat().st_mtime >= RUN_STARTED:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed.append(entry)
+        except OSError:
+            pass
+    return removed
+
+
+def aside_path(final: str | os.PathLike) -> Path:
+    """Where :func:`atomic_path` parks the previous folder while it swaps a new one in."""
+    final = Path(final)
+    return final.with_name(f".{final.name}.old")
+
+
+def recover_swap(final: str | os.PathLike) -> None:
+    """Finish or undo a folder swap that a kill interrupted (see :func:`atomic_path`).
+
+    Old folder aside and no folder under the final name: the kill came between the two renames,
+    so the old one goes back.  Both present: only the deletion of the old one was missed.
+    """
+    final = Path(final)
+    aside = aside_path(final)
+    if not aside.is_dir():
+        return
+    if final.exists():
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.rename(aside, final)
+
+
+def _swap_dir_in(tmp: Path, final: Path) -> None:
+    """Replace folder ``final`` by ``tmp`` so that a kill at any point loses neither.
+
+    Rename the old folder aside, rename the new one in, then delete the old one; a kill between
+    the renames leaves the old folder under :func:`aside_path`, which :func:`recover_swap` (run by
+    the next export to this path, and by any reader) puts back.
+    """
+    if not final.exists():
+        os.rename(tmp, final)
+        return
+    if not final.is_dir():
+        final.unlink()
+        os.rename(tmp, final)
+        return
+    aside = aside_path(final)
+    if aside.exists():
+        shutil.rmtree(aside)
+    os.rename(final, aside)
+    try:
+        os.rename(tmp, final)
+    except BaseException:
+        os.rename(aside, final)  # the new one did not arrive: the old one stays
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``final``; rename it onto ``final`` only if the block succeeds.
 
     The temporary lives in the same directory so the rename is atomic on POSIX.  On any exception
-    (including KeyboardInterrupt) the temporary is removed and the exception propagates.
+    (including KeyboardInterrupt) the temporary is removed and the exception propagates.  Stale
+    temporaries of the same target from a killed earlier run are removed first; a folder replaces
+    its predecessor by a swap that never loses both (:func:`_swap_dir_in`).
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    prefix = f".{final.name}."
+    clean_stale_temporaries(final.parent, prefix, (".tmp", final.suffix))
+    if is_dir:
+        recover_swap(final)
+    fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     if is_dir:
@@ -55,9 +157,7 @@ def atomic_path(final: str | os.PathLike, *, is_dir: bool = False) -> Iterator[P
     try:
         yield tmp
         if is_dir:
-            if final.exists():
-                shutil.rmtree(final) if final.is_dir() else final.unlink()
-            os.replace(tmp, final)
+            _swap_dir_in(tmp, final)
         else:
             if tmp.is_file():
                 # mkstemp creates 0600; the artifact gets what open() would have given it.
@@ -106,7 +206,9 @@ def _decode(path: Path, flags: int) -> np.ndarray:
         raise CitysegError(f"{path}: corrupt or unreadable image ({str(exc).strip()[:160]}); "
                            f"re-create or remove it") from None
     if image is None:
-        raise CitysegError(f"{path}: corrupt or unreadable image; re-create or remove it")
+        _, said = native_stderr(lambda: cv2.imdecode(data, flags))
+        reason = f" ({said})" if said else ""
+        raise CitysegError(f"{path}: corrupt or unreadable image{reason}; re-create or remove it")
     return image
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from ._app import app, parse_size
-from ..errors import CitysegError
+from ..errors import CitysegError, first_line
 
 PROFILE_KEYS = {"format", "precision", "out", "size", "batch", "dynamic", "calib_data", "data",
                 "calib_images", "keep_fp32", "preprocess", "argmax", "opset", "int8_method", "int8_layout",
@@ -27,7 +27,7 @@ def read_profile(path: str) -> list[dict]:
     try:
         doc = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise CitysegError(f"--profile {p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise CitysegError(f"--profile {p}: not valid YAML ({first_line(exc)})") from None
     if not isinstance(doc, dict):
         raise CitysegError(f"--profile {p}: expected a mapping with an 'exports' list")
     doc = {k.replace("-", "_"): v for k, v in doc.items() if k != "description"}

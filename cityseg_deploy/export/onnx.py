@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from ..artifacts import ONNX_META_KEY, pack
-from ..errors import CitysegError
+from ..errors import CitysegError, first_line
 from ..fileio import atomic_path
 from .job import ExportJob, ExportResult, Timer, path_size_mb
 
@@ -116,7 +116,7 @@ def torch_to_onnx(job: ExportJob, path: Path) -> str:
             program.save(str(path))
         return "dynamo"
     except Exception as exc:  # noqa: BLE001 - any exporter failure: try the other exporter
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, 200)
         job.log(f"  note: the dynamo exporter failed for {job.meta.arch} ({first}); "
                 f"using the TorchScript exporter")
     axes = None
@@ -154,7 +154,7 @@ def check_model(path: Path) -> None:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:  # noqa: BLE001
         raise CitysegError(f"{path.name}: the exported graph fails onnx.checker "
-                           f"({str(exc).splitlines()[0][:200]}); report it with the model name") from None
+                           f"({first_line(exc, 200)}); report it with the model name") from None
 
 
 # The fp32 graph of the last few jobs (serialised), so that a profile exporting fp32, fp16 and int8

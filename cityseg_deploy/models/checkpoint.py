@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..errors import CitysegError
+from ..errors import CitysegError, first_line
 from ..fileio import atomic_path
 
 FORMAT_NAME = "cityseg-checkpoint"
@@ -105,11 +105,13 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise CitysegError(f"{path}: no such checkpoint file")
+    if path.stat().st_size == 0:
+        raise CitysegError(f"{path}: empty file (0 bytes), not a checkpoint; re-create or remove it")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # corrupt zip, pickle with code, truncated file ...
         raise CitysegError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: "
-                           f"{str(exc).splitlines()[0][:160]})") from None
+                           f"{first_line(exc, 160)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
         raise CitysegError(f"{path}: not a cityseg checkpoint; convert foreign weights with "
                            f"'cityseg convert-weights {path} --arch ARCH --out CKPT'")

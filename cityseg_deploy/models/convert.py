@@ -29,7 +29,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..errors import CitysegError
+from ..errors import CitysegError, first_line
 from .checkpoint import FORMAT_NAME, ModelMeta, file_sha256, save_checkpoint
 from .registry import build_model, get_entry
 
@@ -70,7 +70,7 @@ def read_source(path: str | os.PathLike) -> StateDict:
                                f"here; save its state_dict() with the original code and convert that") from None
         except Exception as exc:
             raise CitysegError(f"{path}: not a readable PyTorch weights file ({type(exc).__name__}: "
-                               f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
+                               f"{first_line(exc, 160)})") from None
     if isinstance(obj, dict) and obj.get("format") == FORMAT_NAME:
         raise CitysegError(f"{path}: already a cityseg checkpoint; use it as it is")
     for key in ("state_dict", "model", "model_state_dict", "net"):

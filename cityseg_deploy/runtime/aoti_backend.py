@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..artifacts import read_artifact_meta
-from ..errors import CitysegError
+from ..errors import CitysegError, first_line
 from .base import Segmenter, check_precision
 
 
@@ -44,7 +44,7 @@ class AOTISegmenter(Segmenter):
             self.runner = aoti_load_package(str(path))
         except Exception as exc:
             raise CitysegError(f"{path}: not a loadable AOTInductor package ({type(exc).__name__}: "
-                               f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); re-export it "
+                               f"{first_line(exc, 200)}); re-export it "
                                f"with this torch ({torch.__version__})") from None
         self.torch_device = torch.device(str(device) if wanted == "cuda" else "cpu")
 

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..artifacts import read_artifact_meta
-from ..errors import CitysegError
+from ..errors import CitysegError, first_line
 from .base import Segmenter, check_precision, device_normaliser
 from .ort_int8 import onnxruntime_cpu_graph
 
@@ -77,7 +77,7 @@ class OnnxRuntimeSegmenter(Segmenter):
             self.session = ort.InferenceSession(source, so, providers=providers)
         except Exception as exc:
             raise CitysegError(f"{path}: onnxruntime cannot load this graph ({type(exc).__name__}: "
-                               f"{str(exc).splitlines()[0][:200]}); re-export it") from None
+                               f"{first_line(exc, 200)}); re-export it") from None
         inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
         self.in_name, self.out_name = inp.name, out.name
         self.in_dtype = ORT_TYPES.get(inp.type, np.float32)
