@@ -79,12 +79,16 @@ def eval_cmd(model, data_root, split, json_path, pred_dir, pred_format, label_se
 @THREADS
 @click.option("--batch", type=int, default=1, show_default=True)
 @click.option("--no-progress", is_flag=True)
-def predict_cmd(model, data_root, split, out, fmt, device, precision, threads, batch, no_progress):
+@click.option("--layout", type=click.Choice(["flat", "cities"]), default="flat", show_default=True,
+              help="flat: OUT/<stem>_leftImg8bit.png; cities: OUT/<city>/... (official layout; "
+                   "needed when two cities hold the same image name)")
+def predict_cmd(model, data_root, split, out, fmt, device, precision, threads, batch, no_progress, layout):
     """Write one PNG per image of a split (labelIds = the official submission format)."""
     from ..evaluation import predict_split
 
     res = predict_split(model, data_root, out, split=split, fmt=fmt, device=device,
-                        precision=precision, threads=threads, batch=batch, progress=not no_progress)
+                        precision=precision, threads=threads, batch=batch, progress=not no_progress,
+                        layout=layout)
     click.echo(f"wrote {res['written']} {fmt} PNGs to {res['out']} (mIoU on the way: "
                f"{100 * res['metrics']['miou']:.2f}); score them with "
                f"'cityseg eval --pred-dir {res['out']} --data {data_root} --split {split}"

@@ -102,8 +102,8 @@ def check(baseline, candidates: Sequence, data_root: str | os.PathLike, *, split
         raise CitysegError("check needs at least one CANDIDATE besides the BASELINE")
     specs = [str(baseline), *[str(c) for c in candidates]]
     names = _names(specs)
-    base_labels: dict[str, bytes] = {}
-    base_logits: dict[str, np.ndarray] = {}
+    base_labels: dict[tuple[str, str], bytes] = {}  # (city, stem): stems may repeat across cities
+    base_logits: dict[tuple[str, str], np.ndarray] = {}
     results: dict[str, dict] = {}
     docs: list[dict] = []
     base_seg = None
@@ -121,14 +121,14 @@ def check(baseline, candidates: Sequence, data_root: str | os.PathLike, *, split
         def on_prediction(sample, image, labels, logits, _k=k, _agree=agree, _err=err):
             if _k == 0:
                 ok, buf = cv2.imencode(".png", labels)
-                base_labels[sample.stem] = buf.tobytes()
+                base_labels[sample.city, sample.stem] = buf.tobytes()
                 if logits is not None:
-                    base_logits[sample.stem] = logits
+                    base_logits[sample.city, sample.stem] = logits
                 return
-            ref = cv2.imdecode(np.frombuffer(base_labels[sample.stem], np.uint8), cv2.IMREAD_UNCHANGED)
+            ref = cv2.imdecode(np.frombuffer(base_labels[sample.city, sample.stem], np.uint8), cv2.IMREAD_UNCHANGED)
             _agree[0] += int((ref == labels).sum())
             _agree[1] += labels.size
-            ref_logits = base_logits.get(sample.stem)
+            ref_logits = base_logits.get((sample.city, sample.stem))
             if logits is not None and ref_logits is not None and ref_logits.shape == logits.shape:
                 _err.update(logits, ref_logits)
 

@@ -114,13 +114,28 @@ def evaluate(model, data_root: str | os.PathLike, *, split: str = "val", device:
     return doc
 
 
-def _pred_index(pred_dir: Path) -> dict[str, Path]:
-    index: dict[str, Path] = {}
+def _pred_index(pred_dir: Path) -> dict[str, list[Path]]:
+    """Every prediction PNG under ``pred_dir`` (any depth), by the ``<city>_<seq>_<frame>`` stem."""
+    index: dict[str, list[Path]] = {}
     for png in sorted(pred_dir.rglob("*.png")):
         m = STEM_RE.match(png.name)
         if m:
-            index.setdefault(m.group("stem"), png)
+            index.setdefault(m.group("stem"), []).append(png)
     return index
+
+
+def _pred_for(sample, pred_dir: Path, index: dict[str, list[Path]]) -> Path | None:
+    """The prediction of ``sample``: the one in ``<city>/`` when several share its stem (predict
+    --layout cities), else the only one; None when missing; an error when it is ambiguous."""
+    found = index.get(sample.stem, [])
+    if len(found) <= 1:
+        return found[0] if found else None
+    in_city = [p for p in found if p.parent.name == sample.city]
+    if len(in_city) == 1:
+        return in_city[0]
+    raise CitysegError(f"{pred_dir}: {len(found)} prediction PNGs for image {sample.stem!r} "
+                       f"({', '.join(str(p.relative_to(pred_dir)) for p in found[:3])}); keep one, "
+                       f"or put each in its city's folder ({sample.city}/)")
 
 
 def evaluate_pred_dir(pred_dir: str | os.PathLike, data_root: str | os.PathLike, *, split: str = "val",
@@ -139,7 +154,8 @@ def evaluate_pred_dir(pred_dir: str | os.PathLike, data_root: str | os.PathLike,
     labels_set = get_label_set(label_set)
     samples = find_samples(data_root, split)
     index = _pred_index(pred_dir)
-    missing = [s.stem for s in samples if s.stem not in index]
+    preds = {id(s): _pred_for(s, pred_dir, index) for s in samples}
+    missing = [s.stem for s in samples if preds[id(s)] is None]
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise CitysegError(f"{pred_dir}: no prediction PNG for {len(missing)} of {len(samples)} "
@@ -149,15 +165,16 @@ def evaluate_pred_dir(pred_dir: str | os.PathLike, data_root: str | os.PathLike,
     cm = ConfusionMatrix(n)
     for sample in _progress(samples, len(samples), pred_dir.name, progress):
         _, truth = load_sample(sample, labels_set)
-        raw = read_label(index[sample.stem])
+        pred_png = preds[id(sample)]
+        raw = read_label(pred_png)
         if raw.shape != truth.shape:
-            raise CitysegError(f"{index[sample.stem]}: prediction is {raw.shape[1]}x{raw.shape[0]} "
+            raise CitysegError(f"{pred_png}: prediction is {raw.shape[1]}x{raw.shape[0]} "
                                f"(WxH) but the label is {truth.shape[1]}x{truth.shape[0]}; write "
                                f"predictions at the image's size")
         pred = lut[raw]
         if (pred == 255).any():
             bad = int(raw[pred == 255][0])
-            raise CitysegError(f"{index[sample.stem]}: holds value {bad}, not a {pred_format} value "
+            raise CitysegError(f"{pred_png}: holds value {bad}, not a {pred_format} value "
                                f"of an evaluated {labels_set.name} class; is --pred-format right?")
         cm.update(pred, truth)
     doc = eval_json(cm.compute(labels_set.class_names), str(pred_dir))
