@@ -89,6 +89,10 @@ def predict_cmd(model, data_root, split, out, fmt, device, precision, threads, b
     res = predict_split(model, data_root, out, split=split, fmt=fmt, device=device,
                         precision=precision, threads=threads, batch=batch, progress=not no_progress,
                         layout=layout)
+    if res["metrics"] is None:  # a model of another label set (coco21, custom2): nothing to score
+        click.echo(f"wrote {res['written']} {fmt} PNGs to {res['out']} (not scored: the model's "
+                   "label set is not a Cityscapes one)")
+        return
     click.echo(f"wrote {res['written']} {fmt} PNGs to {res['out']} (mIoU on the way: "
                f"{100 * res['metrics']['miou']:.2f}); score them with "
                f"'cityseg eval --pred-dir {res['out']} --data {data_root} --split {split}"

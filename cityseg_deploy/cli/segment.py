@@ -72,9 +72,13 @@ def segment(source: str, model_path: str, out: str | None, labels_dir: str | Non
     segmenter = _load_segmenter(model_path, device=device, threads=threads)
     label_lut = None
     if label_format == "labelIds":
-        from ..labels import get_label_set
+        from ..labels import LABEL_SETS
 
-        label_lut = get_label_set(segmenter.meta.label_set).to_label_id_lut()
+        if segmenter.meta.label_set not in LABEL_SETS:
+            raise CitysegError(f"--label-format labelIds: {model_path} predicts "
+                               f"{segmenter.meta.label_set} classes, which have no Cityscapes label "
+                               "ids; use --label-format trainIds")
+        label_lut = LABEL_SETS[segmenter.meta.label_set].to_label_id_lut()
     opts = PipelineOptions(batch=batch, vid_stride=vid_stride, max_frames=max_frames, realtime=realtime,
                            mode=mode, alpha=alpha, label_lut=label_lut, fourcc=fourcc,
                            progress=sys.stderr.isatty() if progress is None else progress,
