@@ -116,15 +116,20 @@ def predict_cmd(model, data_root, split, out, fmt, device, precision, threads, b
 @click.option("--emulate-bf16", is_flag=True,
               help="run CHECKPOINT@bf16 candidates on a CPU without native bf16 (slow emulation, "
                    "same bf16 rounding): bf16 accuracy before deploying to AVX-512 BF16/AMX")
+@click.option("--baseline-size", type=click.Choice(["candidate", "own"]), default="candidate",
+              show_default=True,
+              help="candidate: run the baseline at the candidates' input size (is the artifact "
+                   "faithful?); own: at the baseline's own size (what does the smaller input cost?)")
 @click.option("--no-progress", is_flag=True)
 def check_cmd(baseline, candidates, data_root, split, json_path, max_miou_drop, out, device, threads,
-              batch, logit_images, emulate_bf16, no_progress):
+              batch, logit_images, emulate_bf16, baseline_size, no_progress):
     """Accuracy of CANDIDATE artifacts vs BASELINE: deltas, agreement, logit error, gate."""
     from ..evaluation.check import check
 
     report = check(baseline, candidates, data_root, split=split, device=device, threads=threads,
                    batch=batch, max_miou_drop=max_miou_drop, out=out, json_path=json_path,
-                   logit_images=logit_images, progress=not no_progress, emulate_bf16=emulate_bf16)
+                   logit_images=logit_images, progress=not no_progress, emulate_bf16=emulate_bf16,
+                   baseline_size=baseline_size)
     click.echo(report["markdown"])
     if out:
         click.echo(f"wrote tables, check.json and check_delta.png to {out}")
