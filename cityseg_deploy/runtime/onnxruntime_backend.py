@@ -16,6 +16,7 @@ import numpy as np
 from ..artifacts import read_artifact_meta
 from ..errors import CitysegError, first_line
 from .base import Segmenter, check_precision, device_normaliser
+from .graph_check import check_onnx
 from .ort_int8 import onnxruntime_cpu_graph
 
 ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8,
@@ -40,6 +41,7 @@ class OnnxRuntimeSegmenter(Segmenter):
                  cpu_int8_rewrite: bool = True, **_: Any):
         ort = _import_ort()
         meta, io = read_artifact_meta(path)
+        check_onnx(path, meta, io)  # the metadata must describe this graph (graph_check)
         precision = check_precision(precision)
         if precision and precision != io.get("precision", "fp32"):
             hint = (f"re-export it with --precision {precision}" if precision != "bf16" else

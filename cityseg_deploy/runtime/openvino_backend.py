@@ -22,6 +22,7 @@ from ..artifacts import openvino_files, read_artifact_meta
 from ..bench.machine import cpu_flags, has_native_bf16
 from ..errors import CitysegError, first_line
 from .base import Segmenter, check_precision, labels_array
+from .graph_check import check_openvino
 
 HINT = {"fp32": "f32", "int8": "f32", "fp16": "f16", "bf16": "bf16"}
 DEVICES = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU", "auto": "AUTO"}
@@ -67,6 +68,7 @@ class OpenVINOSegmenter(Segmenter):
         except Exception as exc:
             raise CitysegError(f"{xml}: OpenVINO cannot read this IR ({type(exc).__name__}: "
                                f"{first_line(exc, 200)}); re-export it") from None
+        check_openvino(f"{_meta} (for {xml.name})", model, meta, io)
         io = dict(io)
         pshape = model.inputs[0].get_partial_shape()
         if pshape.is_dynamic:
