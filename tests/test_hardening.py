@@ -451,21 +451,22 @@ def test_predict_cities_layout_and_eval_reads_it(twin_root, ckpt, tmp_path, caps
     assert run(["predict", str(ckpt), "--data", str(twin_root), "--out", str(out), "--layout", "cities",
                 "--format", "trainIds", "--no-progress"]) == 0
     files = sorted(out.rglob("*.png"))
-    assert len(files) == len(find_samples(twin_root, "val")) == 2
-    assert len({f.name for f in files}) == 1  # one name, two cities, both kept
+    samples = find_samples(twin_root, "val")
+    assert len(files) == len(samples)  # the two cities' twins are both kept
+    assert len({f.name for f in files}) == len(samples) - 1
     model_json, pred_json = tmp_path / "m.json", tmp_path / "p.json"
     assert run(["eval", str(ckpt), "--data", str(twin_root), "--json", str(model_json), "--no-progress"]) == 0
     assert run(["eval", "--pred-dir", str(out), "--data", str(twin_root), "--pred-format", "trainIds",
                 "--json", str(pred_json), "--no-progress"]) == 0
     assert json.loads(pred_json.read_text())["confusion"] == json.loads(model_json.read_text())["confusion"]
-    # one stray copy of a twin outside its city folder makes the match ambiguous: refused
+    # a second copy of one twin in another folder of the same city name: ambiguous, refused
     capsys.readouterr()
-    shutil.copy(files[0], out / files[0].name)
-    shutil.copy(files[0], out / "other" / files[0].name) if (out / "other").mkdir() is None else None
+    twin = next(f for f in files if sum(g.name == f.name for g in files) == 2)
+    (out / "extra" / twin.parent.name).mkdir(parents=True)
+    shutil.copy(twin, out / "extra" / twin.parent.name / twin.name)
     assert run(["eval", "--pred-dir", str(out), "--data", str(twin_root), "--pred-format", "trainIds",
-                "--no-progress"]) in (0, 2)
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
+                "--no-progress"]) == 2
+    assert "prediction PNGs for image" in _error_line(capsys)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -530,10 +531,12 @@ def _empty_avi(path: Path) -> Path:
 
 
 def _garbled_mp4(path: Path) -> Path:
+    """An .mp4 that opens (8 frames declared) but whose sample-size table claims 4 GB samples."""
     clip = write_clip(path.with_suffix(".src.mp4"), n=8)
     data = bytearray(clip.read_bytes())
-    for i in range(100, len(data), 50):
-        data[i] ^= 0xFF
+    table = data.find(b"stsz")
+    for k in range(table + 16, table + 16 + 8 * 4, 4):
+        data[k] = 0xFF
     path.write_bytes(bytes(data))
     clip.unlink()
     return path
@@ -542,8 +545,6 @@ def _garbled_mp4(path: Path) -> Path:
 @pytest.mark.parametrize("make", [_empty_avi, _garbled_mp4], ids=["zero frames", "none decodable"])
 def test_video_without_a_frame_is_an_error(make, tmp_path, stand_in, capsys):
     src = make(tmp_path / "v.avi" if make is _empty_avi else tmp_path / "v.mp4")
-    if cv2.VideoCapture(str(src)).isOpened() is False:
-        pytest.skip("this OpenCV cannot open the damaged container at all (already an error)")
     code = run(["segment", str(src), "--model", "m.pt", "--out", str(tmp_path / "o.mp4"),
                 "--labels-dir", str(tmp_path / "labels")])
     assert code == 2
@@ -562,21 +563,18 @@ def _aged(path: Path, seconds: float = 3600) -> Path:
 
 
 def test_stale_temporaries_of_the_same_target_are_cleaned(tmp_path):
-    stale = _aged(tmp_path / ".m.onnx.k3j4h5g6.tmp")
-    stale.write_bytes(b"half")
-    _aged(stale)
-    stale_dir = tmp_path / ".m.onnx.a1b2c3d4.tmp"
-    stale_dir.mkdir()
-    _aged(stale_dir)
-    fresh = tmp_path / ".m.onnx.zzzzzzzz.tmp"
-    fresh.write_bytes(b"another job, started after us")  # mtime now: not older than this run
-    other = _aged(tmp_path / ".n.onnx.k3j4h5g6.tmp") if (tmp_path / ".n.onnx.k3j4h5g6.tmp").write_bytes(b"x") else None
-    lookalike = tmp_path / ".m.onnx.notmkstemp.tmp"
-    lookalike.write_bytes(b"y")
-    _aged(lookalike)
+    def leftover(name: str, *, age: float = 3600, folder: bool = False) -> Path:
+        path = tmp_path / name
+        path.mkdir() if folder else path.write_bytes(b"half written")
+        return _aged(path, age) if age else path
+
+    leftover(".m.onnx.k3j4h5g6.tmp")                     # killed export of m.onnx: removed
+    leftover(".m.onnx.a1b2c3d4.tmp", folder=True)        # killed folder export: removed
+    keep = [leftover(".m.onnx.zzzzzzzz.tmp", age=0),     # a job started after this run: kept
+            leftover(".n.onnx.k3j4h5g6.tmp"),            # another target: kept
+            leftover(".m.onnx.notmkstemp.tmp")]          # not a temporary's name: kept
     fileio.write_bytes_atomic(tmp_path / "m.onnx", b"graph")
-    names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == sorted(["m.onnx", fresh.name, other.name, lookalike.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.onnx", *(p.name for p in keep)])
 
 
 def test_segment_cleans_stale_partial_video_and_writes_it_with_the_umask(tmp_path, stand_in):
@@ -755,8 +753,8 @@ BAD_INPUTS = {
     "5 non-UTF-8 paths": 7 + 1, "6 empty checkpoint / empty message": 6 + 1,
     "7 lying metadata (ONNX x2 commands, bench, OpenVINO, AOTI)": 9 * 2 + 1 + 4 + 3,
     "8 export destinations": 3, "9 other label sets (eval/check/predict labelIds)": 2 * 3,
-    "11 killed IR swaps": 3, "12 repeated image names": 1, "13 non-empty outputs": 2,
-    "14 frameless videos": 2, "15 stale temporaries": 1 + 1, "16 damaged headers": 4,
+    "11 killed IR swaps": 3, "12 repeated image names": 2, "13 non-empty outputs": 2,
+    "14 frameless videos": 2, "15 stale temporaries": 2 + 1, "16 damaged headers": 4,
     "17 native messages": 2,
     "20 hypothesis (PNG header, header vs decoder, metadata values, sidecar texts)": 40 + 60 + 40 + 40,
 }
