@@ -1,6 +1,8 @@
 """cityseg-deploy: train, export, run, check and benchmark Cityscapes segmentation networks."""
 from __future__ import annotations
 
+from . import native_logs  # noqa: F401 - silences OpenCV/FFmpeg before anything imports cv2
+
 __version__ = "0.1.0"
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CitysegError
-from .fileio import write_text_atomic
+from .fileio import recover_swap, write_text_atomic
 from .models.checkpoint import ModelMeta
 
 ONNX_META_KEY = "cityseg"
@@ -41,6 +41,8 @@ def default_io(meta: ModelMeta, **overrides: Any) -> dict[str, Any]:
 def artifact_kind(path: str | os.PathLike) -> str:
     """``torch`` | ``onnx`` | ``tensorrt`` | ``aoti`` | ``openvino`` — or a CitysegError."""
     path = Path(path)
+    if not path.exists():  # an IR folder swap a kill interrupted: put the previous folder back
+        recover_swap(path.parent if path.suffix.lower() == ".xml" else path)
     if path.is_dir():
         if path.name.endswith("_openvino_model") or any(path.glob("*.xml")):
             return "openvino"
@@ -77,12 +79,71 @@ def pack(meta: ModelMeta, io: dict[str, Any]) -> str:
     return json.dumps({"meta": meta.to_dict(), "io": io}, sort_keys=True)
 
 
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+IO_CHOICES = {"input": ("float_nchw", "uint8_nhwc"), "output": ("logits", "labels"), "precision": PRECISIONS}
+
+
+def _is_int(v: Any, low: int = 1, high: int = 1 << 20) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+
+
+def _is_num(v: Any) -> bool:
+    import math
+
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_meta_io(meta: ModelMeta, io: dict[str, Any], where: str) -> None:
+    """Types and ranges of every field later stages use, so a hand-edited or damaged metadata
+    block is one clear error here rather than a TypeError deep in a backend."""
+    def bad(field: str, want: str) -> CitysegError:
+        return CitysegError(f"{where}: metadata field {field!r} must be {want}; re-export the artifact")
+
+    if not isinstance(meta.arch, str) or not isinstance(meta.label_set, str):
+        raise bad("arch/label_set", "a string")
+    if not isinstance(meta.arch_args, dict):
+        raise bad("arch_args", "a mapping")
+    if not isinstance(meta.class_names, list) or not 1 <= len(meta.class_names) <= 255 \
+            or not all(isinstance(c, str) for c in meta.class_names):
+        raise bad("class_names", "a list of 1 to 255 names")
+    if not isinstance(meta.palette, list) or len(meta.palette) < len(meta.class_names) or not all(
+            isinstance(c, list) and len(c) == 3 and all(_is_int(v, 0, 255) for v in c) for c in meta.palette):
+        raise bad("palette", "one [r, g, b] (0-255) per class")
+    for field in ("mean", "std"):
+        value = getattr(meta, field)
+        if not isinstance(value, list) or len(value) != 3 or not all(_is_num(v) for v in value) \
+                or (field == "std" and not all(v > 0 for v in value)):
+            raise bad(field, "three finite numbers" + (" above 0" if field == "std" else ""))
+    if not isinstance(meta.input_size, list) or len(meta.input_size) != 2 \
+            or not all(_is_int(v, 1, 16384) for v in meta.input_size):
+        raise bad("input_size", "[height, width], each 1 to 16384")
+    if io.get("size") is not None and (not isinstance(io["size"], list) or len(io["size"]) != 2
+                                       or not all(_is_int(v, 1, 16384) for v in io["size"])):
+        raise bad("size", "[height, width], each 1 to 16384")
+    if "batch" in io and not _is_int(io["batch"], 1, 4096):
+        raise bad("batch", "an integer from 1 to 4096")
+    if "dynamic" in io and not isinstance(io["dynamic"], bool):
+        raise bad("dynamic", "true or false")
+    for field, choices in IO_CHOICES.items():
+        if field in io and io[field] not in choices:
+            raise bad(field, " or ".join(choices))
+    for field in ("input_name", "output_name", "device"):
+        if field in io and not isinstance(io[field], str):
+            raise bad(field, "a string")
+
+
 def unpack(text: str, where: str) -> tuple[ModelMeta, dict[str, Any]]:
     try:
         data = json.loads(text)
-        return ModelMeta.from_dict(data["meta"], where=where), dict(data["io"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CitysegError(f"{where}: unreadable cityseg metadata ({exc}); re-export the artifact") from None
+        meta, io = ModelMeta.from_dict(data["meta"], where=where), dict(data["io"])
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CitysegError(f"{where}: unreadable cityseg metadata ({type(exc).__name__}: "
+                           f"{str(exc)[:120]}); re-export the artifact") from None
+    except RecursionError:
+        raise CitysegError(f"{where}: unreadable cityseg metadata (nested too deeply); "
+                           "re-export the artifact") from None
+    check_meta_io(meta, io, where)
+    return meta, io
 
 
 def write_sidecar(path: str | os.PathLike, meta: ModelMeta, io: dict[str, Any]) -> Path:

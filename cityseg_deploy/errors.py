@@ -21,3 +21,16 @@ class CitysegError(Exception):
             if sep:
                 args = (message,)
         super().__init__(*args)
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first non-blank line of ``exc``'s message (at most ``limit`` characters), or its type name.
+
+    Why: error handlers quote a library's message in our one-line error; some exceptions have an
+    empty message (torch.load of a 0-byte file), and ``str(exc).splitlines()[0]`` of that raised
+    IndexError inside the handler itself.
+    """
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()[:limit]
+    return type(exc).__name__

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
+import struct
 import tempfile
+import time
+import zlib
 from pathlib import Path
 from typing import Iterator
 
@@ -17,6 +21,7 @@ import cv2
 import numpy as np
 
 from .errors import CitysegError
+from .native_logs import native_stderr
 
 
 def new_file_mode() -> int:
@@ -37,16 +42,115 @@ def new_file_mode() -> int:
     return 0o666 & ~mask
 
 
+# Files older than this are left over from an earlier run (this process imported fileio first).
+RUN_STARTED = time.time()
+_MKSTEMP_PART = re.compile(r"[A-Za-z0-9_]{8}")
+
+
+def _is_temp_of(name: str, prefix: str, suffixes: tuple[str, ...]) -> bool:
+    """``name`` is ``<prefix><8 random chars><one of suffixes>``, as ``tempfile.mkstemp`` names it."""
+    if not name.startswith(prefix):
+        return False
+    for suffix in suffixes:
+        if suffix and name.endswith(suffix) and _MKSTEMP_PART.fullmatch(name[len(prefix):-len(suffix)]):
+            return True
+    return False
+
+
+def clean_stale_temporaries(folder: str | os.PathLike, prefix: str, suffixes: tuple[str, ...]) -> list[Path]:
+    """Remove hidden temporaries a killed earlier run left for the same target; return them.
+
+    Why: SIGKILL skips every cleanup handler, so ``.m.onnx.ab12cd34.tmp`` or
+    ``.drive.x1y2z3w4.partial.mp4`` stayed forever.  Only names built from the same target's
+    ``prefix`` and last modified before this run started are touched: a concurrent job writing
+    another file, or this run's own temporaries, are left alone.
+    """
+    folder = Path(folder)
+    removed: list[Path] = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        if not _is_temp_of(entry.name, prefix, suffixes):
+            continue
+        try:
+            if entry.lstat().st_mtime >= RUN_STARTED:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed.append(entry)
+        except OSError:
+            pass
+    return removed
+
+
+def aside_path(final: str | os.PathLike) -> Path:
+    """Where :func:`atomic_path` parks the previous folder while it swaps a new one in."""
+    final = Path(final)
+    return final.with_name(f".{final.name}.old")
+
+
+def recover_swap(final: str | os.PathLike) -> None:
+    """Finish or undo a folder swap that a kill interrupted (see :func:`atomic_path`).
+
+    Old folder aside and no folder under the final name: the kill came between the two renames,
+    so the old one goes back.  Both present: only the deletion of the old one was missed.
+    """
+    final = Path(final)
+    aside = aside_path(final)
+    if not aside.is_dir():
+        return
+    if final.exists():
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.rename(aside, final)
+
+
+def _swap_dir_in(tmp: Path, final: Path) -> None:
+    """Replace folder ``final`` by ``tmp`` so that a kill at any point loses neither.
+
+    Rename the old folder aside, rename the new one in, then delete the old one; a kill between
+    the renames leaves the old folder under :func:`aside_path`, which :func:`recover_swap` (run by
+    the next export to this path, and by any reader) puts back.
+    """
+    if not final.exists():
+        os.rename(tmp, final)
+        return
+    if not final.is_dir():
+        final.unlink()
+        os.rename(tmp, final)
+        return
+    aside = aside_path(final)
+    if aside.exists():
+        shutil.rmtree(aside)
+    os.rename(final, aside)
+    try:
+        os.rename(tmp, final)
+    except BaseException:
+        os.rename(aside, final)  # the new one did not arrive: the old one stays
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``final``; rename it onto ``final`` only if the block succeeds.
 
     The temporary lives in the same directory so the rename is atomic on POSIX.  On any exception
-    (including KeyboardInterrupt) the temporary is removed and the exception propagates.
+    (including KeyboardInterrupt) the temporary is removed and the exception propagates.  Stale
+    temporaries of the same target from a killed earlier run are removed first; a folder replaces
+    its predecessor by a swap that never loses both (:func:`_swap_dir_in`).
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    prefix = f".{final.name}."
+    clean_stale_temporaries(final.parent, prefix, (".tmp", final.suffix))
+    if is_dir:
+        recover_swap(final)
+    fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     if is_dir:
@@ -55,9 +159,7 @@ def atomic_path(final: str | os.PathLike, *, is_dir: bool = False) -> Iterator[P
     try:
         yield tmp
         if is_dir:
-            if final.exists():
-                shutil.rmtree(final) if final.is_dir() else final.unlink()
-            os.replace(tmp, final)
+            _swap_dir_in(tmp, final)
         else:
             if tmp.is_file():
                 # mkstemp creates 0600; the artifact gets what open() would have given it.
@@ -122,7 +224,9 @@ def _decode(path: Path, flags: int) -> np.ndarray:
         raise CitysegError(f"{path}: corrupt or unreadable image ({str(exc).strip()[:160]}); "
                            f"re-create or remove it") from None
     if image is None:
-        raise CitysegError(f"{path}: corrupt or unreadable image; re-create or remove it")
+        _, said = native_stderr(lambda: cv2.imdecode(data, flags))
+        reason = f" ({said})" if said else ""
+        raise CitysegError(f"{path}: corrupt or unreadable image{reason}; re-create or remove it")
     return image
 
 
@@ -144,3 +248,41 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
     if image.dtype != np.uint8:
         raise CitysegError(f"{path}: a label image must be 8-bit, got {image.dtype}")
     return image
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_IEND = struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
+_PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
+
+
+def png_header_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(H, W) from a PNG's header, after checking its signature, IHDR (with CRC) and final IEND.
+
+    Why: reads 45 bytes per file, so a training run can check every train and val file before
+    its first step instead of meeting an empty, truncated or non-PNG file an epoch later.  A
+    file whose middle is damaged still passes; its full decode reports it.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(33)
+            size = os.fstat(fh.fileno()).st_size
+            if size >= 45:
+                fh.seek(size - 12)
+            tail = fh.read(12) if size >= 45 else b""
+    except OSError as exc:
+        raise CitysegError(f"{path}: cannot read ({exc.strerror or type(exc).__name__})") from None
+    if size == 0:
+        raise CitysegError(f"{path}: empty file (0 bytes); re-create or remove it")
+    if not head.startswith(PNG_SIGNATURE):
+        raise CitysegError(f"{path}: not a PNG file (no PNG signature); re-create or remove it")
+    if len(head) < 33 or head[12:16] != b"IHDR" or struct.unpack(">I", head[8:12])[0] != 13 \
+            or zlib.crc32(head[12:29]) != struct.unpack(">I", head[29:33])[0]:
+        raise CitysegError(f"{path}: corrupt PNG header (IHDR); re-create or remove it")
+    width, height, depth, colour = struct.unpack(">IIBB", head[16:26])
+    if not (0 < width < 2**31 and 0 < height < 2**31) or depth not in _PNG_DEPTHS.get(colour, ()):
+        raise CitysegError(f"{path}: corrupt PNG header ({width}x{height}, bit depth {depth}, "
+                           f"colour type {colour}); re-create or remove it")
+    if tail != _IEND:
+        raise CitysegError(f"{path}: truncated PNG (no IEND chunk at its end); re-create or remove it")
+    return height, width

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import CitysegError
+from ..errors import CitysegError, first_line
 from ..fileio import write_text_atomic
 from ..system.machine import load_average, machine_info, machine_line
 from ..system.timing import StageTimer
@@ -223,7 +223,7 @@ def bench_one(spec: str, *, device: str = "cpu", batch: int = 1, size: Sequence[
             row["compute_gflops_per_s"] = row["gflops"] / (compute / 1e3)
         row["status"] = "ok"
     except Exception as exc:  # one failing backend must not abort the others
-        message = str(exc).splitlines()[0][:300] if str(exc) else ""
+        message = first_line(exc, 300) if str(exc).strip() else ""
         row["error"] = message if isinstance(exc, CitysegError) else f"{type(exc).__name__}: {message}"
     finally:
         if seg is not None:

@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from ..errors import CitysegError
+from ..errors import CitysegError, first_line
 from ..redact import redact
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -37,13 +37,35 @@ def parse_size(value: str | None) -> tuple[int, int] | None:
     return h, w
 
 
+def check_utf8_args(argv: list[str]) -> None:
+    """Refuse an argument that is not valid UTF-8 (a file name in another encoding) up front.
+
+    Why: Python hands such bytes on as lone surrogates, which OpenCV's VideoWriter (a segfault),
+    OpenVINO's converter and onnx's checker cannot take; refusing before any work is the one
+    behaviour every command can keep.
+    """
+    for arg in argv:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = arg.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")
+            raise CitysegError(f"'{shown}': not valid UTF-8 (a name in another encoding); cityseg "
+                               "reads and writes UTF-8 paths only — rename it") from None
+
+
+def _echo_error(message: str) -> None:
+    """One ``error:`` line, with any undecodable bytes of a file name shown escaped, never raising."""
+    click.echo(message.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"), err=True)
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit status (never raises for user errors)."""
     try:
+        check_utf8_args(sys.argv[1:] if argv is None else list(argv))
         # With standalone_mode=False, click returns ctx.exit(N)'s code instead of exiting.
         status = app.main(args=argv, prog_name="cityseg", standalone_mode=False)
     except CitysegError as exc:
-        click.echo(f"error: {redact(str(exc))}", err=True)
+        _echo_error(f"error: {redact(str(exc))}")
         return 2
     except click.exceptions.Exit as exc:
         return exc.exit_code
@@ -53,7 +75,7 @@ def run(argv: list[str] | None = None) -> int:
         # EOFError is input that ended early (a truncated file some reader did not wrap), which
         # is bad input — exit 2 like every other, not 130 as if the user had stopped the job.
         if isinstance(exc.__cause__, EOFError):
-            detail = str(exc.__cause__).splitlines()[0][:160] if str(exc.__cause__) else ""
+            detail = first_line(exc.__cause__, 160) if str(exc.__cause__).strip() else ""
             click.echo("error: input ended early (a truncated or empty file?)"
                        + (f": {redact(detail)}" if detail else ""), err=True)
             return 2

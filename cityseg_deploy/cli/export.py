@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from ._app import app, parse_size
-from ..errors import CitysegError
+from ..errors import CitysegError, first_line
 
 PROFILE_KEYS = {"format", "precision", "out", "size", "batch", "dynamic", "calib_data", "data",
                 "calib_images", "keep_fp32", "preprocess", "argmax", "opset", "int8_method", "int8_layout",
@@ -67,7 +67,7 @@ def read_profile(path: str) -> list[dict]:
     try:
         doc = yaml.safe_load(p.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise CitysegError(f"{where}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise CitysegError(f"{where}: not valid YAML ({first_line(exc)})") from None
     if doc is None:
         doc = {}
     if not isinstance(doc, dict):

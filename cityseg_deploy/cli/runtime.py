@@ -80,12 +80,20 @@ def eval_cmd(model, data_root, split, json_path, pred_dir, pred_format, label_se
 @THREADS
 @click.option("--batch", type=int, default=1, show_default=True)
 @click.option("--no-progress", is_flag=True)
-def predict_cmd(model, data_root, split, out, fmt, device, precision, threads, batch, no_progress):
+@click.option("--layout", type=click.Choice(["flat", "cities"]), default="flat", show_default=True,
+              help="flat: OUT/<stem>_leftImg8bit.png; cities: OUT/<city>/... (official layout; "
+                   "needed when two cities hold the same image name)")
+def predict_cmd(model, data_root, split, out, fmt, device, precision, threads, batch, no_progress, layout):
     """Write one PNG per image of a split (labelIds = the official submission format)."""
     from ..evaluation import predict_split
 
     res = predict_split(model, data_root, out, split=split, fmt=fmt, device=device,
-                        precision=precision, threads=threads, batch=batch, progress=not no_progress)
+                        precision=precision, threads=threads, batch=batch, progress=not no_progress,
+                        layout=layout)
+    if res["metrics"] is None:  # a model of another label set (coco21, custom2): nothing to score
+        click.echo(f"wrote {res['written']} {fmt} PNGs to {res['out']} (not scored: the model's "
+                   "label set is not a Cityscapes one)")
+        return
     click.echo(f"wrote {res['written']} {fmt} PNGs to {res['out']} (mIoU on the way: "
                f"{100 * res['metrics']['miou']:.2f}); {_predict_hint(model, data_root, split, res['out'], fmt)}")
 
@@ -118,15 +126,20 @@ def _predict_hint(model: str, data_root: str, split: str, out: str, fmt: str) ->
 @click.option("--emulate-bf16", is_flag=True,
               help="run CHECKPOINT@bf16 candidates on a CPU without native bf16 (slow emulation, "
                    "same bf16 rounding): bf16 accuracy before deploying to AVX-512 BF16/AMX")
+@click.option("--baseline-size", type=click.Choice(["candidate", "own"]), default="candidate",
+              show_default=True,
+              help="candidate: run the baseline at the candidates' input size (is the artifact "
+                   "faithful?); own: at the baseline's own size (what does the smaller input cost?)")
 @click.option("--no-progress", is_flag=True)
 def check_cmd(baseline, candidates, data_root, split, json_path, max_miou_drop, out, device, threads,
-              batch, logit_images, emulate_bf16, no_progress):
+              batch, logit_images, emulate_bf16, baseline_size, no_progress):
     """Accuracy of CANDIDATE artifacts vs BASELINE: deltas, agreement, logit error, gate."""
     from ..evaluation.check import check
 
     report = check(baseline, candidates, data_root, split=split, device=device, threads=threads,
                    batch=batch, max_miou_drop=max_miou_drop, out=out, json_path=json_path,
-                   logit_images=logit_images, progress=not no_progress, emulate_bf16=emulate_bf16)
+                   logit_images=logit_images, progress=not no_progress, emulate_bf16=emulate_bf16,
+                   baseline_size=baseline_size)
     click.echo(report["markdown"])
     if out:
         click.echo(f"wrote tables, check.json and check_delta.png to {out}")

@@ -52,29 +52,37 @@ def _load_segmenter(path: str, *, device: str, threads: int | None):
               help="Reconnect attempts (exponential back-off) when a stream drops.")
 @click.option("--fourcc", default=None, help="Override the video codec FourCC (e.g. mp4v, MJPG, avc1).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@click.option("--overwrite", is_flag=True,
+              help="--labels-dir may hold an earlier run's frames: delete them first (else refused).")
 def segment(source: str, model_path: str, out: str | None, labels_dir: str | None, vid_stride: int,
             max_frames: int | None, show: bool, batch: int, device: str, threads: int | None,
             mode: str, alpha: float, label_format: str, realtime: bool | None, reconnect: int,
-            fourcc: str | None, progress: bool | None) -> None:
+            fourcc: str | None, progress: bool | None, overwrite: bool) -> None:
     """Segment SOURCE: a video file, image folder or glob, camera index (0), rtsp/rtmp/http URL,
     or a .txt/.streams list of those (processed one after another)."""
     from ..video import PipelineOptions, Window, parse_sources, run_sources
-    from ..video.pipeline import iter_results_summary
+    from ..video.pipeline import check_outputs, iter_results_summary, output_paths
 
     if out is None and labels_dir is None and not show:
         raise CitysegError("segment: nothing to write; give --out FILE, --labels-dir DIR and/or --show")
     sources = parse_sources(source, reconnect=reconnect)
+    check_outputs(output_paths(sources, out, labels_dir), overwrite=overwrite)  # before any work
     sources[0].open()  # fail on an unopenable source before paying for the model
     window = Window() if show else None
     segmenter = _load_segmenter(model_path, device=device, threads=threads)
     label_lut = None
     if label_format == "labelIds":
-        from ..labels import get_label_set
+        from ..labels import LABEL_SETS
 
-        label_lut = get_label_set(segmenter.meta.label_set).to_label_id_lut()
+        if segmenter.meta.label_set not in LABEL_SETS:
+            raise CitysegError(f"--label-format labelIds: {model_path} predicts "
+                               f"{segmenter.meta.label_set} classes, which have no Cityscapes label "
+                               "ids; use --label-format trainIds")
+        label_lut = LABEL_SETS[segmenter.meta.label_set].to_label_id_lut()
     opts = PipelineOptions(batch=batch, vid_stride=vid_stride, max_frames=max_frames, realtime=realtime,
                            mode=mode, alpha=alpha, label_lut=label_lut, fourcc=fourcc,
-                           progress=sys.stderr.isatty() if progress is None else progress)
+                           progress=sys.stderr.isatty() if progress is None else progress,
+                           overwrite=overwrite)
     try:
         results = run_sources(sources, segmenter, out=out, labels_dir=labels_dir, window=window,
                               opts=opts, echo=click.echo)

@@ -89,6 +89,23 @@ def find_samples(root: str | os.PathLike, split: str) -> list[Sample]:
     return samples
 
 
+def check_headers(samples: list[Sample], split: str = "") -> None:
+    """Check every image and label header (and that each pair's sizes agree) before any work.
+
+    Why: training met a truncated val image only after a whole epoch (and its ``last.pt`` then
+    blocked the re-run); 45 bytes per file find empty, truncated and non-PNG files up front.
+    """
+    from ..fileio import png_header_size
+
+    for sample in samples:
+        image_hw = png_header_size(sample.image)
+        label_hw = png_header_size(sample.label)
+        if image_hw != label_hw:
+            raise CitysegError(f"{sample.label}: label is {label_hw[1]}x{label_hw[0]} (WxH) but its "
+                               f"image is {image_hw[1]}x{image_hw[0]}; re-create the pair"
+                               + (f" (split {split})" if split else ""))
+
+
 def label_lut(label_set: LabelSet, label_kind: str) -> np.ndarray:
     """256-entry lookup from what the PNG holds (label ids or trainIds) to ``label_set``."""
     return label_set.train_id_lut() if label_kind == "trainIds" else label_set.id_lut()

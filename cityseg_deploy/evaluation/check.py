@@ -86,7 +86,8 @@ def check(baseline, candidates: Sequence, data_root: str | os.PathLike, *, split
           device: str = "cpu", threads: int | None = None, batch: int = 1,
           max_miou_drop: float | None = None, out: str | os.PathLike | None = None,
           json_path: str | os.PathLike | None = None, logit_images: int = 4,
-          progress: bool = True, label_set: str | None = None, emulate_bf16: bool = False) -> dict:
+          progress: bool = True, label_set: str | None = None, emulate_bf16: bool = False,
+          baseline_size: str = "candidate") -> dict:
     """Compare ``candidates`` with ``baseline`` on ``split``; returns the check JSON dict.
 
     Models are paths or ``path@precision`` specs.  ``max_miou_drop`` (percentage points) adds
@@ -95,6 +96,9 @@ def check(baseline, candidates: Sequence, data_root: str | os.PathLike, *, split
     ``checkpoint@bf16`` run on a CPU without native bf16 (oneDNN's emulation: the bf16 rounding of
     weights and activations is the same, only slow), so bf16 accuracy can be known before the
     model reaches an AVX-512 BF16/AMX machine; such rows say ``bf16 (emulated)``.
+    ``baseline_size``: ``"candidate"`` (default) runs the baseline at the candidates' input size,
+    so a faithful artifact exported with ``--size`` agrees with it; ``"own"`` keeps the
+    baseline's size (what the smaller input costs).  The report's ``sizes`` says which ran where.
     """
     from .. import runtime
 
@@ -102,14 +106,19 @@ def check(baseline, candidates: Sequence, data_root: str | os.PathLike, *, split
         raise CitysegError("check needs at least one CANDIDATE besides the BASELINE")
     specs = [str(baseline), *[str(c) for c in candidates]]
     names = _names(specs)
-    base_labels: dict[str, bytes] = {}
-    base_logits: dict[str, np.ndarray] = {}
+    if baseline_size not in ("candidate", "own"):
+        raise CitysegError(f"--baseline-size {baseline_size!r}: choose candidate or own")
+    own_size, run_size = _baseline_sizes(specs, baseline_size)
+    base_labels: dict[tuple[str, str], bytes] = {}  # (city, stem): stems may repeat across cities
+    base_logits: dict[tuple[str, str], np.ndarray] = {}
     results: dict[str, dict] = {}
     docs: list[dict] = []
     base_seg = None
     for k, (spec, name) in enumerate(zip(specs, names)):
-        seg = runtime.load(spec, device=device, threads=threads,
-                           **({"allow_emulated_bf16": True} if emulate_bf16 else {}))
+        options: dict[str, Any] = {"allow_emulated_bf16": True} if emulate_bf16 else {}
+        if k == 0 and run_size != own_size:
+            options["size"] = run_size
+        seg = runtime.load(spec, device=device, threads=threads, **options)
         if base_seg is None:
             base_seg = seg
         elif seg.meta.num_classes != base_seg.meta.num_classes:
@@ -121,14 +130,14 @@ def check(baseline, candidates: Sequence, data_root: str | os.PathLike, *, split
         def on_prediction(sample, image, labels, logits, _k=k, _agree=agree, _err=err):
             if _k == 0:
                 ok, buf = cv2.imencode(".png", labels)
-                base_labels[sample.stem] = buf.tobytes()
+                base_labels[sample.city, sample.stem] = buf.tobytes()
                 if logits is not None:
-                    base_logits[sample.stem] = logits
+                    base_logits[sample.city, sample.stem] = logits
                 return
-            ref = cv2.imdecode(np.frombuffer(base_labels[sample.stem], np.uint8), cv2.IMREAD_UNCHANGED)
+            ref = cv2.imdecode(np.frombuffer(base_labels[sample.city, sample.stem], np.uint8), cv2.IMREAD_UNCHANGED)
             _agree[0] += int((ref == labels).sum())
             _agree[1] += labels.size
-            ref_logits = base_logits.get(sample.stem)
+            ref_logits = base_logits.get((sample.city, sample.stem))
             if logits is not None and ref_logits is not None and ref_logits.shape == logits.shape:
                 _err.update(logits, ref_logits)
 
@@ -141,7 +150,8 @@ def check(baseline, candidates: Sequence, data_root: str | os.PathLike, *, split
         precision = seg.precision
         if getattr(seg, "emulated_bf16", False):
             precision = f"{precision} (emulated)"
-        doc.update(path=spec, backend=seg.backend, precision=precision, device=seg.device, split=split)
+        doc.update(path=spec, backend=seg.backend, precision=precision, device=seg.device, split=split,
+                   input_size=[int(v) for v in seg.input_size])
         if k > 0:
             doc["delta"] = delta(result, results[names[0]])
             doc["agreement"] = agree[0] / agree[1] if agree[1] else None
@@ -150,6 +160,9 @@ def check(baseline, candidates: Sequence, data_root: str | os.PathLike, *, split
         if seg is not base_seg:
             seg.close()
     report: dict[str, Any] = {"baseline": docs[0], "candidates": docs[1:]}
+    report["sizes"] = {"baseline_own": list(own_size), "baseline_ran_at": list(run_size),
+                       "candidates": [d["input_size"] for d in docs[1:]], "baseline_size": baseline_size}
+    report["sizes_line"] = sizes_line(report["sizes"])
     if max_miou_drop is not None:
         failures = []
         for doc in docs[1:]:
@@ -168,7 +181,49 @@ def check(baseline, candidates: Sequence, data_root: str | os.PathLike, *, split
 
 
 def _json_doc(report: dict) -> dict:
-    return {k: v for k, v in report.items() if k != "markdown"}
+    return {k: v for k, v in report.items() if k not in ("markdown", "sizes_line")}
+
+
+def _hw(size) -> str:
+    return f"{int(size[0])}x{int(size[1])}"
+
+
+def sizes_line(sizes: dict) -> str:
+    """One line saying where the baseline and the candidates ran (both sizes, always printed)."""
+    cands = ", ".join(dict.fromkeys(_hw(s) for s in sizes["candidates"]))
+    line = f"input sizes: baseline {_hw(sizes['baseline_ran_at'])}"
+    if sizes["baseline_ran_at"] != sizes["baseline_own"]:
+        line += (f" (its own size is {_hw(sizes['baseline_own'])}; run at the candidates' size — "
+                 "--baseline-size own keeps it)")
+    elif any(list(s) != sizes["baseline_own"] for s in sizes["candidates"]):
+        line += " (its own size, --baseline-size own: differences include the input size)"
+    return line + f", candidates {cands}"
+
+
+def _baseline_sizes(specs: Sequence[str], mode: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(baseline's own input size, size it runs at) from the artifacts' metadata, before any run."""
+    from ..artifacts import read_artifact_meta
+    from ..runtime import parse_model_spec
+
+    def size_of(spec: str) -> tuple[tuple[int, int], bool]:
+        meta, io = read_artifact_meta(parse_model_spec(spec)[0])
+        size = tuple(int(v) for v in (io.get("size") or meta.input_size))
+        return size, bool(io.get("dynamic")) or parse_model_spec(spec)[0].endswith((".pt", ".pth"))
+
+    own, base_dynamic = size_of(specs[0])
+    if mode == "own":
+        return own, own
+    cand_sizes = {size_of(s)[0] for s in specs[1:]}
+    if len(cand_sizes) > 1:
+        shown = ", ".join(sorted(_hw(s) for s in cand_sizes))
+        raise CitysegError(f"check: the candidates were exported at different input sizes ({shown}); "
+                           "check each size in its own run, or pass --baseline-size own")
+    target = cand_sizes.pop()
+    if target != own and not base_dynamic:
+        raise CitysegError(f"{specs[0]}: a static baseline for {_hw(own)} cannot run at the "
+                           f"candidates' {_hw(target)}; use the checkpoint as the baseline, or pass "
+                           "--baseline-size own")
+    return own, target
 
 
 def _fmt(v, scale=1.0, digits=4) -> str:
@@ -189,7 +244,8 @@ def candidates_markdown(report: dict) -> str:
 
 
 def format_markdown(report: dict, results: dict[str, dict]) -> str:
-    parts = [f"## Table 2: overall (baseline {report['baseline']['model']})\n", table2_markdown(results),
+    parts = [f"{report['sizes_line']}\n\n" if report.get("sizes_line") else "",
+             f"## Table 2: overall (baseline {report['baseline']['model']})\n", table2_markdown(results),
              "\n## Candidates vs baseline\n", candidates_markdown(report),
              "\n## Table 1: per-class IoU\n", table1_markdown(results)]
     gate = report.get("gate")

@@ -159,6 +159,28 @@ def make_job(model_path: str | os.PathLike, *, size=None, batch: int = 1, dynami
                      dynamic=dynamic, source_onnx=source_onnx, **kwargs)
 
 
+def check_destination(out: Path, fmt: Format) -> None:
+    """Refuse an ``--out`` the export could not be renamed onto, before any work is done.
+
+    Why: an existing folder named like a ``.onnx`` file, or a path under a regular file, failed
+    only at the final rename — a traceback after the whole export had run.
+    """
+    folder_format = fmt.suffix == "_openvino_model"
+    if out.is_dir() and not folder_format:
+        raise CitysegError(f"--out {out}: an existing folder; --format {fmt.name} writes one file — "
+                           f"give a file name (for example {out / ('model' + fmt.suffix)})")
+    if out.exists() and not out.is_dir() and folder_format:
+        raise CitysegError(f"--out {out}: an existing file; --format {fmt.name} writes a folder — "
+                           "give a new folder name ending in _openvino_model")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise CitysegError(f"--out {out}: {parent} is a file, not a folder; choose a path in a folder")
+    if parent.is_dir() and not os.access(parent, os.W_OK | os.X_OK):
+        raise CitysegError(f"--out {out}: cannot write in {parent} (permission denied)")
+
+
 def export(model_path: str | os.PathLike, *, format: str = "onnx", precision: str = "fp32",
            out: str | os.PathLike | None = None, size: tuple[int, int] | None = None, batch: int = 1,
            dynamic: bool = False, calib_data: str | os.PathLike | None = None,
@@ -186,12 +208,13 @@ def export(model_path: str | os.PathLike, *, format: str = "onnx", precision: st
         if precision == "fp32" and onnx_precision != "fp32":
             precision = onnx_precision  # a TensorRT engine compiles what the graph says
         options["precision"] = precision
-    job = make_job(source, size=size, batch=batch, dynamic=dynamic, calib_data=calib_data,
-                   data=data, log=log or (lambda _msg: None), **options)
     out_path = Path(out) if out else default_output(source, fmt, precision)
     if fmt.suffix == "_openvino_model" and out and not out_path.name.endswith("_openvino_model"):
         if out_path.suffix == ".xml":
             out_path = out_path.parent
+    check_destination(out_path, fmt)  # before any work: the export may take minutes
+    job = make_job(source, size=size, batch=batch, dynamic=dynamic, calib_data=calib_data,
+                   data=data, log=log or (lambda _msg: None), **options)
     if out_path.resolve() == source.resolve():
         raise CitysegError(f"--out {out_path}: that is the model being exported; choose another name")
     module = importlib.import_module(f"{__name__}.{fmt.module}")

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from ..artifacts import ONNX_META_KEY, pack
-from ..errors import CitysegError
+from ..errors import CitysegError, first_line
 from .job import ExportJob
 
 DEFAULT_OPSET = 18
@@ -174,7 +174,7 @@ def check_model(path: Path) -> None:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:  # noqa: BLE001
         raise CitysegError(f"{path.name}: the exported graph fails onnx.checker "
-                           f"({str(exc).splitlines()[0][:200]}); report it with the model name") from None
+                           f"({first_line(exc, 200)}); report it with the model name") from None
 
 
 # The fp32 graph of the last few jobs (serialised), so that a profile exporting fp32, fp16 and int8

@@ -138,12 +138,21 @@ class ExportJob:
             if usual is None:
                 borrowed = f" (the {split} split of {'--data' if root == self.data else '--calib-data'})"
         if root is not None:
-            from ..data.cityscapes import CityscapesDataset
+            from ..data.cityscapes import (CityscapesDataset, check_root, image_files, resize_pair)
+            from ..fileio import read_rgb
+            from ..labels import LABEL_SETS
 
-            ds = CityscapesDataset(root, split, label_set=self.meta.label_set, size=tuple(self.size))
-            if len(ds) == 0:
+            files = image_files(check_root(root), split)
+            if not files:
                 raise CitysegError(f"{root}: no images in the {split!r} split; point --data/--calib-data "
                                    f"at a Cityscapes root (leftImg8bit/{split}/...)")
+            if not labels or self.meta.label_set not in LABEL_SETS:
+                # Calibration (and a model of another label set, coco21/custom2) needs images
+                # only: no label files are read, so no label set has to match.
+                ims = np.stack([resize_pair(read_rgb(f), None, tuple(self.size))[0]
+                                for f in files[:limit]])
+                return ims, None, f"{len(ims)} {split} images of {root}"
+            ds = CityscapesDataset(root, split, label_set=self.meta.label_set, size=tuple(self.size))
             pairs = [ds[i] for i in range(min(limit, len(ds)))]
             ims = np.stack([p[0] for p in pairs])
             lab = np.stack([p[1] for p in pairs]) if labels and pairs[0][1] is not None else None

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..errors import CitysegError
+from ..errors import CitysegError, first_line
 from ..fileio import atomic_path
 from .safe_load import load_weights_file
 
@@ -176,6 +176,10 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: ModelMeta, 
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load the raw checkpoint dict, checking that it is one of ours."""
     path = Path(path)
+    if not path.is_file():
+        raise CitysegError(f"{path}: no such checkpoint file")
+    if path.stat().st_size == 0:
+        raise CitysegError(f"{path}: empty file (0 bytes), not a checkpoint; re-create or remove it")
     payload = load_weights_file(path, map_location=map_location, what="checkpoint file",
                                 hint="a cityseg checkpoint holds only tensors and plain values; "
                                      "re-create it with cityseg (train or convert-weights)")

@@ -10,9 +10,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..artifacts import read_artifact_meta
-from ..errors import CitysegError
+from ..artifacts import read_artifact_meta, sidecar_path
+from ..errors import CitysegError, first_line
 from .base import Segmenter, check_precision
+from .graph_check import check_aoti_input, check_output
 
 
 class AOTISegmenter(Segmenter):
@@ -44,9 +45,26 @@ class AOTISegmenter(Segmenter):
             self.runner = aoti_load_package(str(path))
         except Exception as exc:
             raise CitysegError(f"{path}: not a loadable AOTInductor package ({type(exc).__name__}: "
-                               f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); re-export it "
+                               f"{first_line(exc, 200)}); re-export it "
                                f"with this torch ({torch.__version__})") from None
         self.torch_device = torch.device(str(device) if wanted == "cuda" else "cpu")
+        self._check_against_sidecar(meta, io)
+
+    def _check_against_sidecar(self, meta, io) -> None:
+        """Compiled input shape from the package, output shape from one probe run (graph_check)."""
+        import torch
+
+        where = f"{sidecar_path(self.path)} (for {self.path.name})"
+        check_aoti_input(self.path, where, meta, io)
+        h, w = self.input_size
+        n = 1 if io.get("dynamic") else int(io.get("batch", 1))
+        probe = torch.zeros((n, 3, h, w), dtype=torch.float32, device=self.torch_device)
+        try:
+            out = self.compute(probe)
+        except Exception as exc:  # noqa: BLE001 - the package refused the shape the sidecar gives
+            raise CitysegError(f"{where}: the package does not run the input the metadata describes "
+                               f"(batch {n}, size {h}x{w}): {first_line(exc)}; re-export it") from None
+        check_output(where, meta, io, tuple(out.shape), str(out.dtype))
 
     def to_device(self, x: np.ndarray):
         import torch

@@ -14,9 +14,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..artifacts import read_artifact_meta
-from ..errors import CitysegError
+from ..errors import CitysegError, first_line
 from .base import Segmenter, check_precision, device_normaliser
 from ..graphs.ort_int8 import onnxruntime_cpu_graph
+from .graph_check import check_onnx
 
 ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8,
              "tensor(int64)": np.int64, "tensor(int32)": np.int32}
@@ -41,6 +42,7 @@ class OnnxRuntimeSegmenter(Segmenter):
                  cuda_options: dict[str, Any] | None = None, **_: Any):
         ort = _import_ort()
         meta, io = read_artifact_meta(path)
+        check_onnx(path, meta, io)  # the metadata must describe this graph (graph_check)
         precision = check_precision(precision)
         if precision and precision != io.get("precision", "fp32"):
             hint = (f"re-export it with --precision {precision}" if precision != "bf16" else
@@ -81,7 +83,7 @@ class OnnxRuntimeSegmenter(Segmenter):
             self.session = ort.InferenceSession(source, so, providers=providers)
         except Exception as exc:
             raise CitysegError(f"{path}: onnxruntime cannot load this graph ({type(exc).__name__}: "
-                               f"{str(exc).splitlines()[0][:200]}); re-export it") from None
+                               f"{first_line(exc, 200)}); re-export it") from None
         inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
         self.in_name, self.out_name = inp.name, out.name
         self.in_dtype = ORT_TYPES.get(inp.type, np.float32)

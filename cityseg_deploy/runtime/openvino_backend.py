@@ -19,9 +19,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..artifacts import openvino_files, read_artifact_meta
+from ..errors import CitysegError, first_line
 from ..system.machine import cpu_flags, has_native_bf16
-from ..errors import CitysegError
 from .base import Segmenter, check_precision, labels_array
+from .graph_check import check_openvino
 
 HINT = {"fp32": "f32", "int8": "f32", "fp16": "f16", "bf16": "bf16"}
 DEVICES = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU", "auto": "AUTO"}
@@ -66,7 +67,8 @@ class OpenVINOSegmenter(Segmenter):
             model = self.core.read_model(str(xml), str(binary))
         except Exception as exc:
             raise CitysegError(f"{xml}: OpenVINO cannot read this IR ({type(exc).__name__}: "
-                               f"{str(exc).splitlines()[0][:200]}); re-export it") from None
+                               f"{first_line(exc, 200)}); re-export it") from None
+        check_openvino(f"{_meta} (for {xml.name})", model, meta, io)
         io = dict(io)
         pshape = model.inputs[0].get_partial_shape()
         if pshape.is_dynamic:
@@ -121,7 +123,7 @@ class OpenVINOSegmenter(Segmenter):
             return self.core.compile_model(self.model, self.ov_device, config)
         except Exception as exc:
             raise CitysegError(f"{self.path}: OpenVINO could not compile it for {self.ov_device} "
-                               f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+                               f"({type(exc).__name__}: {first_line(exc, 200)})") from None
 
     def actual_precision(self, compiled=None) -> str | None:
         try:

@@ -17,6 +17,7 @@ import contextlib
 import math
 import random
 import shlex
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -27,7 +28,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from ..data.cityscapes import CityscapesDataset
+from ..data.cityscapes import CityscapesDataset, check_headers
 from ..data.transforms import TrainAugment, label_to_tensor, to_tensor
 from ..errors import CitysegError
 from ..fileio import write_text_atomic
@@ -367,6 +368,26 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_cla
 
 
 # --------------------------------------------------------------------------- fit
+RUN_FILES = ("best.pt", "last.pt", "log.csv", "report.md", "curves.png", "tensorboard")
+
+
+def clear_run_files(out_dir: Path) -> list[str]:
+    """Delete what a run writes (and their hidden temporaries) from ``out_dir``; return the names.
+
+    Why: ``--overwrite`` used to replace files one by one as the new run reached them, so an
+    interrupted run left the old ``report.md`` and ``curves.png`` beside the new weights.
+    """
+    removed = []
+    if not out_dir.is_dir():
+        return removed
+    for entry in out_dir.iterdir():
+        name = entry.name
+        if name in RUN_FILES or any(name.startswith(f".{f}.") for f in RUN_FILES):
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            removed.append(name)
+    return sorted(removed)
+
+
 def load_init_weights(model: nn.Module, path: str) -> tuple[int, list[str]]:
     """Copy every tensor of checkpoint ``path`` whose name and shape fit ``model``.
 
@@ -470,12 +491,19 @@ def fit(recipe: Recipe | str | Path | dict, data_root: str | Path, out_dir: str 
     # -- data (errors about missing splits come before any process group or file)
     base_train = CityscapesDataset(data_root, "train", label_set=label_set, size=train_size)
     base_val = CityscapesDataset(data_root, "val", label_set=label_set, size=val_size)
+    check_headers(base_train.samples, "train")  # every file, before the first step
+    check_headers(base_val.samples, "val")
     if resume and not last_path.is_file():
         raise CitysegError(f"{last_path}: nothing to resume (no last.pt in {out_dir}); "
                            "start without --resume")
     if not resume and last_path.is_file() and not overwrite:
         raise CitysegError(f"{out_dir}: already holds a training run (last.pt); continue it with "
                            "--resume, or choose another --out (or --overwrite)")
+    if not resume and not overwrite and out_dir.is_dir() and any(out_dir.iterdir()):
+        raise CitysegError(f"{out_dir}: not empty; train into a new or empty folder, or pass "
+                           "--overwrite to replace the run files there")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CitysegError(f"--out {out_dir}: a file is in the way; give a folder path")
     checkpoint = read_checkpoint(last_path) if resume else None
     if checkpoint is not None:
         _check_resume_fits(last_path, ModelMeta.from_dict(checkpoint.get("meta"), where=str(last_path)), meta)
@@ -498,6 +526,8 @@ def fit(recipe: Recipe | str | Path | dict, data_root: str | Path, out_dir: str 
             say(f"init_weights: {copied} tensors from {recipe.init_weights}"
                 + (f", {len(skipped)} re-initialised ({', '.join(skipped[:4])}"
                    f"{', ...' if len(skipped) > 4 else ''})" if skipped else ""))
+        if overwrite and not resume and env.rank == 0:
+            clear_run_files(out_dir)  # no old report.md/curves beside new weights, even if killed
         model.to(device_t)
         if device_t.type == "cuda":
             model = model.to(memory_format=torch.channels_last)

@@ -21,7 +21,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from .. import resources
-from ..errors import CitysegError
+from ..errors import CitysegError, first_line
 
 
 @dataclass
@@ -267,7 +267,7 @@ def load_recipe(name_or_path: str | os.PathLike, overrides: dict[str, Any] | Non
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise CitysegError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise CitysegError(f"{path}: not valid YAML ({first_line(exc)})") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

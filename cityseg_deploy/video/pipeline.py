@@ -33,9 +33,10 @@ from typing import Any, Callable, Iterable, Protocol
 import numpy as np
 
 from ..fileio import child_path
+from ..errors import CitysegError
 from .overlay import Renderer
 from .sources import Frame, Source
-from .writers import LabelPngSink, VideoSink, Window
+from .writers import LabelPngSink, VideoSink, Window, check_labels_dir, clear_labels_dir
 
 END = object()   # sentinel closing a stage's output
 POLL_S = 0.05    # how often a blocked stage re-checks the stop event
@@ -134,6 +135,7 @@ class PipelineOptions:
     fourcc: str | None = None
     queue_frames: int = 8                 # per bounded queue, in frames (at least 2 batches)
     progress: bool = False
+    overwrite: bool = False               # --labels-dir may hold an earlier run's frames: replace them
 
 
 @dataclass
@@ -370,16 +372,35 @@ def run_sources(sources: list[Source], segmenter: SegmenterLike, *, out: str | o
                 echo: Callable[[str], None] = lambda s: None) -> list[SourceResult]:
     """Process sources one after another; stop early on Ctrl-C or q.  Opens each source lazily so
     an unopenable one fails before anything is written for it."""
+    opts = opts or PipelineOptions()
+    paths = output_paths(sources, out, labels_dir)
+    check_outputs(paths, overwrite=opts.overwrite)
     results: list[SourceResult] = []
-    for i, (src, (o, ld)) in enumerate(zip(sources, output_paths(sources, out, labels_dir)), 1):
+    for i, (src, (o, ld)) in enumerate(zip(sources, paths), 1):
         src.open()
         prefix = f"source {i}/{len(sources)} " if len(sources) > 1 else "source "
         echo(prefix + src.describe())
+        created = ld is not None and not ld.exists()
+        if ld is not None and opts.overwrite:
+            clear_labels_dir(ld)  # before the first new frame: never old frames beside new ones
         res = run_source(src, segmenter, out=o, labels_dir=ld, window=window, opts=opts)
         results.append(res)
         if res.interrupted or res.quit:
             break
+        if res.decoded == 0:
+            if created and ld.is_dir() and not any(ld.iterdir()):
+                ld.rmdir()
+            why = f" ({src.warning})" if src.warning else ""
+            raise CitysegError(f"{src.name}: no frame could be decoded{why}; an empty or corrupt "
+                               "video — check the file (ffprobe) or re-encode it")
     return results
+
+
+def check_outputs(paths: list[tuple[Path | None, Path | None]], *, overwrite: bool) -> None:
+    """Refuse, before any work, label folders that hold an earlier run's frames (unless overwrite)."""
+    for _, ld in paths:
+        if ld is not None:
+            check_labels_dir(ld, overwrite=overwrite)
 
 
 def iter_results_summary(results: Iterable[SourceResult]) -> SourceResult:

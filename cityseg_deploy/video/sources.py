@@ -27,6 +27,7 @@ import numpy as np
 from ..errors import CitysegError
 from ..fileio import read_rgb
 from ..redact import redact, strip_userinfo
+from ..native_logs import ffmpeg_says
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 LIST_EXTS = (".txt", ".streams")
@@ -138,7 +139,9 @@ class VideoSource(Source):
             hint = ("check the URL/camera and that it is reachable" if self.live else
                     "the file is corrupt, truncated before its index (an .mp4 cut short loses "
                     "its moov atom), or not a video FFmpeg can decode")
-            raise CitysegError(f"{self.name}: cannot open as a video; {hint}")
+            said = "" if self.live else ffmpeg_says(str(self.target))
+            said = f" (FFmpeg: {said})" if said else ""
+            raise CitysegError(f"{self.name}: cannot open as a video{said}; {hint}")
         cap = self._cap
         self.fps = _sane_fps(cap.get(cv2.CAP_PROP_FPS))
         w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from ..errors import CitysegError
-from ..fileio import write_png
+from ..fileio import clean_stale_temporaries, new_file_mode, write_png
 
 # Container suffix -> FourCC OpenCV's bundled FFmpeg can encode (avc1/H.264 needs an encoder the
 # pip wheels lack; ask for it with --fourcc avc1 where your OpenCV has one).
@@ -44,8 +44,9 @@ class VideoSink:
 
     def _open(self, h: int, w: int) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=f".partial{self.path.suffix}",
-                                    dir=self.path.parent)
+        prefix, suffix = f".{self.path.stem}.", f".partial{self.path.suffix}"
+        clean_stale_temporaries(self.path.parent, prefix, (suffix,))  # a killed run's leftovers
+        fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=self.path.parent)
         os.close(fd)
         self.tmp = Path(name)
         writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*self.fourcc), self.fps, (w, h))
@@ -74,6 +75,8 @@ class VideoSink:
         if tmp is None:
             return None
         if keep and self.frames:
+            # mkstemp made it 0600; a video gets the bits every other artifact gets (the umask's).
+            os.chmod(tmp, self.path.stat().st_mode & 0o777 if self.path.is_file() else new_file_mode())
             os.replace(tmp, self.path)
             return self.path
         tmp.unlink(missing_ok=True)
@@ -99,6 +102,35 @@ class LabelPngSink:
             labels = cv2.LUT(np.ascontiguousarray(labels, dtype=np.uint8), self.lut)
         write_png(self.folder / self.pattern.format(index), labels)
         self.frames += 1
+
+
+def check_labels_dir(folder: str | os.PathLike, *, overwrite: bool) -> None:
+    """Refuse to mix a new run's frames with an earlier run's: a non-empty folder needs ``overwrite``.
+
+    Why: frames are named by source index, so a shorter or strided second run left the first
+    run's ``frame_*.png`` beside its own, and nothing told them apart.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise CitysegError(f"--labels-dir {folder}: a file is in the way; give a folder path")
+    if folder.is_dir() and any(folder.iterdir()) and not overwrite:
+        raise CitysegError(f"--labels-dir {folder}: not empty (an earlier run's frames?); choose an "
+                           "empty or new folder, or pass --overwrite to replace its frames")
+
+
+def clear_labels_dir(folder: str | os.PathLike, pattern: str = "frame_{:06d}.png") -> int:
+    """Delete the frame PNGs (and their hidden temporaries) a new run would replace; return the count."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    head, tail = pattern.split("{", 1)[0], pattern.rsplit("}", 1)[1]
+    removed = 0
+    for entry in folder.iterdir():
+        name = entry.name.lstrip(".")
+        if entry.is_file() and name.startswith(head) and (name.endswith(tail) or name.endswith(".tmp")):
+            entry.unlink()
+            removed += 1
+    return removed
 
 
 class Window:

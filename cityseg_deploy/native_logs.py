@@ -1,0 +1,101 @@
+"""Keep OpenCV's, libpng's and FFmpeg's own stderr lines out of our output; fold them into errors.
+
+Why: a corrupt PNG made OpenCV print ``[ WARN:0@6.6] global grfmt_png.cpp:793 ... PNG input buffer
+is incomplete`` above our ``error:`` line, and FFmpeg prints ``[mov,mp4 @ 0x..] moov atom not
+found`` on its own; the contract is one line.  The native libraries are silenced once, before
+``cv2`` is first imported (environment: ``OPENCV_LOG_LEVEL``, ``OPENCV_FFMPEG_LOGLEVEL``; a user's
+own setting wins), and on the rare failure path :func:`native_stderr` re-runs the failing call
+with the C-level stderr captured, so the reason the library gave becomes part of our message.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from typing import Callable, Iterator, TypeVar
+
+T = TypeVar("T")
+
+# AV_LOG_QUIET is -8: FFmpeg (inside OpenCV's videoio) prints nothing.
+os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+
+
+@contextlib.contextmanager
+def _captured_fd2() -> Iterator[list[str]]:
+    """Redirect file descriptor 2 (what C libraries write to) into a temporary file."""
+    lines: list[str] = []
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield lines
+            finally:
+                os.dup2(saved, 2)
+                sink.seek(0)
+                text = sink.read().decode("utf-8", "replace")
+                lines.extend(ln.strip() for ln in text.splitlines() if ln.strip())
+    finally:
+        os.close(saved)
+
+
+def _short(line: str) -> str:
+    """``[ WARN:0@6.6] global grfmt_png.cpp:793 readFromStreamOrBuffer PNG input ...`` → the text."""
+    if line.startswith("[") and "]" in line:
+        line = line.split("]", 1)[1].strip()
+        parts = line.split(None, 3)
+        if len(parts) == 4 and parts[0] == "global" and ".cpp:" in parts[1]:
+            line = parts[3]
+    return line
+
+
+def native_stderr(call: Callable[[], T]) -> tuple[T | None, str]:
+    """Run ``call`` with OpenCV's warnings on and stderr captured: (its result or None, what it said).
+
+    Only for failure paths (a decode that already failed once): capturing fd 2 is process-wide.
+    """
+    import cv2
+
+    logging = cv2.utils.logging
+    level = logging.getLogLevel()
+    result: T | None = None
+    with _captured_fd2() as lines:
+        logging.setLogLevel(logging.LOG_LEVEL_WARNING)
+        try:
+            result = call()
+        except Exception:  # noqa: BLE001 - the caller reports the failure; we only want the words
+            result = None
+        finally:
+            logging.setLogLevel(level)
+    said = "; ".join(dict.fromkeys(_short(ln) for ln in lines))
+    return result, said[:200]
+
+
+_PROBE = ("import sys, cv2\n"
+          "cap = cv2.VideoCapture(sys.argv[1])\n"
+          "ok = cap.isOpened() and cap.read()[0]\n")
+
+
+def ffmpeg_says(path: str, timeout_s: float = 20.0) -> str:
+    """What FFmpeg says when it opens ``path`` (``moov atom not found``), for a failure message.
+
+    FFmpeg's log level is fixed when OpenCV first starts it (quiet here), so the file is opened
+    once more in a child process whose FFmpeg logs errors; only on the failure path.  The child
+    runs our fixed probe, never anything from the file.
+    """
+    import re
+    import subprocess
+
+    env = dict(os.environ, OPENCV_FFMPEG_LOGLEVEL="16", OPENCV_LOG_LEVEL="SILENT")  # AV_LOG_ERROR
+    try:
+        proc = subprocess.run([sys.executable, "-c", _PROBE, str(path)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, timeout=timeout_s, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    lines = [re.sub(r"^(\[[^\]]*\]\s*)+", "", ln).strip()
+             for ln in proc.stdout.decode("utf-8", "replace").splitlines()]
+    return "; ".join(dict.fromkeys(ln for ln in lines if ln))[:200]
