@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..errors import CitysegError, first_line
+from ..errors import CitysegError
 from ..fileio import atomic_path
 from .safe_load import load_weights_file
 

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..errors import CitysegError, first_line
+from ..errors import CitysegError
 from .checkpoint import FORMAT_NAME, ModelMeta, file_sha256, save_checkpoint
 from .registry import build_model, get_entry
 from .safe_load import load_weights_file
