@@ -86,7 +86,8 @@ def check(baseline, candidates: Sequence, data_root: str | os.PathLike, *, split
           device: str = "cpu", threads: int | None = None, batch: int = 1,
           max_miou_drop: float | None = None, out: str | os.PathLike | None = None,
           json_path: str | os.PathLike | None = None, logit_images: int = 4,
-          progress: bool = True, label_set: str | None = None, emulate_bf16: bool = False) -> dict:
+          progress: bool = True, label_set: str | None = None, emulate_bf16: bool = False,
+          engine: Any = None) -> dict:
     """Compare ``candidates`` with ``baseline`` on ``split``; returns the check JSON dict.
 
     Models are paths or ``path@precision`` specs.  ``max_miou_drop`` (percentage points) adds
@@ -94,7 +95,8 @@ def check(baseline, candidates: Sequence, data_root: str | os.PathLike, *, split
     Markdown/CSV tables, the JSON and the per-class delta plot.  ``emulate_bf16``: let a
     ``checkpoint@bf16`` run on a CPU without native bf16 (oneDNN's emulation: the bf16 rounding of
     weights and activations is the same, only slow), so bf16 accuracy can be known before the
-    model reaches an AVX-512 BF16/AMX machine; such rows say ``bf16 (emulated)``.
+    model reaches an AVX-512 BF16/AMX machine; such rows say ``bf16 (emulated)``.  ``engine``:
+    who loads and runs each model (default this process; ``RayEngine`` for a Ray actor pool).
     """
     from .. import runtime
 
@@ -108,8 +110,8 @@ def check(baseline, candidates: Sequence, data_root: str | os.PathLike, *, split
     docs: list[dict] = []
     base_seg = None
     for k, (spec, name) in enumerate(zip(specs, names)):
-        seg = runtime.load(spec, device=device, threads=threads,
-                           **({"allow_emulated_bf16": True} if emulate_bf16 else {}))
+        seg = (engine or runtime).load(spec, device=device, threads=threads,
+                                       **({"allow_emulated_bf16": True} if emulate_bf16 else {}))
         if base_seg is None:
             base_seg = seg
         elif seg.meta.num_classes != base_seg.meta.num_classes:
@@ -132,9 +134,10 @@ def check(baseline, candidates: Sequence, data_root: str | os.PathLike, *, split
             if logits is not None and ref_logits is not None and ref_logits.shape == logits.shape:
                 _err.update(logits, ref_logits)
 
-        cm = run_split(seg, data_root, split=split, label_set=label_set, batch=batch,
-                       progress=progress, desc=f"check {name}", on_prediction=on_prediction,
-                       want_logits=lambda index: index < logit_images)
+        run = engine.run_split if engine else run_split
+        cm = run(seg, data_root, split=split, label_set=label_set, batch=batch,
+                 progress=progress, desc=f"check {name}", on_prediction=on_prediction,
+                 want_logits=lambda index: index < logit_images)
         result = cm.compute(seg.meta.class_names)
         results[name] = result
         doc = eval_json(result, name)

@@ -1,0 +1,211 @@
+"""Ray engine and Ray Serve against single-process truth, on one local 2-CPU Ray cluster.
+
+Every Ray test lives in this module so the cluster starts once (session-scoped: ~20 s on two
+busy cores).  Truth is always the single-process command on the same artifact with the same
+thread count: same files and bytes for predict/segment, the same integer confusion matrices for
+eval/check, ``predict``'s file for a served image.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray", reason="the 'scale' extra (ray[data,serve]) is not installed")
+
+from cityseg_deploy.cli import run  # noqa: E402
+from cityseg_deploy.data.synth import synthesize  # noqa: E402
+from test_runtime_artifacts import make_checkpoint  # noqa: E402
+from test_video_support import write_clip  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    try:
+        from ray import serve
+
+        serve.shutdown()
+    except Exception:  # serve never started
+        pass
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, synth_root):
+    """A fitted tiny DeepLabV3 checkpoint, its ONNX fp32 export, and a slow twin (256x512)."""
+    from cityseg_deploy.export import export
+    from cityseg_deploy.models import load_checkpoint, save_checkpoint
+
+    root = tmp_path_factory.mktemp("scale_models")
+    ckpt = make_checkpoint(root / "dl.pt", synth_root, steps=15)
+    onnx = Path(export(ckpt, format="onnx", precision="fp32", log=lambda *_: None, verify=False).path)
+    model, meta = load_checkpoint(ckpt)
+    meta.input_size = [256, 512]  # 16x the pixels: slow enough to kill an actor mid-job
+    slow = save_checkpoint(root / "slow.pt", model, meta) or root / "slow.pt"
+    return {"ckpt": ckpt, "onnx": onnx, "slow": Path(slow)}
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+# ---- batch: predict, eval, check ----------------------------------------------------------------
+def test_predict_on_ray_writes_the_same_bytes_and_reruns_skip(ray_cluster, models, synth_root, tmp_path, capsys):
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    assert run(["predict", str(models["onnx"]), "--data", str(synth_root), "--out", str(local),
+                "--threads", "1", "--no-progress"]) == 0
+    assert run(["predict", str(models["onnx"]), "--data", str(synth_root), "--out", str(remote),
+                "--threads", "1", "--no-progress", "--engine", "ray", "--actors", "2",
+                "--batch", "2"]) == 0
+    out = capsys.readouterr().out
+    assert _files(remote) == _files(local) and len(_files(local)) == 4
+    mtimes = {p.name: p.stat().st_mtime_ns for p in remote.iterdir()}
+    miou = out.split("mIoU on the way: ")[1].split(")")[0]
+    assert out.count(f"mIoU on the way: {miou}") == 2  # same metrics on the way
+
+    assert run(["predict", str(models["onnx"]), "--data", str(synth_root), "--out", str(remote),
+                "--engine", "ray", "--no-progress"]) == 0
+    assert "skipped 4 complete outputs" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in remote.iterdir()} == mtimes
+
+    (remote / next(iter(mtimes))).unlink()  # one output lost: only it is redone
+    assert run(["predict", str(models["onnx"]), "--data", str(synth_root), "--out", str(remote),
+                "--threads", "1", "--engine", "ray", "--no-progress"]) == 0
+    assert "skipped 3" in capsys.readouterr().out and _files(remote) == _files(local)
+
+    assert run(["predict", str(models["onnx"]), "--data", str(synth_root), "--out", str(remote),
+                "--threads", "1", "--engine", "ray", "--no-progress", "--overwrite",
+                "--format", "color"]) == 0  # --overwrite redoes all (now in another format)
+    assert run(["predict", str(models["onnx"]), "--data", str(synth_root), "--out", str(local),
+                "--threads", "1", "--no-progress", "--format", "color"]) == 0
+    assert _files(remote) == _files(local)
+
+
+def test_eval_on_ray_sums_the_same_confusion(ray_cluster, models, synth_root, tmp_path):
+    a, b = tmp_path / "local.json", tmp_path / "ray.json"
+    assert run(["eval", str(models["ckpt"]), "--data", str(synth_root), "--json", str(a), "--threads", "1",
+                "--no-progress"]) == 0
+    assert run(["eval", str(models["ckpt"]), "--data", str(synth_root), "--json", str(b), "--threads", "1",
+                "--no-progress", "--engine", "ray", "--actors", "2"]) == 0
+    local, remote = json.loads(a.read_text()), json.loads(b.read_text())
+    assert np.asarray(local["confusion"]).sum() == 4 * 64 * 128 - np.count_nonzero(
+        _truth_ignored(synth_root))
+    for key in ("confusion", "per_pixel", "jaccard", "per_class_iou", "miou", "backend", "precision", "images"):
+        assert remote[key] == local[key], key
+
+
+def _truth_ignored(root: Path) -> np.ndarray:
+    from cityseg_deploy.data import CityscapesDataset
+
+    ds = CityscapesDataset(root, "val")
+    return np.concatenate([(ds[i][1] == 255).ravel() for i in range(len(ds))])
+
+
+def test_check_on_ray_gives_the_same_tables(ray_cluster, models, synth_root, tmp_path):
+    a, b = tmp_path / "local.json", tmp_path / "ray.json"
+    args = ["check", str(models["ckpt"]), str(models["onnx"]), "--data", str(synth_root), "--threads", "1",
+            "--no-progress"]
+    assert run(args + ["--json", str(a)]) == 0
+    assert run(args + ["--json", str(b), "--engine", "ray", "--actors", "2"]) == 0
+    local, remote = json.loads(a.read_text()), json.loads(b.read_text())
+    assert remote["baseline"]["confusion"] == local["baseline"]["confusion"]
+    (lc,), (rc,) = local["candidates"], remote["candidates"]
+    for key in ("confusion", "miou", "delta", "agreement", "backend", "precision"):
+        assert rc[key] == lc[key], key
+    for key in ("max_abs", "median_abs", "p99_abs", "images"):
+        assert rc["logit_error"][key] == lc["logit_error"][key], key
+    assert rc["logit_error"]["mean_abs"] == pytest.approx(lc["logit_error"]["mean_abs"], rel=1e-9)
+
+
+def test_a_bad_image_is_one_error_line(ray_cluster, models, synth_root, tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(synth_root, root)
+    victim = sorted((root / "leftImg8bit" / "val").rglob("*.png"))[1]
+    victim.write_bytes(b"\x89PNG not really")
+    code = run(["predict", str(models["onnx"]), "--data", str(root), "--out", str(tmp_path / "o"),
+                "--engine", "ray", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and victim.name in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not [p for p in (tmp_path / "o").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_without_the_extra_one_line_names_it(monkeypatch, models, synth_root, tmp_path, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    code = run(["eval", str(models["onnx"]), "--data", str(synth_root), "--engine", "ray"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and "scale" in err and len(err.splitlines()) == 1
+    assert run(["serve", str(models["onnx"])]) == 2
+    assert "scale" in capsys.readouterr().err
+
+
+def _map_workers() -> list[int]:
+    """PIDs of Ray Data's actor processes (Ray titles them ``ray::MapWorker(...)``)."""
+    import psutil
+
+    pids = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if "MapWorker" in cmd and "SegmentWorker" in cmd:
+            pids.append(proc.info["pid"])
+    return pids
+
+
+def test_actor_killed_mid_job_every_output_exactly_once(ray_cluster, models, tmp_path):
+    root = synthesize(tmp_path / "data", n_train=1, n_val=16, size=(64, 128), seed=3)
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    assert run(["predict", str(models["slow"]), "--data", str(root), "--out", str(local), "--threads", "1",
+                "--no-progress"]) == 0
+    codes: list[int] = []
+    job = threading.Thread(target=lambda: codes.append(run(
+        ["predict", str(models["slow"]), "--data", str(root), "--out", str(remote), "--threads", "1",
+         "--no-progress", "--engine", "ray", "--actors", "1"])))
+    job.start()
+    killed = None
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and killed is None and job.is_alive():
+        done = len(list(remote.glob("*_leftImg8bit.png"))) if remote.is_dir() else 0
+        if 2 <= done < 16:
+            pids = _map_workers()
+            if pids:
+                os.kill(pids[0], signal.SIGKILL)
+                killed = (pids[0], done)
+        time.sleep(0.02)
+    job.join(timeout=300)
+    assert killed is not None, "the job ended before an actor could be killed"
+    assert codes == [0]
+    names = sorted(p.name for p in remote.iterdir())
+    assert names == sorted(p.name for p in local.iterdir()) and len(names) == 16  # no temporaries
+    assert _files(remote) == _files(local)
+    assert killed[0] not in _map_workers()
+
+
+# ---- segment: one actor per stream ------------------------------------------------------------
+def test_segment_on_ray_equals_single_process_per_stream(ray_cluster, models, tmp_path, capsys):
+    clips = [write_clip(tmp_path / f"cam{k}.mp4", n=6 + 2 * k) for k in range(2)]
+    for clip in clips:
+        assert run(["segment", str(clip), "--model", str(models["onnx"]), "--threads", "1",
+                    "--labels-dir", str(tmp_path / "local" / clip.stem), "--no-progress"]) == 0
+    args = ["segment", *map(str, clips), "--model", str(models["onnx"]), "--threads", "1",
+            "--labels-dir", str(tmp_path / "ray"), "--out", str(tmp_path / "ray.mp4"), "--no-progress",
+            "--engine", "ray"]
+    assert run(args) == 0
+    out = capsys.readouterr().out
+    for clip in clips:
+        assert _files(tmp_path / "ray" / clip.stem) == _files(tmp_path / "local" / clip.stem)
+        assert (tmp_path / f"ray_{clip.stem}.mp4").is_file()
+    assert "6 frames" in out and "8 frames" in out
+    assert run(args) == 0
+    assert "skipped 2 streams" in capsys.readouterr().out
