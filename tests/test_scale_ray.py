@@ -209,3 +209,174 @@ def test_segment_on_ray_equals_single_process_per_stream(ray_cluster, models, tm
     assert "6 frames" in out and "8 frames" in out
     assert run(args) == 0
     assert "skipped 2 streams" in capsys.readouterr().out
+
+
+# ---- serve: HTTP on Ray Serve ----------------------------------------------------------------
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _request(url: str, data: bytes | None = None, *, ctype: str | None = None, method: str | None = None,
+             timeout: float = 120.0) -> tuple[int, dict[str, str], bytes]:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, data=data, method=method or ("POST" if data is not None else "GET"))
+    if ctype:
+        req.add_header("Content-Type", ctype)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, {k.lower(): v for k, v in err.headers.items()}, err.read()
+
+
+@pytest.fixture(scope="module")
+def server(ray_cluster, models, tmp_path_factory):
+    """``cityseg serve`` in a subprocess joined to the session's cluster (--address)."""
+    import subprocess
+    import sys
+
+    port = _free_port()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, "-m", "cityseg_deploy", "serve", str(models["slow"]),
+                             "--port", str(port), "--address", ray.get_runtime_context().gcs_address,
+                             "--threads", "1", "--cpus-per-replica", "0.5", "--max-batch", "4",
+                             "--batch-wait-ms", "50", "--max-body-mb", "1"],
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        try:
+            if _request(url + "/v1/health", timeout=5)[0] == 200:
+                break
+        except OSError:
+            pass
+        if proc.poll() is not None:
+            pytest.fail(f"serve exited {proc.returncode}: {log.read_text()[-2000:]}")
+        time.sleep(1.0)
+    else:
+        proc.kill()
+        pytest.fail(f"serve did not come up: {log.read_text()[-2000:]}")
+    yield {"url": url, "proc": proc, "log": log}
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+
+
+@pytest.fixture(scope="module")
+def predicted(models, synth_root, tmp_path_factory):
+    """Single-process ``predict`` files of the served model, per format (the truth)."""
+    out = {}
+    for fmt in ("labelIds", "trainIds", "color"):
+        folder = tmp_path_factory.mktemp(f"pred_{fmt}")
+        assert run(["predict", str(models["slow"]), "--data", str(synth_root), "--out", str(folder),
+                    "--threads", "1", "--format", fmt, "--no-progress"]) == 0
+        out[fmt] = folder
+    return out
+
+
+def _val_images(root: Path) -> list[Path]:
+    return sorted((root / "leftImg8bit" / "val").rglob("*.png"))
+
+
+def test_served_png_equals_predict_file(server, predicted, synth_root):
+    for fmt, folder in predicted.items():
+        for image in _val_images(synth_root)[:2]:
+            query = "" if fmt == "labelIds" else f"?format={fmt}"
+            status, headers, body = _request(server["url"] + "/v1/segment" + query, image.read_bytes(),
+                                             ctype="image/png")
+            assert status == 200 and headers["content-type"] == "image/png"
+            assert body == (folder / image.name).read_bytes(), (fmt, image.name)
+            assert headers["x-model"] == "slow.pt" and headers["x-precision"] == "fp32"
+            assert float(headers["x-server-latency-ms"]) > 0
+
+
+def test_health_says_what_serves(server):
+    status, headers, body = _request(server["url"] + "/v1/health")
+    doc = json.loads(body)
+    assert status == 200 and headers["content-type"] == "application/json"
+    assert doc["model"] == "slow.pt" and doc["backend"] == "torch" and doc["precision"] == "fp32"
+    assert doc["label_set"] == "cityscapes19" and doc["input_size"] == [256, 512]
+
+
+def _bad_requests(image: Path) -> list[tuple[str, int, dict]]:
+    import cv2
+
+    png = image.read_bytes()
+    jpeg = cv2.imencode(".jpg", cv2.imread(str(image)))[1].tobytes()
+    return [
+        ("not an image", 400, dict(data=b"hello, I am text", ctype="image/png")),
+        ("truncated png", 400, dict(data=png[: len(png) // 2], ctype="image/png")),
+        ("truncated jpeg", 400, dict(data=jpeg[: len(jpeg) // 2], ctype="image/jpeg")),
+        ("empty body", 400, dict(data=b"", ctype="image/png")),
+        ("wrong content type", 415, dict(data=png, ctype="application/json")),
+        ("over the size limit", 413, dict(data=png + b"\0" * (1024 * 1024), ctype="image/png")),
+        ("unknown format", 400, dict(data=png, ctype="image/png", query="?format=bmp")),
+        ("GET on segment", 405, dict(data=None, method="GET")),
+        ("unknown path", 404, dict(data=b"", ctype="image/png", path="/v2/anything")),
+    ]
+
+
+def test_every_bad_request_is_4xx_json_and_the_next_is_served(server, predicted, synth_root):
+    image = _val_images(synth_root)[0]
+    good = (predicted["labelIds"] / image.name).read_bytes()
+    for name, expected, req in _bad_requests(image):
+        url = server["url"] + req.get("path", "/v1/segment") + req.get("query", "")
+        status, headers, body = _request(url, req["data"], ctype=req.get("ctype"), method=req.get("method"))
+        assert status == expected, (name, status, body[:200])
+        assert headers["content-type"] == "application/json" and json.loads(body)["error"], name
+        assert _request(server["url"] + "/v1/segment", image.read_bytes(), ctype="image/png")[2] == good, name
+
+
+def test_a_client_that_disconnects_mid_upload_does_not_hurt(server, synth_root, predicted):
+    import http.client
+
+    image = _val_images(synth_root)[0]
+    host, port = server["url"].rsplit("//", 1)[1].split(":")
+    for _ in range(3):
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        conn.putrequest("POST", "/v1/segment")
+        conn.putheader("Content-Type", "image/png")
+        conn.putheader("Content-Length", "200000")
+        conn.endheaders()
+        conn.send(image.read_bytes()[:500])
+        conn.close()
+    status, _, body = _request(server["url"] + "/v1/segment", image.read_bytes(), ctype="image/png")
+    assert status == 200 and body == (predicted["labelIds"] / image.name).read_bytes()
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(server, synth_root, predicted):
+    from concurrent.futures import ThreadPoolExecutor
+
+    images = _val_images(synth_root) * 2
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda p: _request(server["url"] + "/v1/segment", p.read_bytes(),
+                                                   ctype="image/png"), images))
+    for image, (status, _, body) in zip(images, answers):
+        assert status == 200 and body == (predicted["labelIds"] / image.name).read_bytes()
+    sizes = json.loads(_request(server["url"] + "/v1/health")[2])["recent_batch_sizes"]
+    assert max(sizes) > 1, sizes  # some requests shared one Segmenter.run call
+
+
+def test_sigterm_drains_in_flight_requests_and_exits_0(server, synth_root, predicted):
+    image = _val_images(synth_root)[0]
+    answers: list = []
+    clients = [threading.Thread(target=lambda: answers.append(_request(
+        server["url"] + "/v1/segment", image.read_bytes(), ctype="image/png"))) for _ in range(2)]
+    for c in clients:
+        c.start()
+    time.sleep(0.3)  # both requests reached the replica (each takes ~0.3 s on one core)
+    server["proc"].send_signal(signal.SIGTERM)
+    for c in clients:
+        c.join(timeout=120)
+    assert server["proc"].wait(timeout=120) == 0
+    assert [a[0] for a in answers] == [200, 200]
+    assert all(a[2] == (predicted["labelIds"] / image.name).read_bytes() for a in answers)
+    assert "stopped" in server["log"].read_text()
