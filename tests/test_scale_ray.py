@@ -81,6 +81,13 @@ def test_predict_on_ray_writes_the_same_bytes_and_reruns_skip(ray_cluster, model
                 "--threads", "1", "--engine", "ray", "--no-progress"]) == 0
     assert "skipped 3" in capsys.readouterr().out and _files(remote) == _files(local)
 
+
+@pytest.mark.slow
+def test_predict_on_ray_overwrite_redoes_every_output(ray_cluster, models, synth_root, tmp_path):
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    for folder, extra in ((remote, ["--engine", "ray"]), (local, [])):
+        assert run(["predict", str(models["onnx"]), "--data", str(synth_root), "--out", str(folder),
+                    "--threads", "1", "--no-progress", *extra]) == 0
     assert run(["predict", str(models["onnx"]), "--data", str(synth_root), "--out", str(remote),
                 "--threads", "1", "--engine", "ray", "--no-progress", "--overwrite",
                 "--format", "color"]) == 0  # --overwrite redoes all (now in another format)
@@ -109,6 +116,7 @@ def _truth_ignored(root: Path) -> np.ndarray:
     return np.concatenate([(ds[i][1] == 255).ravel() for i in range(len(ds))])
 
 
+@pytest.mark.slow
 def test_check_on_ray_gives_the_same_tables(ray_cluster, models, synth_root, tmp_path):
     a, b = tmp_path / "local.json", tmp_path / "ray.json"
     args = ["check", str(models["ckpt"]), str(models["onnx"]), "--data", str(synth_root), "--threads", "1",

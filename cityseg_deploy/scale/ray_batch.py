@@ -26,9 +26,6 @@ import numpy as np
 
 from ..errors import CitysegError
 
-#: the keys of one row sent to an actor
-_ROW_KEYS = ("index", "image", "label", "label_kind", "stem", "city", "out", "want_logits")
-
 
 @dataclass
 class RayOptions:
