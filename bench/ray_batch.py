@@ -9,7 +9,7 @@ started once per session, not per job); each Ray job's time includes starting it
 loading the model in them, as single's includes loading.  Rounds are interleaved so a noisy
 shared machine hits every variant alike; ratios use medians.  Labels are compared file by file.
 
-    PYTHONPATH=. python bench/ray_batch.py [--images 200] [--size 256x512] [--rounds 2]
+    OMP_NUM_THREADS=2 PYTHONPATH=. python bench/ray_batch.py [--images 200] [--size 256x512] [--rounds 2]
 """
 from __future__ import annotations
 
@@ -92,6 +92,7 @@ def main() -> None:
                      "ratio_vs_single": statistics.median(times["single"]) / med,
                      "files": len(files), "identical_files": sum(files.get(k) == v for k, v in ref.items())})
     doc = {"machine": machine_info(threads), "load_average_after": load_average(),
+           "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
            "images": args.images, "size": list(size), "model": "deeplabv3_small ONNX int8 (QDQ)",
            "threads_total": threads, "ray_cluster_start_s": cluster_s, "rows": rows,
            "target": "ray >= 0.85x single-process images/s"}
@@ -100,7 +101,8 @@ def main() -> None:
     m = doc["machine"]
     lines = [f"# predict --engine ray vs single-process ({args.images} images {size[0]}x{size[1]}, int8)\n",
              f"Machine: {m.get('cpu')} ({', '.join(m.get('cpu_flags', [])[:8])}), {threads} threads in "
-             f"total; load average after: {doc['load_average_after']}. Ray cluster start-up "
+             f"total; load average after: {doc['load_average_after']}; OMP_NUM_THREADS="
+             f"{doc['omp_num_threads']}. Ray cluster start-up "
              f"{cluster_s:.1f} s (once, not timed below). Medians of {args.rounds} interleaved rounds.\n",
              "| variant | images/s | x single | time per round (s) | files identical to single |",
              "| --- | ---: | ---: | --- | ---: |"]

@@ -6,7 +6,7 @@ is the same work in process: decode the PNG, ``Segmenter.run``, encode the answe
 service's p50 at concurrency 1 minus that p50 is what HTTP + Ray Serve add.  Targets (issue
 16): c=1 p50 <= in-process p50 + 15 ms; c=8 throughput >= c=1 (batching works); 0 errors.
 
-    PYTHONPATH=. python bench/serve_load.py [--duration 15] [--size 256x512] [--max-batch 8]
+    OMP_NUM_THREADS=2 PYTHONPATH=. python bench/serve_load.py [--duration 15] [--size 256x512] [--max-batch 8]
 """
 from __future__ import annotations
 
@@ -129,7 +129,8 @@ def main() -> None:
               c1["latency_ms"]["p50"] <= ref["latency_ms"]["p50"] + 15.0,
               "c8_throughput_ge_c1": c8["throughput_rps"] >= c1["throughput_rps"],
               "zero_errors": all(lv["errors"] == 0 for lv in levels)}
-    doc = {"machine": machine_info(threads), "load_average_after": load_average(), "url": url,
+    doc = {"machine": machine_info(threads), "load_average_after": load_average(),
+           "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "url": url,
            "model": "deeplabv3_small ONNX int8 (QDQ)", "size": list(size), "threads": threads,
            "max_batch": args.max_batch, "batch_wait_ms": args.batch_wait_ms, "in_process": ref,
            "levels": levels, "checks": checks}
@@ -140,7 +141,7 @@ def main() -> None:
              f"Machine: {m.get('cpu')} ({', '.join(m.get('cpu_flags', [])[:8])}), {threads} threads; "
              f"one replica ({threads} threads), --max-batch {args.max_batch}, --batch-wait-ms "
              f"{args.batch_wait_ms:g}; {args.duration:g} s per level; load average after: "
-             f"{doc['load_average_after']}.\n",
+             f"{doc['load_average_after']}; OMP_NUM_THREADS={doc['omp_num_threads']}.\n",
              f"In process (decode + run + encode): p50 {ref['latency_ms']['p50']:.1f} ms, p95 "
              f"{ref['latency_ms']['p95']:.1f} ms (model alone p50 {ref['model_only_ms']['p50']:.1f} ms).\n",
              "| clients | requests | throughput (req/s) | p50 (ms) | p95 (ms) | p99 (ms) | errors |",
