@@ -9,7 +9,12 @@ started once per session, not per job); each Ray job's time includes starting it
 loading the model in them, as single's includes loading.  Rounds are interleaved so a noisy
 shared machine hits every variant alike; ratios use medians.  Labels are compared file by file.
 
-    OMP_NUM_THREADS=2 PYTHONPATH=. python bench/ray_batch.py [--images 200] [--size 256x512] [--rounds 2]
+Run with ``OMP_NUM_THREADS=1``: Ray gives a 1-CPU actor ``OMP_NUM_THREADS=1``, and with torch's
+OpenMP pool left at its default the single-process side pays for it competing with onnxruntime's
+own threads (600-740 ms against 148-243 ms per 256x512 int8 image in one process, load average
+~10 on this 2-core machine) — so both sides run with it, and ``--threads`` sets onnxruntime's.
+
+    OMP_NUM_THREADS=1 PYTHONPATH=. python bench/ray_batch.py [--images 200] [--size 256x512] [--rounds 2]
 """
 from __future__ import annotations
 

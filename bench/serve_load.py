@@ -5,8 +5,9 @@ duration per level (keep-alive connections, 256x512 PNGs of the synthetic set). 
 is the same work in process: decode the PNG, ``Segmenter.run``, encode the answer PNG — the
 service's p50 at concurrency 1 minus that p50 is what HTTP + Ray Serve add.  Targets (issue
 16): c=1 p50 <= in-process p50 + 15 ms; c=8 throughput >= c=1 (batching works); 0 errors.
+Run with ``OMP_NUM_THREADS=1`` (why: see ``bench/ray_batch.py``), as a 1-CPU Ray replica gets it.
 
-    OMP_NUM_THREADS=2 PYTHONPATH=. python bench/serve_load.py [--duration 15] [--size 256x512] [--max-batch 8]
+    OMP_NUM_THREADS=1 PYTHONPATH=. python bench/serve_load.py [--duration 15] [--size 256x512] [--max-batch 8]
 """
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import argparse
 import http.client
 import json
 import os
-import statistics
 import tempfile
 import threading
 import time
