@@ -52,7 +52,8 @@ def is_truncated(data: bytes) -> bool:
     segmentation of half a grey picture is a wrong answer, not an error the client sees.
     """
     if data.startswith(_PNG):
-        return b"IEND" not in data[-12:]
+        end = data.rfind(b"IEND")
+        return end < 0 or len(data) < end + 8  # the IEND chunk with its 4 CRC bytes
     if data.startswith(_JPEG):
         return not data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9")
     return False
