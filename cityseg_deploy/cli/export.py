@@ -89,7 +89,8 @@ def read_profile(path: str) -> list[dict]:
 
 @app.command("export")
 @click.argument("model", type=click.Path())
-@click.option("--format", "-f", "fmt", default=None, help="onnx | trt (engine) | aoti | openvino  [default: onnx]")
+@click.option("--format", "-f", "fmt", default=None,
+              help="onnx | trt (engine) | aoti | openvino | triton (a model repository)  [default: onnx]")
 @click.option("--precision", "-p", default=None, help="fp32 | fp16 | bf16 | int8  [default: fp32]")
 @click.option("--out", "-o", default=None, help="output file (folder for openvino); default next to MODEL")
 @click.option("--size", default=None, help="input HxW (default: the checkpoint's input size)")
@@ -129,6 +130,9 @@ def export_cmd(model: str, fmt, precision, out, size, batch, dynamic, calib_data
              "int8_layout": int8_layout, "device": device,
              "workspace_gb": workspace_gb, "verify": verify}
     given = {k: v for k, v in given.items() if v is not None}
+    if (fmt or "").lower() == "triton":
+        _export_triton(model, given)
+        return
     jobs = read_profile(profile) if profile else [{}]
     if len(jobs) > 1 and "out" in given:
         raise CitysegError("--out names one file; a profile with several exports writes each next "
@@ -151,3 +155,19 @@ def export_cmd(model: str, fmt, precision, out, size, batch, dynamic, calib_data
     for r in results:
         for line in next_commands(r, model, root):
             click.echo(f"  {line}")
+
+
+def _export_triton(model: str, given: dict) -> None:
+    """``--format triton --out REPO``: a Triton model repository (``--batch``: max_batch_size)."""
+    from ..export.triton import export_triton
+
+    out = given.pop("out", None)
+    if not out:
+        raise CitysegError("--format triton writes a model repository: give --out REPO")
+    given.pop("format", None)
+    max_batch, device = given.pop("batch", 8), given.pop("device", None)
+    folder = export_triton(model, out, max_batch=max_batch, device=device, log=click.echo, **given)
+    click.echo(f"export success: triton → {folder}")
+    click.echo("next:")
+    click.echo(f"  docker run --rm -p 8000:8000 -p 8001:8001 -v {Path(out).resolve()}:/models "
+               f"nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models")

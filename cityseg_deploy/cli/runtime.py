@@ -10,6 +10,7 @@ import click
 
 from ..errors import CitysegError
 from ._app import app, parse_size
+from ._engine import engine_options, ray_options
 
 DEVICE = click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N")
 THREADS = click.option("--threads", type=int, default=None, help="CPU threads (default: all)")
@@ -46,20 +47,30 @@ def _int_list(value: str | None, what: str) -> list[int]:
 @THREADS
 @click.option("--batch", type=int, default=1, show_default=True)
 @click.option("--no-progress", is_flag=True)
+@engine_options
 def eval_cmd(model, data_root, split, json_path, pred_dir, pred_format, label_set, device, precision,
-             threads, batch, no_progress):
+             threads, batch, no_progress, **engine_kw):
     """Score MODEL (any artifact) or --pred-dir PNGs on a split: Table 2 and Table 1."""
     from ..evaluation import evaluate, evaluate_pred_dir
     from ..metrics.tables import table1_markdown, table2_markdown, write_eval_json
 
     if (model is None) == (pred_dir is None):
         raise CitysegError("give either MODEL or --pred-dir DIR (not both, not neither)")
+    ray = ray_options(engine_kw, batch=batch, threads=threads)
+    engine = None
+    if ray is not None:
+        if pred_dir is not None:
+            raise CitysegError("--engine ray runs a MODEL; --pred-dir is scored here")
+        from ..scale.ray_batch import RayEngine
+
+        engine = RayEngine(ray)
     if pred_dir is not None:
         doc = evaluate_pred_dir(pred_dir, data_root, split=split, pred_format=pred_format,
                                 label_set=label_set or "cityscapes19", progress=not no_progress)
     else:
         doc = evaluate(model, data_root, split=split, device=device, precision=precision,
-                       threads=threads, batch=batch, label_set=label_set, progress=not no_progress)
+                       threads=threads, batch=batch, label_set=label_set, progress=not no_progress,
+                       engine=engine)
     name = doc["model"]
     click.echo(table2_markdown({name: doc}))
     click.echo(table1_markdown({name: doc}))
@@ -83,17 +94,35 @@ def eval_cmd(model, data_root, split, json_path, pred_dir, pred_format, label_se
 @click.option("--layout", type=click.Choice(["flat", "cities"]), default="flat", show_default=True,
               help="flat: OUT/<stem>_leftImg8bit.png; cities: OUT/<city>/... (official layout; "
                    "needed when two cities hold the same image name)")
-def predict_cmd(model, data_root, split, out, fmt, device, precision, threads, batch, no_progress, layout):
+@engine_options
+@click.option("--overwrite", is_flag=True, help="--engine ray: redo outputs that are already complete")
+def predict_cmd(model, data_root, split, out, fmt, device, precision, threads, batch, no_progress, layout,
+                overwrite, **engine_kw):
     """Write one PNG per image of a split (labelIds = the official submission format)."""
     from ..evaluation import predict_split
 
-    res = predict_split(model, data_root, out, split=split, fmt=fmt, device=device,
-                        precision=precision, threads=threads, batch=batch, progress=not no_progress,
-                        layout=layout)
-    if res["metrics"] is None:  # a model of another label set (coco21, custom2): nothing to score
-        click.echo(f"wrote {res['written']} {fmt} PNGs to {res['out']} (not scored: the model's "
-                   "label set is not a Cityscapes one)")
-        return
+    ray = ray_options(engine_kw, batch=batch, threads=threads)
+    if ray is not None:
+        from ..scale.ray_batch import ray_predict
+
+        if layout != "flat":
+            raise CitysegError("--layout cities with --engine ray: not supported; use the flat "
+                               "layout or the single-process predict")
+        res = ray_predict(model, data_root, out, ray, split=split, fmt=fmt, device=device,
+                          precision=precision, overwrite=overwrite, progress=not no_progress)
+        if res["skipped"]:
+            click.echo(f"skipped {res['skipped']} complete outputs (--overwrite redoes them)")
+        if res["metrics"] is None:
+            click.echo(f"nothing to do: all {res['skipped']} outputs in {res['out']} are complete")
+            return
+    else:
+        res = predict_split(model, data_root, out, split=split, fmt=fmt, device=device,
+                            precision=precision, threads=threads, batch=batch, progress=not no_progress,
+                            layout=layout)
+        if res["metrics"] is None:  # a model of another label set (coco21, custom2): nothing to score
+            click.echo(f"wrote {res['written']} {fmt} PNGs to {res['out']} (not scored: the model's "
+                       "label set is not a Cityscapes one)")
+            return
     click.echo(f"wrote {res['written']} {fmt} PNGs to {res['out']} (mIoU on the way: "
                f"{100 * res['metrics']['miou']:.2f}); {_predict_hint(model, data_root, split, res['out'], fmt)}")
 
@@ -131,15 +160,22 @@ def _predict_hint(model: str, data_root: str, split: str, out: str, fmt: str) ->
               help="candidate: run the baseline at the candidates' input size (is the artifact "
                    "faithful?); own: at the baseline's own size (what does the smaller input cost?)")
 @click.option("--no-progress", is_flag=True)
+@engine_options
 def check_cmd(baseline, candidates, data_root, split, json_path, max_miou_drop, out, device, threads,
-              batch, logit_images, emulate_bf16, baseline_size, no_progress):
+              batch, logit_images, emulate_bf16, baseline_size, no_progress, **engine_kw):
     """Accuracy of CANDIDATE artifacts vs BASELINE: deltas, agreement, logit error, gate."""
     from ..evaluation.check import check
 
+    ray = ray_options(engine_kw, batch=batch, threads=threads)
+    engine = None
+    if ray is not None:
+        from ..scale.ray_batch import RayEngine
+
+        engine = RayEngine(ray)
     report = check(baseline, candidates, data_root, split=split, device=device, threads=threads,
                    batch=batch, max_miou_drop=max_miou_drop, out=out, json_path=json_path,
                    logit_images=logit_images, progress=not no_progress, emulate_bf16=emulate_bf16,
-                   baseline_size=baseline_size)
+                   baseline_size=baseline_size, engine=engine)
     click.echo(report["markdown"])
     if out:
         click.echo(f"wrote tables, check.json and check_delta.png to {out}")

@@ -16,6 +16,7 @@ import click
 
 from ..errors import CitysegError
 from ._app import app
+from ._engine import engine_options, ray_options
 
 
 def _load_segmenter(path: str, *, device: str, threads: int | None):
@@ -26,7 +27,7 @@ def _load_segmenter(path: str, *, device: str, threads: int | None):
 
 
 @app.command()
-@click.argument("source")
+@click.argument("source", nargs=-1, required=True)
 @click.option("--model", "model_path", required=True, help="Any artifact: .pt, .onnx, .engine, .pt2, OpenVINO IR.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Annotated video (.mp4 mp4v, .avi MJPG, .mkv) at the source FPS.")
@@ -52,20 +53,32 @@ def _load_segmenter(path: str, *, device: str, threads: int | None):
               help="Reconnect attempts (exponential back-off) when a stream drops.")
 @click.option("--fourcc", default=None, help="Override the video codec FourCC (e.g. mp4v, MJPG, avc1).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
-@click.option("--overwrite", is_flag=True,
-              help="--labels-dir may hold an earlier run's frames: delete them first (else refused).")
-def segment(source: str, model_path: str, out: str | None, labels_dir: str | None, vid_stride: int,
-            max_frames: int | None, show: bool, batch: int, device: str, threads: int | None,
-            mode: str, alpha: float, label_format: str, realtime: bool | None, reconnect: int,
-            fourcc: str | None, progress: bool | None, overwrite: bool) -> None:
+@engine_options
+@click.option("--overwrite", is_flag=True, help="--labels-dir may hold an earlier run's frames: delete them first (else refused); "
+                   "--engine ray: redo streams whose outputs are complete")
+def segment(source: tuple[str, ...], model_path: str, out: str | None, labels_dir: str | None,
+            vid_stride: int, max_frames: int | None, show: bool, batch: int, device: str,
+            threads: int | None, mode: str, alpha: float, label_format: str, realtime: bool | None,
+            reconnect: int, fourcc: str | None, progress: bool | None, overwrite: bool,
+            **engine_kw) -> None:
     """Segment SOURCE: a video file, image folder or glob, camera index (0), rtsp/rtmp/http URL,
-    or a .txt/.streams list of those (processed one after another)."""
+    or a .txt/.streams list of those (processed one after another; with --engine ray, all at
+    once, one Ray actor per stream)."""
     from ..video import PipelineOptions, Window, parse_sources, run_sources
     from ..video.pipeline import check_outputs, iter_results_summary, output_paths
 
     if out is None and labels_dir is None and not show:
         raise CitysegError("segment: nothing to write; give --out FILE, --labels-dir DIR and/or --show")
-    sources = parse_sources(source, reconnect=reconnect)
+    ray = ray_options(engine_kw, threads=threads)
+    if ray is not None:
+        _segment_on_ray(list(source), model_path, ray, out=out, labels_dir=labels_dir, show=show,
+                        reconnect=reconnect, device=device, overwrite=overwrite,
+                        progress=sys.stderr.isatty() if progress is None else progress,
+                        pipeline=dict(batch=batch, vid_stride=vid_stride, max_frames=max_frames,
+                                      realtime=realtime, mode=mode, alpha=alpha,
+                                      label_format=label_format, fourcc=fourcc))
+        return
+    sources = [s for spec in source for s in parse_sources(spec, reconnect=reconnect)]
     check_outputs(output_paths(sources, out, labels_dir), overwrite=overwrite)  # before any work
     sources[0].open()  # fail on an unopenable source before paying for the model
     window = Window() if show else None
@@ -98,3 +111,28 @@ def segment(source: str, model_path: str, out: str | None, labels_dir: str | Non
     if results and results[-1].interrupted:
         click.echo(f"interrupted: outputs kept with the {results[-1].frames} frames written", err=True)
         raise KeyboardInterrupt  # the CLI edge turns it into exit status 130
+
+
+def _segment_on_ray(specs: list[str], model_path: str, ray, *, show: bool, progress: bool,
+                    **kwargs) -> None:
+    """``--engine ray``: every stream at once; one line per stream, then the speed line."""
+    from ..scale.ray_segment import ray_segment
+    from ..video.pipeline import SourceResult, iter_results_summary
+
+    if show:
+        raise CitysegError("--show needs a window on this machine; it does not combine with --engine ray")
+    docs, skipped = ray_segment(specs, model_path, ray, progress=progress, echo=click.echo, **kwargs)
+    if skipped:
+        click.echo(f"skipped {skipped} streams whose outputs are complete (--overwrite redoes them)")
+    results = []
+    for doc in docs:
+        wrote = [p for p in (doc["out"], doc["labels_dir"]) if p]
+        click.echo(f"{doc['source']}: {doc['frames']} frames -> {', '.join(wrote)}")
+        if doc["warning"]:
+            click.echo(f"warning: {doc['warning']}", err=True)
+        results.append(SourceResult(**{k: doc[k] for k in ("source", "frames", "decoded", "dropped",
+                                                             "seconds", "wall_s", "realtime")}))
+    if results:
+        summary = iter_results_summary(results)
+        summary.wall_s = max(r.wall_s for r in results)  # streams ran side by side, not in turn
+        click.echo(summary.speed_line())

@@ -87,7 +87,7 @@ def check(baseline, candidates: Sequence, data_root: str | os.PathLike, *, split
           max_miou_drop: float | None = None, out: str | os.PathLike | None = None,
           json_path: str | os.PathLike | None = None, logit_images: int = 4,
           progress: bool = True, label_set: str | None = None, emulate_bf16: bool = False,
-          baseline_size: str = "candidate") -> dict:
+          baseline_size: str = "candidate", engine: Any = None) -> dict:
     """Compare ``candidates`` with ``baseline`` on ``split``; returns the check JSON dict.
 
     Models are paths or ``path@precision`` specs.  ``max_miou_drop`` (percentage points) adds
@@ -99,6 +99,8 @@ def check(baseline, candidates: Sequence, data_root: str | os.PathLike, *, split
     ``baseline_size``: ``"candidate"`` (default) runs the baseline at the candidates' input size,
     so a faithful artifact exported with ``--size`` agrees with it; ``"own"`` keeps the
     baseline's size (what the smaller input costs).  The report's ``sizes`` says which ran where.
+    ``engine``: who loads and runs each model (default this process; ``RayEngine`` for a Ray
+    actor pool).
     """
     from .. import runtime
 
@@ -118,7 +120,7 @@ def check(baseline, candidates: Sequence, data_root: str | os.PathLike, *, split
         options: dict[str, Any] = {"allow_emulated_bf16": True} if emulate_bf16 else {}
         if k == 0 and run_size != own_size:
             options["size"] = run_size
-        seg = runtime.load(spec, device=device, threads=threads, **options)
+        seg = (engine or runtime).load(spec, device=device, threads=threads, **options)
         if base_seg is None:
             base_seg = seg
         elif seg.meta.num_classes != base_seg.meta.num_classes:
@@ -141,9 +143,10 @@ def check(baseline, candidates: Sequence, data_root: str | os.PathLike, *, split
             if logits is not None and ref_logits is not None and ref_logits.shape == logits.shape:
                 _err.update(logits, ref_logits)
 
-        cm = run_split(seg, data_root, split=split, label_set=label_set, batch=batch,
-                       progress=progress, desc=f"check {name}", on_prediction=on_prediction,
-                       want_logits=lambda index: index < logit_images)
+        run = engine.run_split if engine else run_split
+        cm = run(seg, data_root, split=split, label_set=label_set, batch=batch,
+                 progress=progress, desc=f"check {name}", on_prediction=on_prediction,
+                 want_logits=lambda index: index < logit_images)
         result = cm.compute(seg.meta.class_names)
         results[name] = result
         doc = eval_json(result, name)

@@ -113,14 +113,19 @@ def run_split(segmenter, data_root: str | os.PathLike, *, split: str = "val", la
 def evaluate(model, data_root: str | os.PathLike, *, split: str = "val", device: str = "cpu",
              precision: str | None = None, threads: int | None = None, batch: int = 1,
              label_set: str | None = None, progress: bool = True, name: str | None = None,
-             **options: Any) -> dict:
-    """The eval JSON dict (DESIGN.md keys) of ``model`` — a path/spec or a loaded Segmenter."""
+             engine: Any = None, **options: Any) -> dict:
+    """The eval JSON dict (DESIGN.md keys) of ``model`` — a path/spec or a loaded Segmenter.
+
+    ``engine``: who loads and runs the model (``load`` + ``run_split``; default this process,
+    :class:`cityseg_deploy.scale.ray_batch.RayEngine` for a Ray actor pool).
+    """
     from .. import runtime
 
-    segmenter = model if hasattr(model, "run") else runtime.load(
+    loader = engine or runtime
+    segmenter = model if hasattr(model, "run") else loader.load(
         model, device=device, precision=precision, threads=threads, **options)
-    cm = run_split(segmenter, data_root, split=split, label_set=label_set, batch=batch,
-                   progress=progress)
+    cm = (engine.run_split if engine else run_split)(segmenter, data_root, split=split,
+                                                     label_set=label_set, batch=batch, progress=progress)
     result = cm.compute(segmenter.meta.class_names)
     doc = eval_json(result, name or str(model if not hasattr(model, "run") else segmenter.path))
     doc.update(split=split, backend=segmenter.backend, precision=segmenter.precision,

@@ -1,0 +1,372 @@
+"""``--engine ray`` for predict, eval and check: a split segmented by a pool of Ray actors.
+
+How a job runs: the driver lists the split's images (and skips outputs already complete), Ray
+Data streams them in blocks of ``--batch`` rows to a pool of ``--actors`` actors, each holding
+one Segmenter loaded with :func:`cityseg_deploy.runtime.load`.  An actor reads and decodes its
+batch (the files never travel through the object store, only their paths), runs it, writes
+``predict``'s PNGs itself (atomic writes, deterministic names) and returns per-image confusion
+matrices — integer counts, so their sum, and with it Tables 1 and 2, equals the single-process
+run's exactly.
+
+Why it survives a killed actor: Ray Data restarts actors (``max_restarts=-1``) and retries the
+batch that was in flight (``max_task_retries=-1``); a retried batch rewrites the same names with
+the same bytes through a temporary file and a rename, so every output ends written exactly once,
+and temporaries a killed actor left behind are removed when the job ends.
+"""
+from __future__ import annotations
+
+import io
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from ..errors import CitysegError
+
+
+@dataclass
+class RayOptions:
+    """Where and how wide a job runs (the CLI's ``--address --actors --gpus-per-actor --batch``)."""
+
+    address: str | None = None
+    actors: int = 1
+    gpus_per_actor: float = 0.0
+    batch: int = 1
+    threads: int | None = None          # per actor; default: the cluster's CPUs / actors
+    num_cpus: int | None = None         # size of a local cluster started here (default: all)
+
+    def validate(self) -> "RayOptions":
+        if self.actors < 1:
+            raise CitysegError(f"--actors {self.actors}: must be at least 1")
+        if self.gpus_per_actor < 0:
+            raise CitysegError(f"--gpus-per-actor {self.gpus_per_actor}: must be >= 0")
+        if self.batch < 1:
+            raise CitysegError(f"--batch {self.batch}: must be at least 1")
+        return self
+
+
+# ---- the actor ------------------------------------------------------------------------------
+class SegmentWorker:
+    """One loaded Segmenter in one Ray actor; ``__call__`` takes a batch of rows (Ray Data)."""
+
+    def __init__(self, model: str, *, device: str = "cpu", precision: str | None = None,
+                 threads: int | None = None, label_set: str | None = None, fmt: str | None = None,
+                 want_labels: bool = False, options: dict[str, Any] | None = None):
+        from .. import runtime
+        from ..evaluation.evaluate import label_set_of_model
+
+        self.segmenter = runtime.load(model, device=device, precision=precision, threads=threads,
+                                      **(options or {}))
+        self.labels = label_set_of_model(self.segmenter.meta, label_set, where=str(self.segmenter.path))
+        self.fmt = fmt
+        self.want_labels = want_labels
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from ..data.cityscapes import Sample, load_sample
+        from ..evaluation.predict import render
+        from ..fileio import read_rgb, write_png
+        from ..metrics import ConfusionMatrix
+
+        n = len(batch["stem"])
+        images, truths = [], []
+        for i in range(n):
+            if batch["label"][i]:
+                sample = Sample(Path(batch["image"][i]), Path(batch["label"][i]), str(batch["stem"][i]),
+                                str(batch["city"][i]), str(batch["label_kind"][i]))
+                image, truth = load_sample(sample, self.labels)
+            else:
+                image, truth = read_rgb(batch["image"][i]), None
+            images.append(image)
+            truths.append(truth)
+        want = bool(np.any(batch["want_logits"])) and self.segmenter.outputs_logits
+        preds, logits, _ = self.segmenter.run(images, want_logits=want)
+        k = self.labels.num_classes
+        confusion = np.zeros((n, k * k), dtype=np.int64)
+        pngs, logit_bytes = [], []
+        for i, (image, truth, pred) in enumerate(zip(images, truths, preds)):
+            if truth is not None:
+                cm = ConfusionMatrix(k)
+                cm.update(pred, truth)
+                confusion[i] = cm.numpy().reshape(-1)
+            if batch["out"][i]:
+                array, rgb = render(pred, image, self.labels, self.fmt)
+                write_png(batch["out"][i], array, rgb=rgb)
+            pngs.append(_encode_png(pred) if self.want_labels else b"")
+            logit_bytes.append(_npy_bytes(logits[i]) if (logits is not None and batch["want_logits"][i])
+                               else b"")
+        seg = self.segmenter
+        return {"index": np.asarray(batch["index"], dtype=np.int64), "stem": np.asarray(batch["stem"]),
+                "confusion": confusion, "has_truth": np.array([t is not None for t in truths]),
+                "labels_png": _object_array(pngs), "logits": _object_array(logit_bytes),
+                "backend": np.array([seg.backend] * n), "precision": np.array([seg.precision] * n),
+                "device": np.array([seg.device] * n), "pid": np.full(n, os.getpid(), dtype=np.int64)}
+
+
+def _object_array(items: list[bytes]) -> np.ndarray:
+    out = np.empty(len(items), dtype=object)
+    out[:] = items
+    return out
+
+
+def _encode_png(labels: np.ndarray) -> bytes:
+    import cv2
+
+    ok, buf = cv2.imencode(".png", labels)
+    if not ok:  # pragma: no cover - a uint8 HxW array always encodes
+        raise CitysegError("could not encode a label map as PNG")
+    return buf.tobytes()
+
+
+def _decode_png(data: bytes) -> np.ndarray:
+    import cv2
+
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _npy_array(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+# ---- the driver -----------------------------------------------------------------------------
+def _user_error(exc: BaseException) -> CitysegError | None:
+    """The CitysegError an actor raised, however Ray wrapped it (RayTaskError, UserCodeException)."""
+    seen: set[int] = set()
+    stack: list[BaseException] = [exc]
+    while stack:
+        e = stack.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, CitysegError):
+            return CitysegError(str(cause.args[0]) if cause.args else str(cause))
+        if isinstance(e, CitysegError) and type(e) is CitysegError:
+            return e
+        for nxt in (cause, e.__cause__, e.__context__):
+            if isinstance(nxt, BaseException):
+                stack.append(nxt)
+    text = str(exc)
+    marker = "CitysegError: "
+    if marker in text:
+        return CitysegError(text.rsplit(marker, 1)[1].strip().splitlines()[0])
+    return None
+
+
+def run_rows(model: str, rows: list[dict[str, Any]], opts: RayOptions, *, device: str = "cpu",
+             precision: str | None = None, label_set: str | None = None, fmt: str | None = None,
+             want_labels: bool = False, progress: bool = True, desc: str = "ray",
+             options: dict[str, Any] | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """Stream ``rows`` through a pool of :class:`SegmentWorker` actors; yield result batches.
+
+    One progress bar (rows done); Ray Data's own bars are off.  A CitysegError raised in an actor
+    comes out here as the same one-line error.
+    """
+    from .cluster import cluster_cpus, connect
+
+    opts.validate()
+    if not rows:
+        return
+    ray = connect(opts.address, num_cpus=opts.num_cpus)
+    import ray.data
+
+    cpus = cluster_cpus()
+    gpus = float(ray.cluster_resources().get("GPU", 0.0))
+    if opts.gpus_per_actor > 0 and gpus < opts.gpus_per_actor:
+        raise CitysegError(f"--gpus-per-actor {opts.gpus_per_actor:g}: the Ray cluster has "
+                           f"{gpus:g} GPUs; drop the option or join a cluster with GPUs (--address)")
+    actors = min(opts.actors, len(rows))
+    cpus_per_actor = max(0.01, min(float(opts.threads or cpus / actors), cpus / actors))
+    threads = opts.threads or max(1, int(cpus // actors))
+    if opts.gpus_per_actor > 0 and device == "cpu":
+        device = "cuda"
+    batch = opts.batch
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / batch)))
+    ds = ds.map_batches(
+        SegmentWorker, batch_size=batch, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=cpus_per_actor, num_gpus=opts.gpus_per_actor or None,
+        fn_constructor_kwargs={"model": str(model), "device": device, "precision": precision,
+                               "threads": threads, "label_set": label_set, "fmt": fmt,
+                               "want_labels": want_labels, "options": options or {}},
+    )  # a killed actor is replaced and its batch retried: Ray Data's actor pool defaults to
+    #    max_restarts=-1 and max_task_retries=-1 (tests/test_scale_ray.py kills one mid-job)
+    bar = _bar(len(rows), desc, progress)
+    try:
+        for out in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
+            bar.update(len(out["index"]))
+            yield out
+    except Exception as exc:  # Ray wraps actor errors; a user error stays one line
+        user = _user_error(exc)
+        if user is not None:
+            raise user from None
+        raise
+    finally:
+        bar.close()
+
+
+def _bar(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", disable=not enabled, dynamic_ncols=True)
+
+
+def _sample_rows(samples, *, outs: list[str] | None = None,
+                 want_logits: Callable[[int], bool] | None = None) -> list[dict[str, Any]]:
+    rows = []
+    for index, s in enumerate(samples):
+        rows.append({"index": index, "image": str(s.image), "label": str(s.label), "label_kind": s.label_kind,
+                     "stem": s.stem, "city": s.city, "out": outs[index] if outs else "",
+                     "want_logits": bool(want_logits(index)) if want_logits else False})
+    return rows
+
+
+def remove_stale_temporaries(paths: list[Path]) -> int:
+    """Delete the ``.<name>.*.tmp`` files an actor killed mid-write left next to ``paths``."""
+    removed = 0
+    by_folder: dict[Path, set[str]] = {}
+    for p in paths:
+        by_folder.setdefault(p.parent, set()).add(p.name)
+    for folder, names in by_folder.items():
+        if not folder.is_dir():
+            continue
+        for tmp in folder.glob(".*.tmp"):
+            base = tmp.name[1:].rsplit(".", 2)[0]
+            if base in names:
+                tmp.unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
+# ---- predict --------------------------------------------------------------------------------
+def ray_predict(model: str, data_root: str | os.PathLike, out: str | os.PathLike, opts: RayOptions, *,
+                split: str = "val", fmt: str = "labelIds", device: str = "cpu",
+                precision: str | None = None, overwrite: bool = False, progress: bool = True,
+                **options: Any) -> dict:
+    """``predict --engine ray``: the files single-process ``predict`` writes, written by actors.
+
+    Returns ``{"written", "skipped", "out", "format", "metrics"}``; ``metrics`` cover the images
+    segmented in this run (None when every output was already complete).
+    """
+    from ..artifacts import read_artifact_meta
+    from ..data.cityscapes import find_samples
+    from ..evaluation.evaluate import label_set_of_model
+    from ..evaluation.predict import FORMATS
+    from ..metrics import ConfusionMatrix
+
+    if fmt not in FORMATS:
+        raise CitysegError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    meta, _ = read_artifact_meta(_path_of(model))
+    labels = label_set_of_model(meta, where=str(model))
+    samples = find_samples(data_root, split)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    targets = [out / f"{s.stem}_leftImg8bit.png" for s in samples]
+    remove_stale_temporaries(targets)
+    todo = [k for k, t in enumerate(targets) if overwrite or not t.is_file()]
+    rows = _sample_rows([samples[k] for k in todo], outs=[str(targets[k]) for k in todo])
+    cm = ConfusionMatrix(labels.num_classes)
+    cm.reset()
+    written = 0
+    try:
+        for res in run_rows(model, rows, opts, device=device, precision=precision, fmt=fmt,
+                            progress=progress, desc=f"predict {Path(_path_of(model)).name} (ray)",
+                            options=options):
+            cm.matrix += _sum_confusion(res, labels.num_classes)
+            written += len(res["index"])
+    finally:
+        remove_stale_temporaries(targets)
+    return {"written": written, "skipped": len(samples) - len(todo), "out": str(out), "format": fmt,
+            "metrics": cm.compute(meta.class_names) if rows else None}
+
+
+def _sum_confusion(res: dict[str, np.ndarray], k: int):
+    import torch
+
+    total = res["confusion"].sum(axis=0, dtype=np.int64).reshape(k, k)
+    return torch.from_numpy(total)
+
+
+def _path_of(spec: str) -> str:
+    from ..runtime import parse_model_spec
+
+    return parse_model_spec(spec)[0]
+
+
+# ---- eval / check: the local engine's two calls, on Ray ---------------------------------------
+@dataclass
+class RemoteModel:
+    """What the driver knows of a model the actors run: its metadata now, what ran after the job."""
+
+    spec: str
+    device: str = "cpu"
+    precision_asked: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        from ..artifacts import read_artifact_meta
+
+        self.path = Path(_path_of(self.spec))
+        self.meta, self.io = read_artifact_meta(self.path)
+        self.outputs_logits = self.io.get("output", "logits") == "logits"
+        self.backend = "?"
+        self.precision = self.precision_asked or self.io.get("precision", "fp32")
+
+    def close(self) -> None:
+        """Nothing to free on the driver (the actors end with the job)."""
+
+
+class RayEngine:
+    """The two calls :func:`~cityseg_deploy.evaluation.evaluate` and ``check`` make of an engine
+    (load a model, run it over a split), answered by a Ray actor pool."""
+
+    def __init__(self, opts: RayOptions):
+        self.opts = opts.validate()
+
+    def load(self, spec, *, device: str = "cpu", precision: str | None = None,
+             threads: int | None = None, **options: Any) -> RemoteModel:
+        if threads is not None and self.opts.threads is None:
+            self.opts.threads = threads
+        return RemoteModel(str(spec), device=device, precision_asked=precision, options=options)
+
+    def run_split(self, model: RemoteModel, data_root, *, split: str = "val", label_set: str | None = None,
+                  batch: int = 1, progress: bool = True, desc: str | None = None,
+                  on_prediction: Callable | None = None, want_logits: Callable[[int], bool] | None = None):
+        """The confusion matrix of ``model`` over ``split`` (summed from the actors); calls
+        ``on_prediction(sample, None, labels, logits)`` in image order, as the local engine does."""
+        from ..data.cityscapes import find_samples
+        from ..evaluation.evaluate import label_set_of_model
+        from ..metrics import ConfusionMatrix
+
+        labels = label_set_of_model(model.meta, label_set, where=str(model.path))
+        samples = find_samples(data_root, split)
+        rows = _sample_rows(samples, want_logits=want_logits if model.outputs_logits else None)
+        opts = RayOptions(**{**self.opts.__dict__, "batch": self.opts.batch if self.opts.batch > 1 else batch})
+        cm = ConfusionMatrix(labels.num_classes)
+        cm.reset()
+        pending: dict[int, tuple] = {}
+        next_index = 0
+        for res in run_rows(model.spec, rows, opts, device=model.device, precision=model.precision_asked,
+                            label_set=label_set, want_labels=on_prediction is not None,
+                            progress=progress, desc=f"{desc or model.path.name} (ray)",
+                            options=model.options):
+            cm.matrix += _sum_confusion(res, labels.num_classes)
+            model.backend, model.precision, model.device = (str(res["backend"][0]), str(res["precision"][0]),
+                                                            str(res["device"][0]))
+            if on_prediction is None:
+                continue
+            for i, index in enumerate(res["index"]):
+                pending[int(index)] = (res["labels_png"][i], res["logits"][i])
+            while next_index in pending:  # image order, as the local engine calls it
+                png, lg = pending.pop(next_index)
+                on_prediction(samples[next_index], None, _decode_png(png), _npy_array(lg) if len(lg) else None)
+                next_index += 1
+        return cm
