@@ -166,7 +166,8 @@ def test_checkpoint_loader_raising_an_empty_message(ckpt, synth_root, monkeypatc
 
     monkeypatch.setattr(torch, "load", load)
     assert run(["eval", str(ckpt), "--data", str(synth_root), "--no-progress"]) == 2
-    assert "not a readable PyTorch checkpoint (EOFError: EOFError)" in _error_line(capsys)
+    line = _error_line(capsys)
+    assert "not a readable PyTorch checkpoint" in line and "(EOFError" in line
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,7 +219,7 @@ def test_onnx_metadata_that_lies_is_refused_naming_file_and_field(lie, onnx_fp32
                  ["predict", str(bad), "--data", str(synth_root), "--out", str(tmp_path / "p")]):
         assert run(argv) == 2
         line = _error_line(capsys)
-        assert "lie.onnx" in line and field in line and "re-export" in line, line
+        assert "lie.onnx" in line and field in line and ("re-export" in line or "re-create" in line), line
     assert not (tmp_path / "p").exists() or not any((tmp_path / "p").iterdir())
 
 
@@ -255,7 +256,7 @@ def test_openvino_metadata_that_lies_is_refused(lie, ir_fp32, synth_root, tmp_pa
     (bad / "metadata.json").write_text(json.dumps(doc))
     assert run(["eval", str(bad), "--data", str(synth_root), "--no-progress"]) == 2
     line = _error_line(capsys)
-    assert "metadata.json" in line and "re-export" in line and "metadata field" in line, line
+    assert "metadata.json" in line and "metadata field" in line and ("re-export" in line or "re-create" in line), line
 
 
 @pytest.mark.slow
