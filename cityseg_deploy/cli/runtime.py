@@ -108,12 +108,26 @@ def predict_cmd(model, data_root, split, out, fmt, device, precision, threads, b
 @click.option("--emulate-bf16", is_flag=True,
               help="run CHECKPOINT@bf16 candidates on a CPU without native bf16 (slow emulation, "
                    "same bf16 rounding): bf16 accuracy before deploying to AVX-512 BF16/AMX")
+@click.option("--layerwise", is_flag=True,
+              help="per-layer error of each CANDIDATE (ONNX/OpenVINO) vs BASELINE, the fp32 ONNX "
+                   "graph: SQNR, cosine, relative L2, error introduced; ranked (docs/accuracy.md)")
+@click.option("--layerwise-images", type=click.IntRange(min=1), default=4, show_default=True,
+              help="--layerwise: validation images compared")
+@click.option("--top", type=click.IntRange(min=1), default=20, show_default=True,
+              help="--layerwise: rows of the terminal table")
 @click.option("--no-progress", is_flag=True)
 def check_cmd(baseline, candidates, data_root, split, json_path, max_miou_drop, out, device, threads,
-              batch, logit_images, emulate_bf16, no_progress):
+              batch, logit_images, emulate_bf16, layerwise, layerwise_images, top, no_progress):
     """Accuracy of CANDIDATE artifacts vs BASELINE: deltas, agreement, logit error, gate."""
     from ..evaluation.check import check
 
+    if layerwise:
+        from ..evaluation.layerwise import run_cli
+
+        for line in run_cli(baseline, candidates, data_root, split=split, images=layerwise_images,
+                            top=top, out=out, json_path=json_path, progress=not no_progress):
+            click.echo(line)
+        return
     report = check(baseline, candidates, data_root, split=split, device=device, threads=threads,
                    batch=batch, max_miou_drop=max_miou_drop, out=out, json_path=json_path,
                    logit_images=logit_images, progress=not no_progress, emulate_bf16=emulate_bf16)
