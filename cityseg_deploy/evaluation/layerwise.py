@@ -8,10 +8,19 @@ all images:
 
 - ``rel_l2`` = ||c − r|| / ||r||, ``cosine`` = <c, r> / (||c|| ||r||), ``sqnr_db`` =
   10·log10(||r||² / ||c − r||²), with r the BASE tensor and c the candidate's;
-- **error introduced versus inherited**.  Noise powers add when independent, so the candidate's
-  noise-to-signal ratio (NSR = 1/SQNR, linear) at a layer's output is approximately what its
-  inputs brought plus what the layer added.  ``inherited`` is the largest NSR among the tensors
-  the layer reads (the graph input has none), ``introduced`` = max(0, NSR_out − inherited),
+- ``channel_sqnr_db``: the SQNR of each channel (axis 1); the median of the channels' NSR over
+  the channels whose fp32 values are not all zero (the median, so nearly dead ReLU channels,
+  whose tiny signal any rounding swamps, do not decide it).  A tensor-wide SQNR is dominated by its largest channels,
+  which hides exactly what an activation outlier does to int8: one channel 1000x the others sets
+  the per-tensor scale, every other channel rounds to zero, and the tensor-wide SQNR still looks
+  fine because the outlier carries the energy.  Per channel the loss is plain;
+- **error introduced versus inherited** (on the per-channel NSR).  Noise powers add when
+  independent, so the candidate's noise-to-signal ratio (NSR = 1/SQNR, linear) at a layer's
+  output is approximately what its inputs brought plus what the layer added.  ``inherited`` is the largest NSR among the tensors
+  the layer reads (the graph input has none), ``introduced`` = max(0, NSR_out − inherited) with
+  both NSRs clipped at 1 (0 dB: past that the signal is gone, and a broken signal growing
+  further downstream is not new loss — without the clip the layers after an outlier would
+  outrank it),
   reported as ``introduced_db`` = −10·log10(introduced) (lower = worse; ∞ = nothing added).  It
   is an approximation — a layer can amplify or cancel the noise it receives — chosen over
   re-running every quantised op on fp32 inputs because it needs one pass of each graph whatever
@@ -63,16 +72,33 @@ class Layer:
     sum_err: float = 0.0
     sum_dot: float = 0.0
     seen: int = 0
+    ref_c: np.ndarray | None = None   # per channel sums of ref² and err²
+    err_c: np.ndarray | None = None
 
     def update(self, ref: np.ndarray, cand: np.ndarray) -> None:
-        r = ref.astype(np.float64, copy=False).ravel()
-        c = cand.astype(np.float64, copy=False).ravel()
+        r = ref.astype(np.float64, copy=False)
+        c = cand.astype(np.float64, copy=False)
         d = c - r
-        self.sum_ref += float(r @ r)
-        self.sum_cand += float(c @ c)
-        self.sum_err += float(d @ d)
-        self.sum_dot += float(r @ c)
+        self.sum_ref += float(np.vdot(r, r))
+        self.sum_cand += float(np.vdot(c, c))
+        self.sum_err += float(np.vdot(d, d))
+        self.sum_dot += float(np.vdot(r, c))
+        axes = tuple(k for k in range(r.ndim) if k != 1) if r.ndim >= 3 else None
+        rc = np.atleast_1d(np.square(r).sum(axis=axes))
+        ec = np.atleast_1d(np.square(d).sum(axis=axes))
+        self.ref_c = rc if self.ref_c is None else self.ref_c + rc
+        self.err_c = ec if self.err_c is None else self.err_c + ec
         self.seen += 1
+
+    @property
+    def channel_nsr(self) -> float:
+        """Median over the channels with signal of err²/ref² (see the module doc)."""
+        if self.ref_c is None:
+            return 0.0
+        live = self.ref_c > 0
+        if not live.any():
+            return 0.0 if not (self.err_c > 0).any() else math.inf
+        return float(np.median(self.err_c[live] / self.ref_c[live]))
 
     @property
     def nsr(self) -> float:
@@ -107,7 +133,7 @@ class LayerwiseReport:
 
         rows = [{k: clean(v) for k, v in l.items()} for l in self.ranked()]
         return {"base": self.base, "candidate": self.candidate, "candidate_kind": self.candidate_kind,
-                "images": self.images, "method": "introduced NSR = NSR(out) - max NSR(inputs)",
+                "images": self.images, "method": "introduced NSR = NSR(out) - max NSR(inputs), NSR averaged over channels",
                 "ranking": [r["name"] for r in rows], "layers": rows, "unmatched": self.unmatched}
 
 
@@ -342,24 +368,26 @@ def layerwise(base, candidate, data_root, *, split: str = "val", images: int = 4
         ref = base_run(x)
         got = cand_run(x)
         for tensor, layer in by_tensor.items():
-            if tensor in ref and tensor in got and np.shape(ref[tensor]) == np.shape(got[tensor]):
+            if tensor in ref and tensor in got and np.shape(ref[tensor]) == np.shape(got[tensor]) \
+                    and np.issubdtype(np.asarray(ref[tensor]).dtype, np.floating):
                 layer.update(ref[tensor], np.asarray(got[tensor]))
     report = LayerwiseReport(str(base_path), str(cand_path), f"{kind} {cand_precision or cio.get('precision')}",
                              where)
-    nsr_of = {l.tensor: l.nsr for l in layers if l.seen}
+    nsr_of = {l.tensor: l.channel_nsr for l in layers if l.seen}
     for layer in layers:
         if not layer.seen:
             report.unmatched.append(layer.name)
             continue
         inherited = max([nsr_of.get(t, 0.0) for t in layer.inputs] or [0.0])
-        introduced = max(0.0, layer.nsr - inherited) if math.isfinite(layer.nsr) else math.inf
+        own = layer.channel_nsr
+        introduced = max(0.0, min(own, 1.0) - min(inherited, 1.0))
         denom = math.sqrt(layer.sum_ref * layer.sum_cand)
         report.layers.append({
             "name": layer.name, "op": layer.op, "index": layer.index, "tensor": layer.tensor,
             "module": layer.module,
             "rel_l2": math.sqrt(layer.nsr) if math.isfinite(layer.nsr) else math.inf,
             "cosine": layer.sum_dot / denom if denom > 0 else (1.0 if layer.sum_err == 0 else 0.0),
-            "sqnr_db": _db(layer.nsr), "inherited_db": _db(inherited), "introduced_db": _db(introduced),
+            "sqnr_db": _db(layer.nsr), "channel_sqnr_db": _db(own), "inherited_db": _db(inherited), "introduced_db": _db(introduced),
             "introduced_nsr": introduced, "inherited_nsr": inherited})
     return report
 
@@ -375,11 +403,11 @@ def format_table(report: LayerwiseReport, top: int = 20) -> str:
     """Markdown table of the ``top`` worst layers (ranked by the error they introduce)."""
     rows = [f"## Layerwise: {Path(report.candidate).name} ({report.candidate_kind}) vs "
             f"{Path(report.base).name} on {report.images}\n",
-            "| rank | layer (node name) | op | depth | SQNR dB | introduced dB | inherited dB | rel L2 | cosine | weight |",
-            "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+            "| rank | layer (node name) | op | depth | SQNR dB | channel SQNR dB | introduced dB | inherited dB | rel L2 | cosine | weight |",
+            "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for k, l in enumerate(report.ranked()[:top], 1):
         rows.append(f"| {k} | {l['name']} | {l['op']} | {l['index']} | {_f(l['sqnr_db'])} | "
-                    f"{_f(l['introduced_db'])} | {_f(l['inherited_db'])} | {l['rel_l2']:.3g} | "
+                    f"{_f(l['channel_sqnr_db'])} | {_f(l['introduced_db'])} | {_f(l['inherited_db'])} | {l['rel_l2']:.3g} | "
                     f"{l['cosine']:.5f} | {l['module'] or '–'} |")
     more = len(report.layers) - top
     if more > 0:
@@ -404,6 +432,8 @@ def plot_depth(report: LayerwiseReport, path: str | os.PathLike, dpi: int = 110)
     x = [l["index"] for l in layers]
     fig, ax = plt.subplots(figsize=(max(7.0, 0.08 * len(layers) + 4), 4))
     ax.plot(x, [clip(l["sqnr_db"]) for l in layers], "-o", ms=3, label="SQNR at the layer's output")
+    ax.plot(x, [clip(l["channel_sqnr_db"]) for l in layers], "-", lw=1, alpha=0.7,
+            label="SQNR per channel (median)")
     convs = [l for l in layers if l["op"] in COMPUTE_OPS]
     ax.scatter([l["index"] for l in convs], [clip(l["introduced_db"]) for l in convs], marker="x",
                color="tab:red", label="SQNR of the error it introduces (weighted layers)")
