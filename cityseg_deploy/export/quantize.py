@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import hashlib
+import io
 import json
 import logging
 import tempfile
@@ -196,10 +197,13 @@ def calibrate_ranges(fp32_path: Path, reader: Any, ort_cache: Path, workdir: Pat
     calibrator.create_inference_session()
     if method == "minmax":
         calibrator.collect_data(reader)
+        data = calibrator.compute_data()
     else:  # histograms merge batch by batch; onnxruntime would keep every batch's tensors
-        while (batch := reader.get_next()) is not None:
-            calibrator.collect_data(_One(batch))
-    save_tensors_data(calibrator.compute_data(), ort_cache)
+        with contextlib.redirect_stdout(io.StringIO()):  # its calibrators print() per batch
+            while (batch := reader.get_next()) is not None:
+                calibrator.collect_data(_One(batch))
+            data = calibrator.compute_data()
+    save_tensors_data(data, ort_cache)
     del calibrator
 
 
