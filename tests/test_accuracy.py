@@ -205,7 +205,7 @@ def test_calibration_option_errors(tmp_path, capsys):
 
 
 # -- the hostile model (slow) -----------------------------------------------------------------
-P = 1.0
+P = 0.3  # mIoU points; plain int8 of the hostile model loses ~0.6 on the 4 synthetic val images
 HOSTILE_WEIGHT = "model.down1.maxpool_conv.1.double_conv.0.weight"
 
 

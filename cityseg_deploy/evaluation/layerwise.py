@@ -268,10 +268,13 @@ class OpenVinoCapture:
             fqs = [t.get_node() for t in port.get_target_inputs()]
             if fqs and all(n.get_type_name() == "FakeQuantize" for n in fqs):
                 port = fqs[0].output(0)  # NNCF: what the consumers read
+            if not port.get_names():  # an unnamed FakeQuantize output: name it to fetch it
+                port.get_tensor().add_names({f"cityseg_layerwise/{tensor}"})
             chosen[tensor] = port
-        outs = model.add_outputs(list(chosen.values())) if chosen else []
-        self.keys = list(chosen)
-        self.first_extra = len(model.outputs) - len(outs)
+        if chosen:
+            model.add_outputs(list(chosen.values()))
+        # fetched by tensor name: a port that already was an output (logits) is not added twice
+        self.names = {tensor: sorted(port.get_names())[0] for tensor, port in chosen.items()}
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": hint}
         if threads():
             config["INFERENCE_NUM_THREADS"] = threads()
@@ -279,8 +282,7 @@ class OpenVinoCapture:
 
     def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
         res = self.compiled(x)
-        values = [res[self.compiled.outputs[self.first_extra + k]] for k in range(len(self.keys))]
-        return dict(zip(self.keys, values))
+        return {tensor: res[self.compiled.output(name)] for tensor, name in self.names.items()}
 
 
 # -- images -----------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ CPUs with AMX (DESIGN.md), so the runtime sets the hint explicitly from ``io.pre
 """
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -98,7 +99,9 @@ def _nncf_quantize(job: ExportJob, model, images: np.ndarray):
         activations_range_estimator_params=estimators[calibration])
     extra = {}
     if job.ignored_scope:  # accuracy control: these ops stay float (validate=False: names may vanish)
-        extra["ignored_scope"] = nncf.IgnoredScope(names=list(job.ignored_scope), validate=False)
+        # OpenVINO names an ONNX Conv's Convolution "<node>/WithoutBiases" and its bias Add "<node>"
+        extra["ignored_scope"] = nncf.IgnoredScope(
+            patterns=[f"^{re.escape(n)}(/.*)?$" for n in job.ignored_scope], validate=False)
     return nncf.quantize(model, dataset, subset_size=len(images),
                          preset=nncf.QuantizationPreset.PERFORMANCE, advanced_parameters=advanced,
                          **extra)
