@@ -289,3 +289,40 @@ def test_max_drop_strict_exits_2_when_unreachable(hostile, synth_root, capsys):
     # one trial (plain int8) cannot meet a zero bound on this model
     assert res.exit_code == 2 and "error: --max-drop 0 --strict" in res.output, res.output
     assert "Traceback" not in res.output
+
+
+class _FakeTrials:
+    """Stands in for exports: the drop falls as more of the ranked layers stay float."""
+
+    def __init__(self, drops):
+        self.drops, self.results = drops, []
+
+    def run(self, kept, excluded):
+        trial = {"trial": len(self.results), "kept_float": kept, "excluded_nodes": excluded,
+                 "drop": self.drops[len(kept)]}
+        self.results.append(trial)
+        return trial
+
+
+@pytest.mark.parametrize("needed", [1, 3, 5, 8])
+def test_search_finds_the_fewest_float_layers(tmp_path, needed):
+    from cityseg_deploy.export.accuracy_control import _search
+
+    ranked = [f"layer{i}" for i in range(8)]
+    drops = [5.0 if k < needed else 0.2 for k in range(9)]
+    trials = _FakeTrials(drops)
+    trials.run([], [])
+    model = onnx.ModelProto()  # names not in a graph: each island is the layer alone
+    _search(trials, ranked, model, max_drop=0.5, max_trials=12)
+    within = [r for r in trials.results if r["drop"] <= 0.5]
+    assert min(len(r["kept_float"]) for r in within) == needed
+    assert len(trials.results) <= 1 + 2 * math.ceil(math.log2(8)) + 1  # doubling + bisection
+
+
+def test_search_stops_at_max_trials():
+    from cityseg_deploy.export.accuracy_control import _search
+
+    trials = _FakeTrials([5.0] * 9)
+    trials.run([], [])
+    _search(trials, [f"l{i}" for i in range(8)], onnx.ModelProto(), max_drop=0.5, max_trials=3)
+    assert len(trials.results) == 3
