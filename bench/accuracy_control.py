@@ -167,10 +167,15 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "accuracy_control")
+    ap.add_argument("--append", action="store_true", help="add to the models already in --out.json")
     args = ap.parse_args()
     doc = {"machine": machine_info(None), "load_before": load_average(), "runs": str(args.runs),
            "data": str(args.data), "max_drop": args.max_drop, "iters": args.iters,
            "command": "python3 bench/accuracy_control.py " + " ".join(sys.argv[1:]), "results": []}
+    if args.append and args.out.with_suffix(".json").is_file():
+        old = json.loads(args.out.with_suffix(".json").read_text())
+        doc["results"] = [r for r in old["results"] if r["model"] not in args.models.split(",")]
+        doc["load_before"] = old["load_before"]
     for arch in args.models.split(","):
         ckpt = args.runs / arch / "best.pt"
         if not ckpt.is_file():

@@ -326,3 +326,21 @@ def test_search_stops_at_max_trials():
     trials.run([], [])
     _search(trials, [f"l{i}" for i in range(8)], onnx.ModelProto(), max_drop=0.5, max_trials=3)
     assert len(trials.results) == 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["percentile", "entropy"])
+def test_export_with_calibration_method(tmp_path, synth_root, method, capsys):
+    from cityseg_deploy.models.checkpoint import save_checkpoint
+    from cityseg_deploy.models.registry import build_model
+
+    torch.manual_seed(0)
+    meta = ModelMeta.for_arch("unet_small", input_size=SIZE)
+    ckpt = tmp_path / "m.pt"
+    save_checkpoint(ckpt, build_model("unet_small", **meta.arch_args).eval(), meta)
+    out = tmp_path / "m_int8.onnx"
+    res = cli(["export", ckpt, "-p", "int8", "--calib-data", synth_root, "--calibration", method,
+               "--out", out, "--no-verify"], capsys)
+    assert res.exit_code == 0, res.output
+    assert f"calibration {method}" in res.output.splitlines()[0]  # the export line says which
+    assert read_artifact_meta(out)[1]["calib_method"].startswith(method)

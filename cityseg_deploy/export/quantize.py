@@ -203,6 +203,12 @@ def calibrate_ranges(fp32_path: Path, reader: Any, ort_cache: Path, workdir: Pat
             while (batch := reader.get_next()) is not None:
                 calibrator.collect_data(_One(batch))
             data = calibrator.compute_data()
+        # quantize_static refuses a cache whose method differs from the one it is called with
+        # (MinMax); the ranges are all it reads, so store them as a MinMax cache.
+        _json_to_ort_cache({name: [float(np.asarray(td.range_value[0]).ravel()[0]),
+                                   float(np.asarray(td.range_value[1]).ravel()[0])]
+                            for name, td in data.data.items()}, ort_cache)
+        return
     save_tensors_data(data, ort_cache)
     del calibrator
 
