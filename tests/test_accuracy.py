@@ -344,3 +344,24 @@ def test_export_with_calibration_method(tmp_path, synth_root, method, capsys):
     assert res.exit_code == 0, res.output
     assert f"calibration {method}" in res.output.splitlines()[0]  # the export line says which
     assert read_artifact_meta(out)[1]["calib_method"].startswith(method)
+
+
+@pytest.mark.slow
+def test_openvino_max_drop_and_layerwise(hostile, synth_root, capsys):
+    """The same exclusion list serves OpenVINO (int8 from the mixed Q/DQ graph); its layerwise
+    view finds the same layer through the IR's tensor names."""
+    out = hostile["folder"] / "controlled_int8_openvino_model"
+    res = cli(["export", hostile["ckpt"], "-f", "openvino", "-p", "int8", "--calib-data", synth_root,
+               "--max-drop", P, "--out", out], capsys)
+    assert res.exit_code == 0, res.output
+    record = read_artifact_meta(out)[1]["accuracy_control"]
+    assert record["within"] and 1 <= len(record["kept_float"]) <= 3
+    assert _check_drop(hostile["ckpt"], out, synth_root) == pytest.approx(record["drop"], abs=1e-9)
+    plain = hostile["folder"] / "plain_int8_openvino_model"
+    from cityseg_deploy.export import export
+
+    export(hostile["ckpt"], format="openvino", precision="int8", calib_data=synth_root, verify=False,
+           out=plain, log=None)
+    report = layerwise(hostile["fp32"], plain, synth_root, images=4, progress=False)
+    assert not report.unmatched or len(report.unmatched) < len(report.layers) // 4
+    assert report.ranked()[0]["module"] == HOSTILE_WEIGHT
