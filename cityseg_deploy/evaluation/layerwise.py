@@ -461,8 +461,10 @@ def write_report(report: LayerwiseReport, out: str | os.PathLike, stem: str = "l
 
 
 def harmful_layers(report: LayerwiseReport, allowed: Callable[[dict], bool] | None = None) -> list[str]:
-    """Weighted layers that introduce error, worst first (the order accuracy control tries)."""
-    ok = allowed or (lambda l: l["op"] in COMPUTE_OPS)
+    """Layers that introduce error, worst first (the order accuracy control tries).  Any op:
+    the error a ReLU or a BatchNormalization "introduces" is the quantisation of its output,
+    which keeping it (and its consumers, the float island) in float removes."""
+    ok = allowed or (lambda l: True)
     return [l["name"] for l in report.ranked() if ok(l) and l["introduced_nsr"] > 0]
 
 

@@ -4,7 +4,7 @@
    ``--val-data`` (default: the calibration root) exactly as ``cityseg check CKPT ARTIFACT``
    does — same runtime, same confusion matrix, the checkpoint in PyTorch as the baseline — so the
    figure the export reports is the figure ``check`` finds.
-2. While the drop exceeds ``P`` points: rank the layers by the error they introduce
+2. While the drop exceeds ``P`` points: rank the layers (any op) by the error they introduce
    (:mod:`cityseg_deploy.evaluation.layerwise`, the int8 artifact against the fp32 graph), keep
    the first ``k`` of them in float and re-export from the cached calibration ranges.  ``k``
    grows 1, 2, 4, ... until the bound is met, then a bisection finds the smallest ``k`` that
@@ -159,7 +159,7 @@ class _Trials:
 
 
 def _ranking(job: ExportJob, trial: dict[str, Any], work: Path, val_root: Path) -> tuple[list[str], Any]:
-    """Weighted layers of the plain int8 artifact, worst first, and the fp32 graph (ModelProto)."""
+    """Layers of the plain int8 artifact, worst first, and the fp32 graph (ModelProto)."""
     import onnx
 
     from ..evaluation.layerwise import harmful_layers, layerwise
