@@ -51,7 +51,7 @@ from ..fileio import write_text_atomic
 
 #: nodes whose outputs are not layers (quantisation plumbing, shape arithmetic)
 SKIP_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "Cast", "Constant", "Shape", "Gather",
-                      "Unsqueeze", "Squeeze", "Concat_shape", "ConstantOfShape", "Range", "Identity"})
+                      "Unsqueeze", "Squeeze", "ConstantOfShape", "Range", "Identity"})
 #: ops that carry weights or mix channels: the candidates to keep in float
 COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 DQ_SUFFIX = "_DequantizeLinear_Output"

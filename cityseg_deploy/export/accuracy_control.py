@@ -26,7 +26,6 @@ layers), excluded_nodes (their islands), trials}; ``cityseg check`` prints it.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import tempfile
@@ -222,6 +221,7 @@ def export_with_max_drop(job: ExportJob, out: Path, precision: str, fmt, module,
     if job.source.suffix == ".onnx":
         raise CitysegError(f"{job.source}: --max-drop exports from the checkpoint (.pt)")
     max_trials = int(max_trials or DEFAULT_MAX_TRIALS)
+    out.parent.mkdir(parents=True, exist_ok=True)
     with Timer() as t, tempfile.TemporaryDirectory(prefix=".cityseg-maxdrop-", dir=out.parent) as d:
         work = Path(d)
         trials = _Trials(job, out, precision, fmt, module, work, Path(val_root))
