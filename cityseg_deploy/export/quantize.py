@@ -307,7 +307,7 @@ def build_int8_graph(job: ExportJob, tmp_out: Path, out: Path) -> dict[str, Any]
             except (ValueError, KeyError, TypeError):
                 hit = False
         if hit:
-            job.log(f"  calibration: cached {calibration_of(job)} ranges from {cache.name} ({where})")
+            job.log(f"  calibration: cached ranges from {cache.name} ({where}, {calibration_of(job)})")
         else:
             job.log(f"  calibration: {where}, {method_of(job)}")
             # Calibrate once (ranges of every tensor), then quantise from the ranges.
