@@ -146,7 +146,7 @@ def to_markdown(doc: dict) -> str:
              f"Checkpoints: `{doc['runs']}/<arch>/best.pt` (briefly trained on the synthetic set at "
              f"64x128); data `{doc['data']}` (train split calibrates, val split measures). Drop = fp32 "
              f"PyTorch mIoU − int8 mIoU in points, as `cityseg check` computes it (negative = better). "
-             f"Latency: `cityseg bench` **minimum** ms over {ROUNDS} interleaved rounds of {doc['iters']} "
+             f"Latency: `cityseg bench` **minimum** ms over {doc.get('rounds', ROUNDS)} interleaved rounds of {doc['iters']} "
              f"iterations (the figure least moved by other jobs on this shared CPU: see the load "
              f"average), onnxruntime CPU, batch 1. The *trained* rows whose controlled graph keeps "
              f"no layer in float run the very same graph twice: their difference is the measurement "
@@ -184,12 +184,14 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/cityseg_accuracy_control"))
     ap.add_argument("--max-drop", type=float, default=0.3)
     ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=ROUNDS, help="interleaved latency rounds")
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "accuracy_control")
     ap.add_argument("--append", action="store_true", help="add to the models already in --out.json")
     args = ap.parse_args()
+    globals()["ROUNDS"] = args.rounds
     doc = {"machine": machine_info(None), "load_before": load_average(), "runs": str(args.runs),
-           "data": str(args.data), "max_drop": args.max_drop, "iters": args.iters,
+           "data": str(args.data), "max_drop": args.max_drop, "iters": args.iters, "rounds": args.rounds,
            "command": "python3 bench/accuracy_control.py " + " ".join(sys.argv[1:]), "results": []}
     if args.append and args.out.with_suffix(".json").is_file():
         old = json.loads(args.out.with_suffix(".json").read_text())
