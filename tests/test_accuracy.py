@@ -365,3 +365,20 @@ def test_openvino_max_drop_and_layerwise(hostile, synth_root, capsys):
     report = layerwise(hostile["fp32"], plain, synth_root, images=4, progress=False)
     assert not report.unmatched or len(report.unmatched) < len(report.layers) // 4
     assert report.ranked()[0]["module"] == HOSTILE_WEIGHT
+
+
+def test_layerwise_fp16_candidate(tmp_path, synth_root):
+    """An fp16 graph (the project's conversion: casts at the edges) matches layer by layer and
+    its error is fp16 rounding: every layer found, SQNR well above int8's."""
+    from cityseg_deploy.export.fp16 import convert_to_fp16
+
+    base, cand = tmp_path / "base.onnx", tmp_path / "cand_fp16.onnx"
+    _tiny_graph(base)
+    model = convert_to_fp16(onnx.load(str(base)))
+    props = {p.key: p for p in model.metadata_props}
+    meta, io = read_artifact_meta(base)
+    props[ONNX_META_KEY].value = pack(meta, {**io, "precision": "fp16"})
+    onnx.save(model, str(cand))
+    report = layerwise(base, cand, synth_root, images=1, progress=False)
+    assert not report.unmatched and {r["name"] for r in report.layers} == {"conv1", "relu1", "conv2"}
+    assert all(50.0 < r["sqnr_db"] < 120.0 for r in report.layers), [r["sqnr_db"] for r in report.layers]
