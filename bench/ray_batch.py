@@ -57,7 +57,7 @@ def main() -> None:
     args = ap.parse_args()
     size = tuple(int(v) for v in args.size.split("x"))
 
-    from cityseg_deploy.bench.machine import load_average, machine_info
+    from cityseg_deploy.system.machine import load_average, machine_info
     from cityseg_deploy.evaluation import predict_split
     from cityseg_deploy.scale.cluster import connect
     from cityseg_deploy.scale.ray_batch import RayOptions, ray_predict

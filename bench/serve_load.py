@@ -108,7 +108,7 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from ray_batch import build
 
-    from cityseg_deploy.bench.machine import load_average, machine_info
+    from cityseg_deploy.system.machine import load_average, machine_info
     from cityseg_deploy.scale import serve as service
 
     threads = len(os.sched_getaffinity(0))

@@ -14,7 +14,8 @@ from ..errors import CitysegError, first_line
 
 PROFILE_KEYS = {"format", "precision", "out", "size", "batch", "dynamic", "calib_data", "data",
                 "calib_images", "keep_fp32", "preprocess", "argmax", "opset", "int8_method", "int8_layout",
-                "device", "verify", "verify_images", "workspace_gb", "opt_level"}
+                "device", "verify", "verify_images", "workspace_gb", "opt_level",
+                "calibration", "max_drop", "val_data", "strict", "max_trials"}
 
 
 # The type each profile key must have (checked when the profile is read, naming the key).
@@ -107,14 +108,23 @@ def read_profile(path: str) -> list[dict]:
 @click.option("--int8-layout", default=None,
               help="onnx int8: tensorrt (default; TensorRT, OpenVINO and cityseg run it) | onnxruntime "
                    "(uint8 activations, ReLU folded: fast in plain onnxruntime on x86, not for TensorRT)")
+@click.option("--calibration", default=None,
+              help="int8 calibration: minmax (default) | percentile | entropy")
+@click.option("--max-drop", type=float, default=None,
+              help="int8: keep the most harmful layers in float until the mIoU drop on --val-data "
+                   "is at most this many points (docs/accuracy.md)")
+@click.option("--val-data", type=click.Path(), default=None,
+              help="--max-drop: Cityscapes root whose val split measures the drop [the calibration root]")
+@click.option("--strict", is_flag=True, default=None, help="--max-drop: exit 2 when the bound is not reached")
+@click.option("--max-trials", type=click.IntRange(min=1), default=None, help="--max-drop: exports tried [12]")
 @click.option("--device", default=None, help="aoti: cpu | cuda")
 @click.option("--workspace", "workspace_gb", type=float, default=None, help="trt: workspace GiB [4]")
 @click.option("--no-verify", "verify", flag_value=False, default=None, help="skip the parity check")
 @click.option("--profile", default=None,
               help="export profile: a YAML path or a shipped name (smoke, cpu, edge, tensorrt; see export/)")
 def export_cmd(model: str, fmt, precision, out, size, batch, dynamic, calib_data, data, calib_images,
-               keep_fp32, preprocess, argmax, opset, int8_method, int8_layout, device, workspace_gb,
-               verify, profile) -> None:
+               keep_fp32, preprocess, argmax, opset, int8_method, int8_layout, calibration, max_drop,
+               val_data, strict, max_trials, device, workspace_gb, verify, profile) -> None:
     """Export MODEL (a cityseg checkpoint) to ONNX, TensorRT, AOTInductor or OpenVINO.
 
     Precision lives in the exported graph (fp16 casts, int8 Q/DQ calibrated on --calib-data);
@@ -127,7 +137,8 @@ def export_cmd(model: str, fmt, precision, out, size, batch, dynamic, calib_data
              "batch": batch, "dynamic": dynamic, "calib_data": calib_data, "data": data,
              "calib_images": calib_images, "keep_fp32": keep_fp32, "preprocess": preprocess,
              "argmax": argmax, "opset": opset, "int8_method": int8_method,
-             "int8_layout": int8_layout, "device": device,
+             "int8_layout": int8_layout, "device": device, "calibration": calibration,
+             "max_drop": max_drop, "val_data": val_data, "strict": strict, "max_trials": max_trials,
              "workspace_gb": workspace_gb, "verify": verify}
     given = {k: v for k, v in given.items() if v is not None}
     if (fmt or "").lower() == "triton":

@@ -159,13 +159,28 @@ def _predict_hint(model: str, data_root: str, split: str, out: str, fmt: str) ->
               show_default=True,
               help="candidate: run the baseline at the candidates' input size (is the artifact "
                    "faithful?); own: at the baseline's own size (what does the smaller input cost?)")
+@click.option("--layerwise", is_flag=True,
+              help="per-layer error of each CANDIDATE (ONNX/OpenVINO) vs BASELINE, the fp32 ONNX "
+                   "graph: SQNR, cosine, relative L2, error introduced; ranked (docs/accuracy.md)")
+@click.option("--layerwise-images", type=click.IntRange(min=1), default=4, show_default=True,
+              help="--layerwise: validation images compared")
+@click.option("--top", type=click.IntRange(min=1), default=20, show_default=True,
+              help="--layerwise: rows of the terminal table")
 @click.option("--no-progress", is_flag=True)
 @engine_options
 def check_cmd(baseline, candidates, data_root, split, json_path, max_miou_drop, out, device, threads,
-              batch, logit_images, emulate_bf16, baseline_size, no_progress, **engine_kw):
+              batch, logit_images, emulate_bf16, baseline_size, layerwise, layerwise_images, top, no_progress,
+              **engine_kw):
     """Accuracy of CANDIDATE artifacts vs BASELINE: deltas, agreement, logit error, gate."""
     from ..evaluation.check import check
 
+    if layerwise:
+        from ..evaluation.layerwise import run_cli
+
+        for line in run_cli(baseline, candidates, data_root, split=split, images=layerwise_images,
+                            top=top, out=out, json_path=json_path, progress=not no_progress):
+            click.echo(line)
+        return
     ray = ray_options(engine_kw, batch=batch, threads=threads)
     engine = None
     if ray is not None:

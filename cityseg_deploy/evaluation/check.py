@@ -155,6 +155,10 @@ def check(baseline, candidates: Sequence, data_root: str | os.PathLike, *, split
             precision = f"{precision} (emulated)"
         doc.update(path=spec, backend=seg.backend, precision=precision, device=seg.device, split=split,
                    input_size=[int(v) for v in seg.input_size])
+        control = (getattr(seg, "io", None) or {}).get("accuracy_control")
+        if control:  # written by export --max-drop: what was kept in float, what export measured
+            doc["accuracy_control"] = {k: control.get(k) for k in
+                                       ("max_drop", "drop", "within", "kept_float", "excluded_nodes")}
         if k > 0:
             doc["delta"] = delta(result, results[names[0]])
             doc["agreement"] = agree[0] / agree[1] if agree[1] else None
@@ -243,6 +247,14 @@ def candidates_markdown(report: dict) -> str:
         rows.append(f"| {c['model']} | {c['backend']} | {c['precision']} | {_fmt(c['delta']['miou'], 100)} | "
                     f"{_fmt(c['delta']['per_pixel'], 100)} | {agreement} | {_fmt(e.get('max_abs'))} | "
                     f"{_fmt(e.get('mean_abs'))} | {_fmt(e.get('p99_abs'))} | {_fmt(e.get('max_rel'))} |")
+    for c in report["candidates"]:
+        ac = c.get("accuracy_control")
+        if ac:
+            rows.append(f"\n{c['model']}: exported with --max-drop {ac['max_drop']:g}: measured drop "
+                        f"{ac['drop']:+.2f} pts at export ({'within' if ac['within'] else 'NOT within'}); "
+                        f"{len(ac['kept_float'] or [])} layer(s) kept in float: "
+                        f"{', '.join(ac['kept_float'] or []) or 'none'} "
+                        f"({len(ac['excluded_nodes'] or [])} nodes without Q/DQ)")
     return "\n".join(rows) + "\n"
 
 

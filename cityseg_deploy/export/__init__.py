@@ -100,6 +100,12 @@ def _validate(fmt: Format, precision: str, opts: dict[str, Any], source: Path) -
             raise CitysegError(f"--int8-layout {opts['int8_layout']!r}: choose {' or '.join(INT8_LAYOUTS)}")
     if opts.get("keep_fp32") and precision != "int8":
         raise CitysegError("--keep-fp32 applies to --precision int8 only")
+    if opts.get("calibration") is not None and precision != "int8":
+        raise CitysegError("--calibration applies to --precision int8 only")
+    if opts.get("max_drop") is not None:
+        from .accuracy_control import validate as validate_accuracy_control
+
+        validate_accuracy_control(fmt.name, precision, opts)
     if source.suffix == ".onnx":
         if not fmt.from_onnx:
             raise CitysegError(f"{source}: --format {fmt.name} exports from a checkpoint (.pt), not "
@@ -191,7 +197,10 @@ def export(model_path: str | os.PathLike, *, format: str = "onnx", precision: st
     Options (all keyword): ``preprocess``, ``argmax``, ``opset``, ``calib_images``, ``keep_fp32``
     (``"auto"`` or node names), ``int8_method`` (openvino: ``"qdq"``|``"nncf"``), ``int8_layout``
     (onnx int8: ``"tensorrt"`` (default) | ``"onnxruntime"``, see export/quantize.py), ``device``,
-    ``verify`` (parity check, default True), ``verify_images``, ``workspace_gb``, ``opt_level``.
+    ``verify`` (parity check, default True), ``verify_images``, ``workspace_gb``, ``opt_level``,
+    ``calibration`` (int8: ``"minmax"`` | ``"percentile"`` | ``"entropy"``), ``max_drop`` (int8:
+    mIoU points; keeps harmful layers in float until within, see export/accuracy_control.py) with
+    ``val_data``, ``strict``, ``max_trials``.
     Returns the :class:`ExportResult` of the artifact; ONNX files written on the way are in
     ``result.intermediates``.
     """
@@ -201,6 +210,13 @@ def export(model_path: str | os.PathLike, *, format: str = "onnx", precision: st
     precision = (precision or "fp32").lower()
     source = Path(model_path)
     _validate(fmt, precision, options, source)
+    accuracy = None
+    if options.get("max_drop") is not None:  # accuracy control (export/accuracy_control.py)
+        accuracy = {k: options.pop(k, None) for k in ("max_drop", "val_data", "strict", "max_trials")}
+    for key in ("val_data", "strict", "max_trials"):
+        if options.get(key) not in (None, False):
+            raise CitysegError(f"--{key.replace('_', '-')} applies with --max-drop only")
+        options.pop(key, None)
     if source.suffix == ".onnx" and fmt.name == "trt" and Path(source).is_file():
         from ..artifacts import read_artifact_meta
 
@@ -220,9 +236,18 @@ def export(model_path: str | os.PathLike, *, format: str = "onnx", precision: st
     module = importlib.import_module(f"{__name__}.{fmt.module}")
     shape_in = "x".join(map(str, job.example_shape())) + (" (dynamic)" if job.dynamic else "")
     shape_out = "x".join(map(str, job.output_shape()))
+    calib = ""
+    if precision == "int8":
+        from .quantize import calibration_of
+
+        calib = f", calibration {calibration_of(job)}"
     job.log(f"cityseg export: {source.name} ({job.meta.arch}, {job.meta.num_classes} classes) → "
             f"{fmt.name} {precision}, input {job.input_name} {shape_in} "
-            f"{'uint8' if job.preprocess else 'float32'}, output {job.output_name} {shape_out}")
+            f"{'uint8' if job.preprocess else 'float32'}, output {job.output_name} {shape_out}{calib}")
+    if accuracy is not None:
+        from .accuracy_control import export_with_max_drop
+
+        return export_with_max_drop(job, out_path, precision, fmt, module, **accuracy)
     result = getattr(module, f"export_{fmt.name}")(job, out_path, precision)
     return result
 

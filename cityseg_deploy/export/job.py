@@ -67,6 +67,8 @@ class ExportJob:
     workspace_gb: float = 4.0
     opt_level: int = 3
     source_onnx: Path | None = None    # a project ONNX to compile instead of exporting one
+    calibration: str | None = None     # int8 calibration: "minmax" (default) | "percentile" | "entropy"
+    ignored_scope: tuple[str, ...] = ()  # NNCF: OpenVINO op names left in float (accuracy control)
     log: Callable[[str], None] = print
     _model: Any = None
 

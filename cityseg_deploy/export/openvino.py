@@ -17,6 +17,7 @@ CPUs with AMX (DESIGN.md), so the runtime sets the hint explicitly from ``io.pre
 """
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -85,13 +86,25 @@ def _nncf_quantize(job: ExportJob, model, images: np.ndarray):
     except ImportError:
         raise CitysegError("--int8-method nncf needs NNCF: pip install 'cityseg-deploy[cpu]' "
                            "(or pip install nncf)") from None
+    calibration = (job.calibration or "minmax").lower()
+    estimators = {"minmax": RangeEstimatorParametersSet.MINMAX,
+                  "percentile": RangeEstimatorParametersSet.QUANTILE}
+    if calibration not in estimators:
+        raise CitysegError(f"--calibration {calibration} is not available with --int8-method nncf "
+                           f"(NNCF offers minmax and percentile); use --int8-method qdq for entropy")
     batches = [c for c, _ in job.batches(job.to_input(images))]
     dataset = nncf.Dataset(batches)
     advanced = AdvancedQuantizationParameters(
         overflow_fix=OverflowFix.ENABLE,
-        activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX)
+        activations_range_estimator_params=estimators[calibration])
+    extra = {}
+    if job.ignored_scope:  # accuracy control: these ops stay float (validate=False: names may vanish)
+        # OpenVINO names an ONNX Conv's Convolution "<node>/WithoutBiases" and its bias Add "<node>"
+        extra["ignored_scope"] = nncf.IgnoredScope(
+            patterns=[f"^{re.escape(n)}(/.*)?$" for n in job.ignored_scope], validate=False)
     return nncf.quantize(model, dataset, subset_size=len(images),
-                         preset=nncf.QuantizationPreset.PERFORMANCE, advanced_parameters=advanced)
+                         preset=nncf.QuantizationPreset.PERFORMANCE, advanced_parameters=advanced,
+                         **extra)
 
 
 def export_openvino(job: ExportJob, out: Path, precision: str = "fp32") -> ExportResult:

@@ -18,8 +18,14 @@ onnxruntime's ``quantize_static``:
   the form cityseg's own onnxruntime runner makes in memory at load, for deployments that run
   the file with plain onnxruntime.  TensorRT cannot parse it (uint8 inside the network, zero
   points of 128); the default ``tensorrt`` layout serves TensorRT, OpenVINO and cityseg alike;
-- MinMax calibration on ``--calib-images`` images of the train split of ``--calib-data``
-  (a tqdm bar counts them);
+- calibration (``--calibration``) on ``--calib-images`` images of the train split of
+  ``--calib-data`` (a tqdm bar counts them): ``minmax`` (default; the largest |activation| seen),
+  ``percentile`` (the 99.999th percentile of |activation|, onnxruntime's PercentileCalibrater:
+  clips rare outliers) or ``entropy`` (the threshold minimising the KL divergence between the
+  float and the quantised histogram, TensorRT's classic method; onnxruntime's EntropyCalibrater).
+  Histogram methods are fed one batch at a time, so their memory does not grow with the image
+  count; all three are symmetric, as the activations are.  bench/calibration_methods.py compares
+  them;
 - the tensor ranges are cached in ``<out stem>.calib.json`` keyed by the graph (source checkpoint
   hash + export settings), the calibration images (hash of their pixels) and the method: a rebuild
   with the same key quantises from the cache without running calibration; any change recalibrates;
@@ -34,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import hashlib
+import io
 import json
 import logging
 import tempfile
@@ -47,6 +54,21 @@ from ..fileio import atomic_path, write_text_atomic
 from .job import ExportJob, ExportResult, Timer, path_size_mb, threads
 
 METHOD = "minmax/qdq/int8-symmetric/per-channel/7-bit-weights"
+CALIBRATIONS = ("minmax", "percentile", "entropy")
+
+
+def method_of(job: ExportJob) -> str:
+    """The calibration description stored in the metadata and the cache key."""
+    return METHOD.replace("minmax", calibration_of(job), 1)
+
+
+def calibration_of(job: ExportJob) -> str:
+    name = (getattr(job, "calibration", None) or "minmax").lower()
+    if name not in CALIBRATIONS:
+        close = difflib.get_close_matches(name, CALIBRATIONS, n=1)
+        raise CitysegError(f"--calibration {name!r}: unknown{'; did you mean ' + repr(close[0]) + '?' if close else ''}"
+                           f" (choose {', '.join(CALIBRATIONS)})")
+    return name
 CACHE_VERSION = 1
 AUTO_GAIN = 0.10  # keep a candidate layer in fp32 if excluding it cuts the error by >= 10 %
 
@@ -94,6 +116,17 @@ class _Reader:
         self.i = 0
 
 
+class _One:
+    """A reader of one batch (histogram calibrators are fed batch by batch)."""
+
+    def __init__(self, batch: dict):
+        self.batch: dict | None = batch
+
+    def get_next(self):
+        batch, self.batch = self.batch, None
+        return batch
+
+
 @contextlib.contextmanager
 def _quiet_ort():
     logger = logging.getLogger()
@@ -122,7 +155,8 @@ def _json_to_ort_cache(ranges: dict[str, list[float]], path: Path) -> None:
     save_tensors_data(data, path)
 
 
-def calibrate_ranges(fp32_path: Path, reader: Any, ort_cache: Path, workdir: Path) -> None:
+def calibrate_ranges(fp32_path: Path, reader: Any, ort_cache: Path, workdir: Path,
+                     method: str = "minmax") -> None:
     """MinMax ranges of every activation of ``fp32_path`` → ``ort_cache`` (onnxruntime's cache JSON).
 
     The same calibrator ``quantize_static`` builds (ReduceMin/ReduceMax after each tensor of the
@@ -139,7 +173,12 @@ def calibrate_ranges(fp32_path: Path, reader: Any, ort_cache: Path, workdir: Pat
     from onnxruntime.quantization.calibrate import MinMaxCalibrater, save_tensors_data
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
-    class BoundedMinMax(MinMaxCalibrater):
+    from onnxruntime.quantization.calibrate import EntropyCalibrater, PercentileCalibrater
+
+    base = {"minmax": MinMaxCalibrater, "percentile": PercentileCalibrater,
+            "entropy": EntropyCalibrater}[method]
+
+    class Bounded(base):  # type: ignore[misc, valid-type]
         def create_inference_session(self) -> None:
             so = onnxruntime.SessionOptions()
             so.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -152,11 +191,25 @@ def calibrate_ranges(fp32_path: Path, reader: Any, ort_cache: Path, workdir: Pat
                 self.augmented_model_path, sess_options=so, providers=self.execution_providers)
 
     op_types = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))  # quantize_static's default
-    calibrator = BoundedMinMax(str(fp32_path), op_types, str(workdir / "augmented_model.onnx"))
+    kwargs: dict[str, Any] = {} if method == "minmax" else {"symmetric": True}
+    calibrator = Bounded(str(fp32_path), op_types, str(workdir / "augmented_model.onnx"), **kwargs)
     calibrator.augment_graph()
     calibrator.create_inference_session()
-    calibrator.collect_data(reader)
-    save_tensors_data(calibrator.compute_data(), ort_cache)
+    if method == "minmax":
+        calibrator.collect_data(reader)
+        data = calibrator.compute_data()
+    else:  # histograms merge batch by batch; onnxruntime would keep every batch's tensors
+        with contextlib.redirect_stdout(io.StringIO()):  # its calibrators print() per batch
+            while (batch := reader.get_next()) is not None:
+                calibrator.collect_data(_One(batch))
+            data = calibrator.compute_data()
+        # quantize_static refuses a cache whose method differs from the one it is called with
+        # (MinMax); the ranges are all it reads, so store them as a MinMax cache.
+        _json_to_ort_cache({name: [float(np.asarray(td.range_value[0]).ravel()[0]),
+                                   float(np.asarray(td.range_value[1]).ravel()[0])]
+                            for name, td in data.data.items()}, ort_cache)
+        return
+    save_tensors_data(data, ort_cache)
     del calibrator
 
 
@@ -168,7 +221,7 @@ def quantize(fp32_path: Path, out_path: Path, job: ExportJob, *, ort_cache: Path
 
     if images is not None and not ort_cache.exists():
         with tempfile.TemporaryDirectory(prefix="cityseg-calib-") as work, _quiet_ort():
-            calibrate_ranges(fp32_path, _Reader(job, images), ort_cache, Path(work))
+            calibrate_ranges(fp32_path, _Reader(job, images), ort_cache, Path(work), calibration_of(job))
     with _quiet_ort():
         quantize_static(
             str(fp32_path), str(out_path), None, quant_format=QuantFormat.QDQ, per_channel=True,
@@ -239,7 +292,7 @@ def build_int8_graph(job: ExportJob, tmp_out: Path, out: Path) -> dict[str, Any]
         fp32_path = tmpdir / "fp32.onnx"
         fp32 = build_fp32_graph(job, fp32_path)
         images, where = calibration_images(job)
-        key = {"version": CACHE_VERSION, "graph": job.settings_key(), "method": METHOD,
+        key = {"version": CACHE_VERSION, "graph": job.settings_key(), "method": method_of(job),
                "onnxruntime": onnxruntime.__version__,
                "images": hashlib.sha256(images.tobytes()).hexdigest(), "n_images": int(len(images))}
         cache = cache_path(out)
@@ -254,9 +307,9 @@ def build_int8_graph(job: ExportJob, tmp_out: Path, out: Path) -> dict[str, Any]
             except (ValueError, KeyError, TypeError):
                 hit = False
         if hit:
-            job.log(f"  calibration: cached ranges from {cache.name} ({where})")
+            job.log(f"  calibration: cached ranges from {cache.name} ({where}, {calibration_of(job)})")
         else:
-            job.log(f"  calibration: {where}, {METHOD}")
+            job.log(f"  calibration: {where}, {method_of(job)}")
             # Calibrate once (ranges of every tensor), then quantise from the ranges.
             quantize(fp32_path, tmp_out, job, ort_cache=ort_cache, images=images, exclude=[])
             write_text_atomic(cache, json.dumps({"key": key, "ranges": _ranges_to_json(ort_cache)},
@@ -274,7 +327,7 @@ def build_int8_graph(job: ExportJob, tmp_out: Path, out: Path) -> dict[str, Any]
         job.log(f"  layout: onnxruntime ({changes['relu_folded']} ReLU folded into Quantize, "
                 f"{changes['uint8_activations']} more activations uint8) — fast in plain onnxruntime "
                 "on x86; TensorRT cannot parse this form")
-    set_metadata(model, job, "int8", calibration=where, calib_method=METHOD, keep_fp32=keep,
+    set_metadata(model, job, "int8", calibration=where, calib_method=method_of(job), keep_fp32=keep,
                  int8_layout=layout)
     onnx.save(model, str(tmp_out))
     info.update({"calibration": where, "calibration_cached": hit, "calib_cache": str(cache),
