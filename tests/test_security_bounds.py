@@ -78,7 +78,7 @@ def test_sidecar_with_huge_input_size_is_refused():
     with pytest.raises(CitysegError, match=r"x\.onnx\.json: metadata field 'input_size'"):
         unpack(pack(meta, {}), "x.onnx.json")
     meta.input_size = [64, 128]
-    assert unpack(pack(meta, {"input": "images"}), "x.onnx.json")[0] == meta
+    assert unpack(pack(meta, {"input": "float_nchw"}), "x.onnx.json")[0] == meta
 
 
 def test_limits_accept_every_real_label_set_and_size():

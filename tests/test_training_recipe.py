@@ -89,3 +89,15 @@ def test_overrides_dotted_keys_and_yaml_values():
     assert recipe.augment.jitter is False and recipe.epochs == 3 and recipe.lr == 1e-3
     with pytest.raises(CitysegError, match="unet_small.yaml.*'batch'"):
         load_recipe("unet_small", {"batch": 3})
+
+
+def test_unknown_key_with_a_line_break_stays_one_line(tmp_path):
+    """Found by the property test: a YAML key "\\n" made a two-line error."""
+    from cityseg_deploy.errors import CitysegError
+    from cityseg_deploy.training.recipe import load_recipe
+
+    path = tmp_path / "r.yaml"
+    path.write_text('model: unet_small\n"\\n": 1\n')
+    with pytest.raises(CitysegError) as info:
+        load_recipe(path)
+    assert "\n" not in str(info.value) and "'\\n'" in str(info.value)

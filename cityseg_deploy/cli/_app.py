@@ -55,7 +55,9 @@ def check_utf8_args(argv: list[str]) -> None:
 
 def _echo_error(message: str) -> None:
     """One ``error:`` line, with any undecodable bytes of a file name shown escaped, never raising."""
-    click.echo(message.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"), err=True)
+    text = message.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    # one line, whatever a file put into the message (a YAML key "\n", a name with a line break)
+    click.echo(text.replace("\r", "\\r").replace("\n", "\\n"), err=True)
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -153,7 +153,7 @@ class ExportJob:
                 # only: no label files are read, so no label set has to match.
                 ims = np.stack([resize_pair(read_rgb(f), None, tuple(self.size))[0]
                                 for f in files[:limit]])
-                return ims, None, f"{len(ims)} {split} images of {root}"
+                return ims, None, f"{len(ims)} {split} images of {root}{borrowed}"
             ds = CityscapesDataset(root, split, label_set=self.meta.label_set, size=tuple(self.size))
             pairs = [ds[i] for i in range(min(limit, len(ds)))]
             ims = np.stack([p[0] for p in pairs])

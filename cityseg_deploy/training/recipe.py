@@ -157,7 +157,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         key = unknown[0]
         close = difflib.get_close_matches(str(key), list(fields), n=1)
         hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known keys: {', '.join(fields)}"
-        raise CitysegError(f"recipe key '{prefix}{key}': unknown{hint}")
+        raise CitysegError(f"recipe key {prefix + str(key)!r}: unknown{hint}")
     missing = [name for name, f in fields.items() if name not in data
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
