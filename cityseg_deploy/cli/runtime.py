@@ -81,7 +81,10 @@ def eval_cmd(model, data_root, split, json_path, pred_dir, pred_format, label_se
 
 @app.command("predict")
 @click.argument("model")
-@click.option("--data", "data_root", required=True)
+@click.option("--data", "data_root", default=None, help="Cityscapes-layout root (scored on the way)")
+@click.option("--images", default=None,
+              help="any frames instead: a folder (not recursive), a glob or a .txt list; "
+                   "writes OUT/<stem>.png, no score")
 @SPLIT
 @click.option("--out", required=True, help="output folder for the PNGs")
 @click.option("--format", "fmt", type=click.Choice(["labelIds", "trainIds", "color", "overlay"]),
@@ -96,12 +99,19 @@ def eval_cmd(model, data_root, split, json_path, pred_dir, pred_format, label_se
                    "needed when two cities hold the same image name)")
 @engine_options
 @click.option("--overwrite", is_flag=True, help="--engine ray: redo outputs that are already complete")
-def predict_cmd(model, data_root, split, out, fmt, device, precision, threads, batch, no_progress, layout,
-                overwrite, **engine_kw):
-    """Write one PNG per image of a split (labelIds = the official submission format)."""
+def predict_cmd(model, data_root, images, split, out, fmt, device, precision, threads, batch, no_progress,
+                layout, overwrite, **engine_kw):
+    """Write one PNG per image of a split (labelIds = the official submission format) or of
+    any folder of frames (--images)."""
     from ..evaluation import predict_split
 
+    if (data_root is None) == (images is None):
+        raise CitysegError("give either --data ROOT or --images DIR|GLOB|LIST (not both, not neither)")
     ray = ray_options(engine_kw, batch=batch, threads=threads)
+    if images is not None:
+        _predict_images(model, images, out, ray, fmt=fmt, device=device, precision=precision,
+                        threads=threads, batch=batch, progress=not no_progress, overwrite=overwrite)
+        return
     if ray is not None:
         from ..scale.ray_batch import ray_predict
 
@@ -125,6 +135,24 @@ def predict_cmd(model, data_root, split, out, fmt, device, precision, threads, b
             return
     click.echo(f"wrote {res['written']} {fmt} PNGs to {res['out']} (mIoU on the way: "
                f"{100 * res['metrics']['miou']:.2f}); {_predict_hint(model, data_root, split, res['out'], fmt)}")
+
+
+def _predict_images(model, images, out, ray, *, fmt, device, precision, threads, batch, progress,
+                    overwrite) -> None:
+    """``predict --images`` on this process or (``ray`` not None) on a Ray actor pool."""
+    if ray is not None:
+        from ..scale.ray_batch import ray_predict_images
+
+        res = ray_predict_images(model, images, out, ray, fmt=fmt, device=device, precision=precision,
+                                 overwrite=overwrite, progress=progress)
+        if res["skipped"]:
+            click.echo(f"skipped {res['skipped']} complete outputs (--overwrite redoes them)")
+    else:
+        from ..evaluation.predict import predict_images
+
+        res = predict_images(model, images, out, fmt=fmt, device=device, precision=precision,
+                             threads=threads, batch=batch, progress=progress)
+    click.echo(f"wrote {res['written']} {fmt} PNGs to {res['out']}")
 
 
 def _predict_hint(model: str, data_root: str, split: str, out: str, fmt: str) -> str:

@@ -52,6 +52,98 @@ class MetaPalette:
         return self.lut[labels]
 
 
+def output_label_set(meta, fmt: str, *, where: str):
+    """What renders ``fmt`` for ``meta``'s model: its Cityscapes label set, or (another label
+    set: coco21, custom2) its own palette — which has no label ids, so ``labelIds`` is refused."""
+    if meta.label_set in LABEL_SETS:
+        return label_set_of_model(meta, where=where)
+    if fmt == "labelIds":
+        raise CitysegError(f"{where}: predicts {meta.label_set} classes, which have no "
+                           "Cityscapes label ids; use --format trainIds, color or overlay")
+    return MetaPalette(meta.palette)
+
+
+def image_targets(images: str, out: str | os.PathLike) -> list[tuple[Path, Path]]:
+    """(image, OUT/<stem>.png) for ``--images DIR|GLOB|LIST``, checked before any work.
+
+    Refuses two images with the same stem (one output would overwrite the other), a stem that
+    would write outside OUT, and a file whose header is not an image's (PNG: signature, IHDR,
+    IEND), so a bad file stops the job before its first output.
+    """
+    from ..fileio import child_path
+    from ..video.sources import image_paths
+
+    pairs: list[tuple[Path, Path]] = []
+    seen: dict[str, Path] = {}
+    for image in image_paths(images):
+        other = seen.setdefault(image.stem, image)
+        if other == image and any(image == done for done, _ in pairs):
+            continue  # listed twice (a list file naming a folder and one of its images)
+        if other != image:
+            raise CitysegError(f"{image}: the image name {image.stem!r} is also {other}; both would "
+                               f"write {image.stem}.png — rename one or predict them in two runs")
+        _check_header(image)
+        pairs.append((image, child_path(out, f"{image.stem}.png", what="--images")))
+    return pairs
+
+
+def _check_header(image: Path) -> None:
+    """Cheap (a few bytes) check that ``image`` is what its name says: PNG signature, IHDR and
+    IEND; JPEG start-of-image marker; other formats: a header OpenCV has a reader for."""
+    import cv2
+
+    from ..fileio import png_header_size
+
+    suffix = image.suffix.lower()
+    if suffix == ".png":
+        png_header_size(image)
+        return
+    try:
+        with open(image, "rb") as fh:
+            head = fh.read(3)
+    except OSError as exc:
+        raise CitysegError(f"{image}: cannot read ({exc.strerror or type(exc).__name__})") from None
+    if not head:
+        raise CitysegError(f"{image}: empty file (0 bytes); re-create or remove it")
+    if (head != b"\xff\xd8\xff") if suffix in (".jpg", ".jpeg") else not cv2.haveImageReader(str(image)):
+        raise CitysegError(f"{image}: not a {suffix[1:].upper()} image (its header says otherwise); "
+                           "re-create or remove it")
+
+
+def predict_images(model, images: str, out: str | os.PathLike, *, fmt: str = "labelIds",
+                   device: str = "cpu", precision: str | None = None, threads: int | None = None,
+                   batch: int = 1, progress: bool = True, **options: Any) -> dict:
+    """``predict --images``: ``OUT/<stem>.png`` for each image of a folder, glob or list (no
+    labels, no score); returns ``{"written", "out", "format"}``."""
+    from .. import runtime
+    from ..fileio import read_rgb
+    from .evaluate import _progress
+
+    if fmt not in FORMATS:
+        raise CitysegError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    pairs = image_targets(images, out)
+    segmenter = model if hasattr(model, "run") else runtime.load(
+        model, device=device, precision=precision, threads=threads, **options)
+    label_set = output_label_set(segmenter.meta, fmt, where=str(segmenter.path))
+    Path(out).mkdir(parents=True, exist_ok=True)
+    batch = max(1, int(batch))
+    bar = _progress(range(len(pairs)), len(pairs), f"predict {Path(segmenter.path).name}", progress)
+    try:
+        for start in range(0, len(pairs), batch):
+            chunk = pairs[start:start + batch]
+            frames = [read_rgb(image) for image, _ in chunk]
+            preds, _, _ = segmenter.run(frames)
+            for (_, target), frame, pred in zip(chunk, frames, preds):
+                array, rgb = render(pred, frame, label_set, fmt)
+                write_png(target, array, rgb=rgb)
+            if hasattr(bar, "update"):
+                bar.update(len(chunk))
+    finally:
+        if hasattr(bar, "close"):
+            bar.close()
+    return {"written": len(pairs), "out": str(out), "format": fmt}
+
+
 def check_flat_names(samples) -> None:
     """Refuse, before any work, a split whose image names repeat across cities (flat output)."""
     seen: dict[str, str] = {}
@@ -80,13 +172,7 @@ def predict_split(model, data_root: str | os.PathLike, out: str | os.PathLike, *
         model, device=device, precision=precision, threads=threads, **options)
     meta = segmenter.meta
     score = meta.label_set in LABEL_SETS  # a coco21/custom2 model: predictions only, no score
-    if score:
-        label_set = label_set_of_model(meta, where=str(segmenter.path))
-    elif fmt == "labelIds":
-        raise CitysegError(f"{segmenter.path}: predicts {meta.label_set} classes, which have no "
-                           "Cityscapes label ids; use --format trainIds, color or overlay")
-    else:
-        label_set = MetaPalette(meta.palette)
+    label_set = output_label_set(meta, fmt, where=str(segmenter.path))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written: list[str] = []

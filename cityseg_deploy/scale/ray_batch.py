@@ -57,10 +57,14 @@ class SegmentWorker:
                  want_labels: bool = False, options: dict[str, Any] | None = None):
         from .. import runtime
         from ..evaluation.evaluate import label_set_of_model
+        from ..evaluation.predict import output_label_set
 
         self.segmenter = runtime.load(model, device=device, precision=precision, threads=threads,
                                       **(options or {}))
-        self.labels = label_set_of_model(self.segmenter.meta, label_set, where=str(self.segmenter.path))
+        meta, where = self.segmenter.meta, str(self.segmenter.path)
+        # predict renders with what single-process predict uses (any label set's palette)
+        self.labels = (output_label_set(meta, fmt, where=where) if fmt and label_set is None
+                       else label_set_of_model(meta, label_set, where=where))
         self.fmt = fmt
         self.want_labels = want_labels
 
@@ -83,7 +87,7 @@ class SegmentWorker:
             truths.append(truth)
         want = bool(np.any(batch["want_logits"])) and self.segmenter.outputs_logits
         preds, logits, _ = self.segmenter.run(images, want_logits=want)
-        k = self.labels.num_classes
+        k = getattr(self.labels, "num_classes", self.segmenter.meta.num_classes)
         confusion = np.zeros((n, k * k), dtype=np.int64)
         pngs, logit_bytes = [], []
         for i, (image, truth, pred) in enumerate(zip(images, truths, preds)):
@@ -286,6 +290,40 @@ def ray_predict(model: str, data_root: str | os.PathLike, out: str | os.PathLike
         remove_stale_temporaries(targets)
     return {"written": written, "skipped": len(samples) - len(todo), "out": str(out), "format": fmt,
             "metrics": cm.compute(meta.class_names) if rows else None}
+
+
+def ray_predict_images(model: str, images: str, out: str | os.PathLike, opts: RayOptions, *,
+                       fmt: str = "labelIds", device: str = "cpu", precision: str | None = None,
+                       overwrite: bool = False, progress: bool = True, **options: Any) -> dict:
+    """``predict --images --engine ray``: the files single-process ``predict --images`` writes
+    (``OUT/<stem>.png``), written by the actors; a re-run skips complete outputs.
+
+    Returns ``{"written", "skipped", "out", "format"}``.
+    """
+    from ..artifacts import read_artifact_meta
+    from ..evaluation.predict import FORMATS, image_targets, output_label_set
+
+    if fmt not in FORMATS:
+        raise CitysegError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    pairs = image_targets(images, out)
+    meta, _ = read_artifact_meta(_path_of(model))
+    output_label_set(meta, fmt, where=str(model))  # refuse labelIds of a non-Cityscapes model here
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    targets = [target for _, target in pairs]
+    remove_stale_temporaries(targets)
+    todo = [k for k, t in enumerate(targets) if overwrite or not t.is_file()]
+    rows = [{"index": i, "image": str(pairs[k][0]), "label": "", "label_kind": "", "stem": pairs[k][0].stem,
+             "city": "", "out": str(targets[k]), "want_logits": False} for i, k in enumerate(todo)]
+    written = 0
+    try:
+        for res in run_rows(model, rows, opts, device=device, precision=precision, fmt=fmt,
+                            progress=progress, desc=f"predict {Path(_path_of(model)).name} (ray)",
+                            options=options):
+            written += len(res["index"])
+    finally:
+        remove_stale_temporaries(targets)
+    return {"written": written, "skipped": len(pairs) - len(todo), "out": str(out), "format": fmt}
 
 
 def _sum_confusion(res: dict[str, np.ndarray], k: int):

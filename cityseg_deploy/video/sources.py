@@ -256,6 +256,49 @@ def open_one(spec: str, *, reconnect: int = 5, fps: float | None = None,
     return VideoSource(str(path), reconnect=reconnect, capture_factory=capture_factory)
 
 
+def read_list(path: Path, *, what: str = "sources") -> list[str]:
+    """A list file's entries, one a line (``#`` comments and blank lines skipped); relative
+    paths are taken relative to the list file's folder, so a list travels with its files."""
+    lines = [ln.strip() for ln in path.read_text().splitlines()]
+    entries = [ln for ln in lines if ln and not ln.startswith("#")]
+    if not entries:
+        raise CitysegError(f"{path}: list file names no {what}; put one per line")
+    specs = []
+    for entry in entries:
+        if not (URL_RE.match(entry) or re.fullmatch(r"\d+", entry) or Path(entry).is_absolute()):
+            entry = str(path.parent / entry)
+        specs.append(entry)
+    return specs
+
+
+def image_paths(spec: str) -> list[Path]:
+    """``predict --images``: a folder (its images, sorted, not recursive), a glob (sorted) or a
+    ``.txt`` list file (one image, folder or glob a line, relative to the list's folder).
+
+    Why not :func:`open_one`: predict takes still images only, so a video, camera or URL here
+    is a mistake worth one clear line rather than a stream."""
+    path = Path(spec).expanduser()
+    if path.suffix.lower() in LIST_EXTS and path.is_file():
+        return [p for entry in read_list(path, what="images") for p in image_paths(entry)]
+    if path.is_dir():
+        images = _images_in(path)
+        if not images:
+            raise CitysegError(f"{path}: folder holds no images ({', '.join(IMAGE_EXTS)})")
+        return images
+    if not path.exists() and _is_glob(spec):
+        images = sorted(Path(p) for p in _glob.glob(os.path.expanduser(spec))
+                        if Path(p).suffix.lower() in IMAGE_EXTS and Path(p).is_file())
+        if not images:
+            raise CitysegError(f"{spec}: the glob matches no images; check the pattern")
+        return images
+    if not path.exists():
+        raise CitysegError(f"{spec}: no such image, folder, glob or .txt list; --images takes one "
+                           "of those")
+    if path.suffix.lower() in IMAGE_EXTS and path.is_file():
+        return [path]
+    raise CitysegError(f"{spec}: not an image ({', '.join(IMAGE_EXTS)}), folder, glob or .txt list")
+
+
 def parse_sources(spec: str, **kwargs: Any) -> list[Source]:
     """SOURCE → sources: a ``.txt``/``.streams`` list file gives several, anything else one.
 
@@ -264,16 +307,7 @@ def parse_sources(spec: str, **kwargs: Any) -> list[Source]:
     """
     path = Path(spec)
     if path.suffix.lower() in LIST_EXTS and path.is_file():
-        lines = [ln.strip() for ln in path.read_text().splitlines()]
-        entries = [ln for ln in lines if ln and not ln.startswith("#")]
-        if not entries:
-            raise CitysegError(f"{path}: list file names no sources; put one source per line")
-        specs = []
-        for entry in entries:
-            if not (URL_RE.match(entry) or re.fullmatch(r"\d+", entry) or Path(entry).is_absolute()):
-                entry = str(path.parent / entry)
-            specs.append(entry)
-        sources = [open_one(s, **kwargs) for s in specs]
+        sources = [open_one(s, **kwargs) for s in read_list(path, what="sources")]
     else:
         sources = [open_one(spec, **kwargs)]
     seen: dict[str, int] = {}
