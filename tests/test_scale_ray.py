@@ -82,6 +82,24 @@ def test_predict_on_ray_writes_the_same_bytes_and_reruns_skip(ray_cluster, model
     assert "skipped 3" in capsys.readouterr().out and _files(remote) == _files(local)
 
 
+def test_predict_images_on_ray_writes_the_same_bytes_and_reruns_skip(ray_cluster, models, synth_root, tmp_path,
+                                                                     capsys):
+    listing = tmp_path / "frames.txt"  # a list file of any frames: no Cityscapes layout, no labels
+    images = sorted((synth_root / "leftImg8bit" / "val").rglob("*.png"))
+    listing.write_text("\n".join(str(p) for p in images))
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    args = ["predict", str(models["onnx"]), "--images", str(listing), "--format", "overlay", "--threads", "1",
+            "--no-progress"]
+    assert run([*args, "--out", str(local)]) == 0
+    assert run([*args, "--out", str(remote), "--engine", "ray", "--actors", "2", "--batch", "2"]) == 0
+    assert _files(remote) == _files(local) and len(_files(local)) == 4
+    assert set(_files(local)) == {f"{p.stem}.png" for p in images}
+    (remote / next(iter(_files(remote)))).unlink()
+    capsys.readouterr()
+    assert run([*args, "--out", str(remote), "--engine", "ray"]) == 0
+    assert "skipped 3 complete outputs" in capsys.readouterr().out and _files(remote) == _files(local)
+
+
 @pytest.mark.slow
 def test_predict_on_ray_overwrite_redoes_every_output(ray_cluster, models, synth_root, tmp_path):
     local, remote = tmp_path / "local", tmp_path / "ray"

@@ -7,6 +7,9 @@ Flat output refuses a split where two cities hold the same image name — one wo
 overwrite the other; formats:
 ``labelIds`` (official label ids), ``trainIds`` (class indices), ``color`` (palette RGB),
 ``overlay`` (palette blended over the image).
+
+``predict_images`` (``--images DIR|GLOB|LIST``) takes any frames instead of a split: no labels,
+no score, ``OUT/<stem>.png`` each, every name and header checked before the first output.
 """
 from __future__ import annotations
 
