@@ -17,7 +17,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from cityseg_deploy.export.job import threads
+from cityseg_deploy.system.machine import session_threads as threads
 
 
 def dense_block(path, *, layers: int, growth: int = 8, channels: int = 8, size: int = 64, seed: int = 0) -> None:

@@ -185,7 +185,7 @@ def _with_outputs(model, names: Sequence[str], default_type: int):
 def _ort_session(model):
     import onnxruntime as ort
 
-    from ..export.job import threads
+    from ..system.machine import session_threads as threads
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
@@ -251,7 +251,7 @@ class OpenVinoCapture:
     def __init__(self, xml: Path, tensors: Iterable[str], hint: str):
         import openvino as ov
 
-        from ..export.job import threads
+        from ..system.machine import session_threads as threads
 
         core = ov.Core()
         model = core.read_model(str(xml))

@@ -7,7 +7,6 @@ into one artifact and returns an :class:`ExportResult`.
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,16 +201,3 @@ class Timer:
 
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.start
-
-
-def threads() -> int:
-    """Threads for the parity/calibration sessions: ``OMP_NUM_THREADS`` when it is a positive
-    integer, else 0 = each library's default (all cores).
-
-    It used to return ``max(1, ...)``, i.e. 1 when the variable was unset, which callers took as
-    "set one thread": every onnxruntime/OpenVINO parity check ran on a single core.
-    """
-    try:
-        return max(0, int(os.environ.get("OMP_NUM_THREADS", "") or 0))
-    except ValueError:
-        return 0

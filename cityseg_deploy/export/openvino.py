@@ -50,7 +50,7 @@ def ir_name(folder: Path) -> str:
 def compile_ir(xml: Path, hint: str = "f32"):
     import openvino as ov
 
-    from .job import threads
+    from ..system.machine import session_threads as threads
 
     config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": hint}
     if threads():

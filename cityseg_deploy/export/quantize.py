@@ -51,7 +51,8 @@ import numpy as np
 
 from ..errors import CitysegError
 from ..fileio import atomic_path, write_text_atomic
-from .job import ExportJob, ExportResult, Timer, path_size_mb, threads
+from ..system.machine import session_threads as threads
+from .job import ExportJob, ExportResult, Timer, path_size_mb
 
 METHOD = "minmax/qdq/int8-symmetric/per-channel/7-bit-weights"
 CALIBRATIONS = ("minmax", "percentile", "entropy")

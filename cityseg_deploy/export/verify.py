@@ -150,7 +150,7 @@ def ort_session(path, *, providers: list[str] | None = None, int8: bool = False)
     import onnxruntime as ort
 
     from ..graphs.ort_int8 import onnxruntime_cpu_graph
-    from .job import threads
+    from ..system.machine import session_threads as threads
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
