@@ -99,3 +99,10 @@ def test_a_corrupt_image_is_exit_2_and_no_files(arts, frames, tmp_path, capsys, 
                 "--no-progress"]) == 2
     assert "zz_bad" in _one_error(capsys)
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_layout_cities_with_images_is_refused_not_ignored(arts, frames, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert run(["predict", str(arts["onnx"]), "--images", str(frames), "--out", str(out),
+                "--layout", "cities", "--no-progress"]) == 2
+    assert "--layout cities needs --data" in _one_error(capsys) and not out.exists()

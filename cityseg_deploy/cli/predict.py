@@ -41,6 +41,9 @@ def predict_cmd(model, data_root, images, split, out, fmt, device, precision, th
         raise CitysegError("give either --data ROOT or --images DIR|GLOB|LIST (not both, not neither)")
     ray = ray_options(engine_kw, batch=batch, threads=threads)
     if images is not None:
+        if layout != "flat":  # frames have no city: the option would be silently ignored
+            raise CitysegError("--layout cities needs --data (the official layout's city folders); "
+                               "--images writes OUT/<stem>.png")
         _predict_images(model, images, out, ray, fmt=fmt, device=device, precision=precision,
                         threads=threads, batch=batch, progress=not no_progress, overwrite=overwrite)
         return
