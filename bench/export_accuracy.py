@@ -69,8 +69,7 @@ def run_cli(args: list[str], log) -> tuple[int, str, float]:
 
 
 def export_all(arch: str, ckpt: Path, data: Path, work: Path, log) -> list[dict]:
-    from cityseg_deploy.bench.benchmark import path_mb
-
+    from cityseg_deploy.fileio import path_mb
     from cityseg_deploy.system.machine import has_native_bf16
 
     rows = []

@@ -152,10 +152,11 @@ def write_sidecar(path: str | os.PathLike, meta: ModelMeta, io: dict[str, Any]) 
     return side
 
 
-def read_artifact_meta(path: str | os.PathLike) -> tuple[ModelMeta, dict[str, Any]]:
-    """The metadata of any artifact, wherever its kind keeps it."""
+def read_artifact_meta(path: str | os.PathLike, kind: str | None = None) -> tuple[ModelMeta, dict[str, Any]]:
+    """The metadata of any artifact, wherever its kind keeps it (``kind``: for a file not under
+    its final name, such as an export's temporary, whose suffix does not say it)."""
     path = Path(path)
-    kind = artifact_kind(path)
+    kind = kind or artifact_kind(path)
     if kind == "torch":
         from .models.checkpoint import read_meta
 

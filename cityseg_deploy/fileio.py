@@ -183,6 +183,22 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+def path_mb(*paths: str | os.PathLike) -> float | None:
+    """Size of the files (a folder: every file under it) in MB = 10^6 bytes, the unit of every
+    artifact size the toolchain reports (export, bench); None where none of them exists.
+
+    Why one function: export counted 10^6 and bench 2^20, so one file had two sizes.
+    """
+    total, found = 0, False
+    for path in map(Path, paths):
+        if path.is_file():
+            total, found = total + path.stat().st_size, True
+        elif path.is_dir():
+            total += sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+            found = True
+    return round(total / 1e6, 3) if found else None
+
+
 def child_path(root: str | os.PathLike, name: str, *, what: str) -> Path:
     """``root/name``, refused unless it resolves to a path strictly inside ``root``.
 

@@ -37,6 +37,5 @@ def no_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
     from cityseg_deploy.export import openvino as ov_export
     from cityseg_deploy.runtime import openvino_backend, torch_backend
 
-    for module in (machine, torch_backend, openvino_backend):
+    for module in (machine, torch_backend, openvino_backend, ov_export):
         monkeypatch.setattr(module, "has_native_bf16", lambda: False)
-    monkeypatch.setattr(ov_export, "has_bf16", lambda device="CPU": False)

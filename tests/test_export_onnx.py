@@ -18,7 +18,6 @@ from cityseg_deploy.artifacts import read_artifact_meta
 from cityseg_deploy.errors import CitysegError
 from cityseg_deploy.export import default_output, export, get_format
 from cityseg_deploy.export.trt_ops import check_graph
-from cityseg_deploy.export.verify import ort_runner
 from cityseg_deploy.models.checkpoint import ModelMeta, save_checkpoint
 from cityseg_deploy.models.registry import build_model
 
@@ -54,6 +53,15 @@ def exported(ckpts, synth_root):
         return cache[arch, precision]
 
     return get
+
+
+def ort_runner(path):
+    """The graph in a plain onnxruntime CPU session, independent of the package's runners."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return lambda x: sess.run(None, {name: x})[0]
 
 
 def reference(ckpt, x):

@@ -20,20 +20,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import CitysegError, first_line
-from ..fileio import write_text_atomic
+from ..fileio import path_mb, write_text_atomic
+from ..runtime.openvino_backend import PlainOpenVINO
 from ..system.machine import load_average, machine_info, machine_line
 from ..system.timing import StageTimer
 
 STAGES = ("preprocess", "h2d", "compute", "d2h", "postprocess", "end_to_end")
-
-
-def path_mb(path: str | os.PathLike) -> float | None:
-    path = Path(path)
-    if path.is_file():
-        return round(path.stat().st_size / 2**20, 2)
-    if path.is_dir():
-        return round(sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20, 2)
-    return None
 
 
 # ---- host memory without psutil: /proc/self/status VmRSS / VmHWM ---------------------------
@@ -58,11 +50,14 @@ def reset_peak_rss() -> bool:
 
 
 def rss_mb() -> float | None:
+    """Resident memory in MiB (2^20 bytes: the kernel counts KiB); the bench JSON keeps the
+    ``*_mb`` keys, the Markdown table says MiB."""
     kb = _proc_status_kb("VmRSS")
     return kb / 1024 if kb is not None else None
 
 
 def peak_rss_mb() -> float | None:
+    """Peak resident memory (VmHWM) in MiB, as :func:`rss_mb`."""
     kb = _proc_status_kb("VmHWM")
     return kb / 1024 if kb is not None else None
 
@@ -90,50 +85,6 @@ def _images(batch: int, size: Sequence[int], seed: int = 0) -> np.ndarray:
     h, w = int(size[0]), int(size[1])
     small = rng.integers(0, 256, (batch, max(2, h // 16), max(2, w // 16), 3), dtype=np.uint8)
     return np.stack([cv2.resize(im, (w, h), interpolation=cv2.INTER_LINEAR) for im in small])
-
-
-class PlainOpenVINO:
-    """Reference row: raw ``core.compile_model`` + ``infer`` on a pre-normalised float tensor.
-
-    No resize, no normalisation, no argmax: what OpenVINO alone does with the same IR, to show
-    what the project's Segmenter adds end to end (uint8 image in, labels out).
-    """
-
-    backend = "openvino-plain"
-
-    def __init__(self, path, *, threads: int | None = None, precision: str | None = None, **_):
-        import openvino as ov
-
-        from ..artifacts import openvino_files, read_artifact_meta
-
-        self.meta, self.io = read_artifact_meta(path)
-        self.path = Path(path)
-        self.device = "cpu"
-        self.precision = precision or self.io.get("precision", "fp32")
-        xml, _, _ = openvino_files(path)
-        config = {"INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
-                  "PERFORMANCE_HINT": "LATENCY"}
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = int(threads)
-        self.compiled = ov.Core().compile_model(str(xml), "CPU", config)
-        self.request = self.compiled.create_infer_request()
-        self.input_size = tuple(self.io.get("size") or self.meta.input_size)
-        self._x = None
-
-    def run(self, images, *, want_logits=False, timer=None):
-        from ..runtime.base import normalise_nchw
-
-        if self._x is None or self._x.shape[0] != len(images):
-            self._x = normalise_nchw(np.asarray(images), self.meta.mean, self.meta.std)
-        with timer.stage("compute"):
-            self.request.infer({0: self._x})
-        return None, None, False
-
-    def describe(self):
-        return {"backend": self.backend, "precision": self.precision}
-
-    def close(self):
-        self.request = None
 
 
 RUNNERS = {"segmenter": None, "plain_openvino": PlainOpenVINO}
@@ -346,7 +297,7 @@ def format_markdown(report: dict) -> str:
             "p99 ms", "pre ms", "compute ms", "d2h ms", "fps", "x ref", "GFLOP/s"]
     if has_sgemm:
         head.append("% sgemm")
-    head += ["peak MB", "file MB", "note"]
+    head += ["peak MiB", "file MB", "note"]
     lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 7 + ["---:"] * (len(head) - 8) + ["---"]) + "|"]
     for r in report["results"]:
         ok = r["status"] == "ok"

@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CitysegError
-from .job import ExportJob, ExportResult, Timer, path_size_mb
+from ..fileio import path_mb
+from .job import ExportJob, ExportResult, Timer
 
 #: single-input ops a tensor flows through unchanged in kind (a float island continues past them)
 PASSTHROUGH = frozenset({"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "MaxPool", "AveragePool",
@@ -252,4 +253,4 @@ def export_with_max_drop(job: ExportJob, out: Path, precision: str, fmt, module,
                            f"(kept as {out}); allow more trials (--max-trials) or a larger drop")
     checks = {"accuracy_control": {k: v for k, v in record.items() if k != "trials"},
               "miou": best["miou"], "miou_drop": best["drop"]}
-    return ExportResult(out, fmt.name, precision, t.seconds, path_size_mb(out), checks)
+    return ExportResult(out, fmt.name, precision, t.seconds, path_mb(out), checks)

@@ -21,8 +21,8 @@ import torch
 
 from ..artifacts import sidecar_path, write_sidecar
 from ..errors import CitysegError
-from ..fileio import atomic_path
-from .job import ExportJob, ExportResult, Timer, path_size_mb
+from ..fileio import atomic_path, path_mb
+from .job import ExportJob, ExportResult, Timer
 
 
 HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -56,6 +56,7 @@ def export_aoti(job: ExportJob, out: Path, precision: str = "fp32") -> ExportRes
     x = example_input(job).to(device)
     checks: dict = {}
     side = sidecar_path(out)
+    io_ = job.io(precision, device=device.type, torch_version=torch.__version__)  # the sidecar's
     # Package first, sidecar after: a sidecar describes a package, so it appears only once that
     # package is in place.  The previous export's sidecar goes just before the new package
     # replaces the old one, and a failure (Ctrl-C included) while no sidecar exists takes the
@@ -75,23 +76,16 @@ def export_aoti(job: ExportJob, out: Path, precision: str = "fp32") -> ExportRes
                         warnings.simplefilter("ignore")
                         program = torch.export.export(model, (x,), dynamic_shapes=_dynamic_shapes(job))
                         torch._inductor.aoti_compile_and_package(program, package_path=str(pkg))
-                    if job.verify:
-                        loaded = torch._inductor.aoti_load_package(str(pkg))
-
-                        def run(batch):
-                            with torch.no_grad():
-                                return loaded(torch.from_numpy(batch).to(device)).float().cpu().numpy()
-
-                        checks = verify.check(job, run, precision, out.name)
+                    if job.verify:  # the runtime's runner, handed the sidecar it will get
+                        checks = verify.check(job, pkg, "aoti", precision, out.name,
+                                              metadata=(job.meta, io_), device=str(device))
                     pkg.replace(tmp)
                 finally:
                     pkg.unlink(missing_ok=True)
                 side.unlink(missing_ok=True)  # the old package's sidecar, just before it is replaced
-            write_sidecar(out, job.meta, job.io(precision, device=device.type,
-                                                 torch_version=torch.__version__))
+            write_sidecar(out, job.meta, io_)
         except BaseException:
             if not side.exists():
                 out.unlink(missing_ok=True)
             raise
-    return ExportResult(out, "aoti", precision, t.seconds, path_size_mb(out) + path_size_mb(side),
-                        checks)
+    return ExportResult(out, "aoti", precision, t.seconds, path_mb(out, side), checks)

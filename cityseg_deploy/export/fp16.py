@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..fileio import atomic_path
-from .job import ExportJob, ExportResult, Timer, path_size_mb
+from ..fileio import atomic_path, path_mb
+from .job import ExportJob, ExportResult, Timer
 
 FLOAT, FLOAT16 = 1, 10
 # (op_type, input index) pairs whose tensors stay fp32.
@@ -112,5 +112,5 @@ def export_fp16(job: ExportJob, out: Path) -> ExportResult:
         check_model(tmp)
         checks = {}
         if job.verify:
-            checks = verify.check(job, verify.ort_runner(tmp), "fp16", out.name)
-    return ExportResult(out, "onnx", "fp16", t.seconds, path_size_mb(out), checks)
+            checks = verify.check(job, tmp, "onnx", "fp16", out.name)
+    return ExportResult(out, "onnx", "fp16", t.seconds, path_mb(out), checks)

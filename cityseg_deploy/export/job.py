@@ -34,13 +34,6 @@ class ExportResult:
         return f"{self.path} ({self.format} {self.precision}, {self.seconds:.1f}s, {self.size_mb:.1f} MB)"
 
 
-def path_size_mb(path: Path) -> float:
-    path = Path(path)
-    if path.is_dir():
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e6
-    return path.stat().st_size / 1e6 if path.exists() else 0.0
-
-
 @dataclass
 class ExportJob:
     """Everything a format needs to know; built by ``export()``, read by the format modules."""

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..fileio import atomic_path
+from ..fileio import atomic_path, path_mb
 from .graph import build_fp32_graph, check_model
-from .job import ExportJob, ExportResult, Timer, path_size_mb
+from .job import ExportJob, ExportResult, Timer
 
 
 def export_onnx(job: ExportJob, out: Path, precision: str = "fp32") -> ExportResult:
@@ -25,5 +25,5 @@ def export_onnx(job: ExportJob, out: Path, precision: str = "fp32") -> ExportRes
         check_model(tmp)
         checks = {}
         if job.verify:
-            checks = verify.check(job, verify.ort_runner(tmp), "fp32", out.name)
-    return ExportResult(out, "onnx", "fp32", t.seconds, path_size_mb(out), checks)
+            checks = verify.check(job, tmp, "onnx", "fp32", out.name)
+    return ExportResult(out, "onnx", "fp32", t.seconds, path_mb(out), checks)

@@ -4,8 +4,8 @@ Converted with ``openvino.convert_model`` from the project's ONNX (never from Py
 so every backend runs the same graph).  Precisions:
 
 - ``fp32``: weights stored fp32 (``compress_to_fp16=False``), inference precision f32;
-- ``bf16``: the same IR with inference precision bf16 — refused on CPUs whose
-  ``OPTIMIZATION_CAPABILITIES`` lack ``BF16`` (it would silently run f32);
+- ``bf16``: the same IR with inference precision bf16 — refused on CPUs without native bf16
+  (``system.machine.has_native_bf16``: OpenVINO would silently run f32);
 - ``int8``: ``--int8-method qdq`` converts the project's calibrated Q/DQ ONNX (same calibration
   and cache as ``--format onnx --precision int8``); ``--int8-method nncf`` runs NNCF post-training
   quantisation on the fp32 IR with the same calibration images.
@@ -26,41 +26,17 @@ import numpy as np
 
 from ..artifacts import pack
 from ..errors import CitysegError
-from ..fileio import atomic_path
-from .job import ExportJob, ExportResult, Timer, path_size_mb
+from ..fileio import atomic_path, path_mb
+from ..runtime.openvino_backend import HINT
+from ..system.machine import has_native_bf16
+from .job import ExportJob, ExportResult, Timer
 
-HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8: layers left in float run f32
 INT8_METHODS = ("qdq", "nncf")
 DEFAULT_INT8_METHOD = "qdq"
 
 
-def has_bf16(device: str = "CPU") -> bool:
-    import openvino as ov
-
-    try:
-        return "BF16" in ov.Core().get_property(device, "OPTIMIZATION_CAPABILITIES")
-    except Exception:  # noqa: BLE001 - no such device
-        return False
-
-
 def ir_name(folder: Path) -> str:
     return folder.name.removesuffix("_openvino_model") or "model"
-
-
-def compile_ir(xml: Path, hint: str = "f32"):
-    import openvino as ov
-
-    from ..system.machine import session_threads as threads
-
-    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": hint}
-    if threads():
-        config["INFERENCE_NUM_THREADS"] = threads()
-    return ov.Core().compile_model(str(xml), "CPU", config)
-
-
-def ov_runner(xml: Path, hint: str = "f32"):
-    compiled = compile_ir(xml, hint)
-    return lambda x: compiled(x)[0]
 
 
 def _nncf_quantize(job: ExportJob, model, images: np.ndarray):
@@ -114,15 +90,15 @@ def export_openvino(job: ExportJob, out: Path, precision: str = "fp32") -> Expor
     from .graph import build_fp32_graph
     from .quantize import build_int8_graph, calibration_images
 
-    if precision == "bf16" and not has_bf16():
-        raise CitysegError("--precision bf16: this CPU has no BF16 support (OpenVINO "
-                           "OPTIMIZATION_CAPABILITIES lacks BF16; needs AVX512-BF16 or AMX); it "
-                           "would run f32 — export fp32 or int8 here, bf16 on such a machine")
+    if precision == "bf16" and not has_native_bf16():
+        raise CitysegError("--precision bf16: this CPU has no BF16 support (needs AVX512-BF16 or "
+                           "AMX); OpenVINO would run f32 — export fp32 or int8 here, bf16 on such a "
+                           "machine")
     method = (job.int8_method or DEFAULT_INT8_METHOD).lower() if precision == "int8" else None
     if method is not None and method not in INT8_METHODS:
         raise CitysegError(f"--int8-method {job.int8_method!r}: choose {' or '.join(INT8_METHODS)}")
     name = ir_name(out)
-    extra: dict[str, Any] = {"inference_precision_hint": HINTS[precision]}
+    extra: dict[str, Any] = {"inference_precision_hint": HINT[precision]}
     checks: dict[str, Any] = {}
     with Timer() as t, atomic_path(out, is_dir=True) as tmp, \
             tempfile.TemporaryDirectory(prefix="cityseg-ov-") as work:
@@ -142,11 +118,11 @@ def export_openvino(job: ExportJob, out: Path, precision: str = "fp32") -> Expor
             checks["calibration"] = where
         if method:
             extra["int8_method"] = method
-        model.set_rt_info(HINTS[precision], ["runtime_options", "INFERENCE_PRECISION_HINT"])
+        model.set_rt_info(HINT[precision], ["runtime_options", "INFERENCE_PRECISION_HINT"])
         xml = tmp / f"{name}.xml"
         ov.save_model(model, str(xml), compress_to_fp16=False)
         (tmp / "metadata.json").write_text(pack(job.meta, job.io(precision, **extra)))
         ov.Core().read_model(str(xml))  # loads back
-        if job.verify and precision != "bf16" or (job.verify and has_bf16()):
-            checks.update(verify.check(job, ov_runner(xml, HINTS[precision]), precision, out.name))
-    return ExportResult(out, "openvino", precision, t.seconds, path_size_mb(out), checks)
+        if job.verify:  # bf16 got here only where the CPU runs it (refused above otherwise)
+            checks.update(verify.check(job, tmp, "openvino", precision, out.name))
+    return ExportResult(out, "openvino", precision, t.seconds, path_mb(out), checks)

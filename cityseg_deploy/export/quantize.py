@@ -50,9 +50,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import CitysegError
-from ..fileio import atomic_path, write_text_atomic
+from ..fileio import atomic_path, path_mb, write_text_atomic
 from ..system.machine import session_threads as threads
-from .job import ExportJob, ExportResult, Timer, path_size_mb
+from .job import ExportJob, ExportResult, Timer
 
 METHOD = "minmax/qdq/int8-symmetric/per-channel/7-bit-weights"
 CALIBRATIONS = ("minmax", "percentile", "entropy")
@@ -236,10 +236,12 @@ def quantize(fp32_path: Path, out_path: Path, job: ExportJob, *, ort_cache: Path
 
 
 def _mean_err(job: ExportJob, fp32_path: Path, int8_path: Path, images: np.ndarray) -> float:
-    from .verify import ort_runner, run_batched
+    from .verify import run_batched, runner
 
-    a = run_batched(job, ort_runner(fp32_path), images).astype(np.float32)
-    b = run_batched(job, ort_runner(int8_path, int8=True), images).astype(np.float32)
+    # a trial carries its fp32 source's metadata: it is handed the int8 graph's
+    a = run_batched(job, runner(fp32_path, "onnx"), images).astype(np.float32)
+    b = run_batched(job, runner(int8_path, "onnx", metadata=(job.meta, job.io("int8"))),
+                    images).astype(np.float32)
     if job.argmax:
         return float((a != b).mean())
     return float(np.abs(a - b).mean())
@@ -345,5 +347,5 @@ def export_int8(job: ExportJob, out: Path) -> ExportResult:
         check_model(tmp)
         checks = dict(info)
         if job.verify:
-            checks.update(verify.check(job, verify.ort_runner(tmp, int8=True), "int8", out.name))
-    return ExportResult(out, "onnx", "int8", t.seconds, path_size_mb(out), checks)
+            checks.update(verify.check(job, tmp, "onnx", "int8", out.name))
+    return ExportResult(out, "onnx", "int8", t.seconds, path_mb(out), checks)

@@ -20,8 +20,8 @@ from typing import Any
 
 from ..artifacts import sidecar_path, write_sidecar
 from ..errors import CitysegError
-from ..fileio import atomic_path, write_bytes_atomic
-from .job import ExportJob, ExportResult, Timer, path_size_mb
+from ..fileio import atomic_path, path_mb, write_bytes_atomic
+from .job import ExportJob, ExportResult, Timer
 
 NOT_INSTALLED = ("TensorRT is not installed: pip install 'cityseg-deploy[gpu]' on a machine with an "
                  "NVIDIA GPU and the TensorRT 10+ libraries (or export --format onnx here and build "
@@ -94,38 +94,6 @@ def versions() -> dict[str, Any]:
             "gpu": props.name, "compute_capability": f"{props.major}.{props.minor}"}
 
 
-def engine_runner(plan: bytes):
-    """Run a plan on the GPU with torch tensors as buffers (for the parity check)."""
-    import numpy as np
-    import tensorrt as trt
-    import torch
-
-    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-    engine = runtime.deserialize_cuda_engine(plan)
-    context = engine.create_execution_context()
-    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-    inp = next(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
-    out = next(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
-    dtypes = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16,
-              trt.DataType.UINT8: torch.uint8, trt.DataType.INT32: torch.int32,
-              trt.DataType.INT64: torch.int64}
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(batch).cuda().contiguous()
-        context.set_input_shape(inp, tuple(x.shape))
-        y = torch.empty(tuple(context.get_tensor_shape(out)), dtype=dtypes[engine.get_tensor_dtype(out)],
-                        device="cuda")
-        context.set_tensor_address(inp, x.data_ptr())
-        context.set_tensor_address(out, y.data_ptr())
-        stream = torch.cuda.current_stream()
-        if not context.execute_async_v3(stream.cuda_stream):
-            raise CitysegError("TensorRT execution failed")
-        stream.synchronize()
-        return y.float().cpu().numpy() if y.dtype.is_floating_point else y.cpu().numpy()
-
-    return run
-
-
 def export_trt(job: ExportJob, out: Path, precision: str = "fp32") -> ExportResult:
     import onnx
 
@@ -150,12 +118,13 @@ def export_trt(job: ExportJob, out: Path, precision: str = "fp32") -> ExportResu
         timing_cache = out.with_name(out.name + ".timing.cache")
         plan, info = build_engine(onnx_path, job, timing_cache)
         checks: dict[str, Any] = dict(info)
+        io_ = job.io(precision, **versions(), profile=info["profile"], onnx=onnx_path.name)
         with atomic_path(out) as tmp:
             tmp.write_bytes(plan)
-            if job.verify:
-                checks.update(verify.check(job, engine_runner(plan), precision, out.name))
-            write_sidecar(out, job.meta, job.io(precision, **versions(), profile=info["profile"],
-                                                 onnx=onnx_path.name))
+            if job.verify:  # the runtime's runner, handed the sidecar it will get
+                checks.update(verify.check(job, tmp, "tensorrt", precision, out.name,
+                                           metadata=(job.meta, io_), device=job.device))
+            write_sidecar(out, job.meta, io_)
         _ = work
-    return ExportResult(out, "trt", precision, t.seconds, path_size_mb(out) + path_size_mb(sidecar_path(out)),
+    return ExportResult(out, "trt", precision, t.seconds, path_mb(out, sidecar_path(out)),
                         checks, intermediates)

@@ -1,7 +1,9 @@
 """Parity checks: an exported artifact against the PyTorch fp32 model on the same images.
 
-Separate from running (each format hands in a ``run(batch) -> outputs`` callable), as in
-Polygraphy's comparator.  Figures reported for every artifact:
+Separate from running, as in Polygraphy's comparator: each format loads the file it wrote through
+the runtime's own backend (:func:`cityseg_deploy.runtime.open_artifact`, the ``Segmenter`` users
+get from ``runtime.load``, with its load-time graph checks) and this module feeds it the check
+images and judges the outputs.  Figures reported for every artifact:
 
 - ``max_abs_err`` / ``mean_abs_err`` of the logits, ``rel_err`` = max_abs_err / max |logit|
   (logit outputs only);
@@ -16,13 +18,16 @@ near-tied logits, trained ones reach >= 97 %).
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from ..errors import CitysegError
 from .job import ExportJob
+
+if TYPE_CHECKING:
+    from ..runtime.base import Segmenter
 
 TOLERANCES: dict[str, dict[str, float]] = {
     "fp32": {"rel_err": 1e-3, "agreement": 0.999},
@@ -48,12 +53,26 @@ def torch_logits(job: ExportJob, images: np.ndarray) -> np.ndarray:
     return np.concatenate(outs)
 
 
-def run_batched(job: ExportJob, run: Callable[[np.ndarray], np.ndarray], images: np.ndarray) -> np.ndarray:
-    """Feed ``images`` through ``run`` in the batches the artifact accepts."""
-    x = job.to_input(images)
+def runner(path, kind: str, *, metadata=None, device: str = "cpu") -> "Segmenter":
+    """The runtime's ``Segmenter`` over a file the export just wrote (still at its temporary
+    name): the file's own metadata (ONNX, OpenVINO) or ``metadata`` = the (meta, io) its sidecar
+    will hold (TensorRT, AOTInductor).  An int8 ONNX runs in onnxruntime's CPU form
+    (``graphs.ort_int8``), as ``cityseg`` runs it."""
+    from ..runtime import open_artifact
+    from ..system.machine import session_threads
+
+    return open_artifact(path, kind, metadata=metadata, device=device,
+                         threads=session_threads() or None)
+
+
+def run_batched(job: ExportJob, seg: "Segmenter", images: np.ndarray) -> np.ndarray:
+    """``images`` through ``seg`` in the batches the export was made for (a static batch is
+    padded by the Segmenter): N×K×H×W float32 logits, or N×H×W labels for a labels graph."""
+    step = max(1, min(job.batch, len(images))) if job.dynamic else job.batch
     outs = []
-    for chunk, n in job.batches(x):
-        outs.append(np.asarray(run(chunk))[:n])
+    for i in range(0, len(images), step):
+        labels, logits, _ = seg.run(images[i:i + step], want_logits=True)
+        outs.append(logits if seg.outputs_logits else np.stack(labels))
     return np.concatenate(outs)
 
 
@@ -78,16 +97,19 @@ def miou(pred: np.ndarray, truth: np.ndarray, job: ExportJob) -> float:
     return float(cm.compute(job.meta.class_names)["miou"])
 
 
-def measure(job: ExportJob, run: Callable[[np.ndarray], np.ndarray], *, labels_out: bool | None = None
-            ) -> dict[str, Any]:
+def measure(job: ExportJob, seg: "Segmenter") -> dict[str, Any]:
     """Run the artifact and PyTorch on the check images; return the figures (no judgement)."""
-    labels_out = job.argmax if labels_out is None else labels_out
+    labels_out = not seg.outputs_logits
     images, truth, where = job.images("val", job.verify_images, labels=True)
-    out = run_batched(job, run, images)
+    out = run_batched(job, seg, images)
     stats: dict[str, Any] = {"images": where}
     if job.source_onnx is not None:
         # Compiled from a project ONNX: the reference is that graph in onnxruntime.
-        ref_out = run_batched(job, ort_runner(job.source_onnx), images)
+        ref_seg = runner(job.source_onnx, "onnx")
+        try:
+            ref_out = run_batched(job, ref_seg, images)
+        finally:
+            ref_seg.close()
         stats["reference"] = f"onnxruntime {job.source_onnx.name}"
         if labels_out:
             ref_labels = ref_out
@@ -134,33 +156,15 @@ def judge(stats: dict[str, Any], precision: str, what: str) -> None:
                            f"the file was not kept (report this with the model and 'cityseg models')")
 
 
-def check(job: ExportJob, run: Callable[[np.ndarray], np.ndarray], precision: str, what: str,
-          *, labels_out: bool | None = None) -> dict[str, Any]:
-    """Measure, print one line, judge. Returns the figures for ``ExportResult.checks``."""
-    stats = measure(job, run, labels_out=labels_out)
+def check(job: ExportJob, path, kind: str, precision: str, what: str, *, metadata=None,
+          device: str = "cpu") -> dict[str, Any]:
+    """Load ``path`` through the runtime (:func:`runner`), measure, print one line, judge.
+    Returns the figures for ``ExportResult.checks``."""
+    seg = runner(path, kind, metadata=metadata, device=device)
+    try:
+        stats = measure(job, seg)
+    finally:
+        seg.close()
     job.log(f"  parity {what}: {describe(stats)}")
     judge(stats, precision, what)
     return stats
-
-
-def ort_session(path, *, providers: list[str] | None = None, int8: bool = False):
-    """A CPU session over ``path``; ``int8=True`` runs an int8 graph the way the runtime does on
-    CPU (``graphs.ort_int8``: uint8 activations, ReLUs folded), so the export's int8 parity
-    gate judges what ``cityseg`` will run, not a form no command uses."""
-    import onnxruntime as ort
-
-    from ..graphs.ort_int8 import onnxruntime_cpu_graph
-    from ..system.machine import session_threads as threads
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads():
-        opts.intra_op_num_threads = threads()
-    source = onnxruntime_cpu_graph(path)[0] if int8 and not providers else str(path)
-    return ort.InferenceSession(source, opts, providers=providers or ["CPUExecutionProvider"])
-
-
-def ort_runner(path, *, int8: bool = False) -> Callable[[np.ndarray], np.ndarray]:
-    sess = ort_session(path, int8=int8)
-    name = sess.get_inputs()[0].name
-    return lambda x: sess.run(None, {name: x})[0]

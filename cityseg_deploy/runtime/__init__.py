@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from ..artifacts import artifact_kind
+from ..errors import CitysegError
+from ..models.checkpoint import ModelMeta
 from .base import PRECISIONS, Segmenter, check_precision
 
 # artifact kind -> (module, class)
@@ -54,4 +56,21 @@ def load(path: str | os.PathLike, *, device: str = "cpu", precision: str | None 
                                **options)
 
 
-__all__ = ["BACKENDS", "Segmenter", "backend_class", "load", "parse_model_spec"]
+def open_artifact(path: str | os.PathLike, kind: str, *,
+                  metadata: tuple[ModelMeta, dict[str, Any]] | None = None, device: str = "cpu",
+                  precision: str | None = None, threads: int | None = None, **options: Any) -> Segmenter:
+    """The ``Segmenter`` :func:`load` would give for an artifact not (yet) under its final name.
+
+    Why: export checks the file it wrote, at its temporary name, through the runner users get.
+    ``kind`` says what the suffix cannot; ``metadata`` is the (meta, io) about to go into the
+    sidecar (TensorRT, AOTInductor) — without it the file's own metadata is read (ONNX, OpenVINO).
+    The backend's load-time checks (metadata against the graph) run as for :func:`load`.
+    """
+    if kind not in BACKENDS or kind == "torch":
+        raise CitysegError(f"{path}: open_artifact runs exported graphs "
+                           f"({', '.join(k for k in BACKENDS if k != 'torch')}), not {kind!r}")
+    return backend_class(kind)(Path(path), device=device, precision=check_precision(precision),
+                               threads=threads, metadata=metadata, **options)
+
+
+__all__ = ["BACKENDS", "Segmenter", "backend_class", "load", "open_artifact", "parse_model_spec"]

@@ -10,9 +10,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..artifacts import read_artifact_meta, sidecar_path
+from ..artifacts import sidecar_path
 from ..errors import CitysegError, first_line
-from .base import Segmenter, check_precision
+from ..models.checkpoint import ModelMeta
+from .base import Segmenter, artifact_metadata, check_precision
 from .graph_check import check_aoti_input, check_output
 
 
@@ -20,10 +21,11 @@ class AOTISegmenter(Segmenter):
     backend = "aoti"
 
     def __init__(self, path: str | os.PathLike, *, device: str = "cpu", precision: str | None = None,
-                 threads: int | None = None, size: Sequence[int] | None = None, **_: Any):
+                 threads: int | None = None, size: Sequence[int] | None = None,
+                 metadata: tuple[ModelMeta, dict[str, Any]] | None = None, **_: Any):
         import torch
 
-        meta, io = read_artifact_meta(path)
+        meta, io = artifact_metadata(path, "aoti", metadata)
         precision = check_precision(precision)
         if precision and precision != io.get("precision", "fp32"):
             raise CitysegError(f"{path}: this package is {io.get('precision', 'fp32')}; "

@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 import cv2
 import numpy as np
 
+from ..artifacts import check_meta_io, read_artifact_meta
 from ..system.timing import NullTimer
 from ..errors import CitysegError
 from ..models.checkpoint import ModelMeta
@@ -32,6 +33,18 @@ def check_precision(precision: str | None) -> str | None:
     if precision is not None and precision not in PRECISIONS:
         raise CitysegError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     return precision
+
+
+def artifact_metadata(path: str | os.PathLike, kind: str,
+                      metadata: tuple[ModelMeta, dict[str, Any]] | None) -> tuple[ModelMeta, dict[str, Any]]:
+    """(meta, io) of the artifact: the one handed in (an export checking the file it is about to
+    put under its final name, whose sidecar is not written yet), else what the artifact carries.
+    Handed-in metadata passes the same field checks as read metadata."""
+    if metadata is None:
+        return read_artifact_meta(path, kind)
+    meta, io = metadata
+    check_meta_io(meta, io, f"metadata for {Path(path).name}")
+    return meta, dict(io)
 
 
 def as_image_list(images: Any) -> tuple[list[np.ndarray], bool]:

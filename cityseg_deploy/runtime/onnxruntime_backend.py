@@ -13,9 +13,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..artifacts import read_artifact_meta
 from ..errors import CitysegError, first_line
-from .base import Segmenter, check_precision, device_normaliser
+from ..models.checkpoint import ModelMeta
+from .base import Segmenter, artifact_metadata, check_precision, device_normaliser
 from ..graphs.ort_int8 import onnxruntime_cpu_graph
 from .graph_check import check_onnx
 
@@ -39,9 +39,10 @@ class OnnxRuntimeSegmenter(Segmenter):
                  threads: int | None = None, size: Sequence[int] | None = None,
                  tensorrt_ep: bool = False, providers: list | None = None,
                  cpu_int8_rewrite: bool = True, cuda_graph: bool = False,
-                 cuda_options: dict[str, Any] | None = None, **_: Any):
+                 cuda_options: dict[str, Any] | None = None,
+                 metadata: tuple[ModelMeta, dict[str, Any]] | None = None, **_: Any):
         ort = _import_ort()
-        meta, io = read_artifact_meta(path)
+        meta, io = artifact_metadata(path, "onnx", metadata)
         check_onnx(path, meta, io)  # the metadata must describe this graph (graph_check)
         precision = check_precision(precision)
         if precision and precision != io.get("precision", "fp32"):

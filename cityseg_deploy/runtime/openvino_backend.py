@@ -14,16 +14,20 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from ..artifacts import openvino_files, read_artifact_meta
+from ..artifacts import openvino_files
 from ..errors import CitysegError, first_line
 from ..system.machine import cpu_flags, has_native_bf16
-from .base import Segmenter, check_precision, labels_array
+from ..models.checkpoint import ModelMeta
+from .base import Segmenter, artifact_metadata, check_precision, labels_array, normalise_nchw
 from .graph_check import check_openvino
 
+#: precision → INFERENCE_PRECISION_HINT, for the runner, the export (IR rt_info) and bench's plain
+#: row alike; int8 IRs run their float layers in f32
 HINT = {"fp32": "f32", "int8": "f32", "fp16": "f16", "bf16": "bf16"}
 DEVICES = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU", "auto": "AUTO"}
 
@@ -41,9 +45,10 @@ class OpenVINOSegmenter(Segmenter):
 
     def __init__(self, path: str | os.PathLike, *, device: str = "cpu", precision: str | None = None,
                  threads: int | None = None, size: Sequence[int] | None = None,
-                 mode: str = "auto", streams: int | str | None = None, **_: Any):
+                 mode: str = "auto", streams: int | str | None = None,
+                 metadata: tuple[ModelMeta, dict[str, Any]] | None = None, **_: Any):
         ov = _import_ov()
-        meta, io = read_artifact_meta(path)
+        meta, io = artifact_metadata(path, "openvino", metadata)
         ir_precision = io.get("precision", "fp32")
         precision = check_precision(precision) or ir_precision
         if ir_precision == "int8" and precision != "int8":
@@ -193,3 +198,41 @@ class OpenVINOSegmenter(Segmenter):
     def close(self) -> None:
         self.request = None
         self._throughput = None
+
+
+class PlainOpenVINO:
+    """Bench's reference row: raw ``core.compile_model`` + ``infer`` on a pre-normalised float tensor.
+
+    No resize, no normalisation, no argmax: what OpenVINO alone does with the same IR, to show
+    what the project's Segmenter adds end to end (uint8 image in, labels out).
+    """
+
+    backend = "openvino-plain"
+
+    def __init__(self, path, *, threads: int | None = None, precision: str | None = None, **_):
+        ov = _import_ov()
+        self.meta, self.io = artifact_metadata(path, "openvino", None)
+        self.path = Path(path)
+        self.device = "cpu"
+        self.precision = check_precision(precision) or self.io.get("precision", "fp32")
+        xml, _, _ = openvino_files(path)
+        config = {"INFERENCE_PRECISION_HINT": HINT[self.precision], "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        self.compiled = ov.Core().compile_model(str(xml), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.input_size = tuple(self.io.get("size") or self.meta.input_size)
+        self._x = None
+
+    def run(self, images, *, want_logits=False, timer=None):
+        if self._x is None or self._x.shape[0] != len(images):
+            self._x = normalise_nchw(np.asarray(images), self.meta.mean, self.meta.std)
+        with timer.stage("compute"):
+            self.request.infer({0: self._x})
+        return None, None, False
+
+    def describe(self):
+        return {"backend": self.backend, "precision": self.precision}
+
+    def close(self):
+        self.request = None

@@ -13,9 +13,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..artifacts import read_artifact_meta
 from ..errors import CitysegError
-from .base import Segmenter, check_precision
+from ..models.checkpoint import ModelMeta
+from .base import Segmenter, artifact_metadata, check_precision
 
 
 def _import_trt():
@@ -49,8 +49,9 @@ class TensorRTSegmenter(Segmenter):
     backend = "tensorrt"
 
     def __init__(self, path: str | os.PathLike, *, device: str = "cuda", precision: str | None = None,
-                 threads: int | None = None, size: Sequence[int] | None = None, **_: Any):
-        meta, io = read_artifact_meta(path)
+                 threads: int | None = None, size: Sequence[int] | None = None,
+                 metadata: tuple[ModelMeta, dict[str, Any]] | None = None, **_: Any):
+        meta, io = artifact_metadata(path, "tensorrt", metadata)
         precision = check_precision(precision)
         if precision and precision != io.get("precision", "fp32"):
             raise CitysegError(f"{path}: this engine is {io.get('precision', 'fp32')}; build a "
