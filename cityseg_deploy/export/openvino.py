@@ -40,21 +40,10 @@ def ir_name(folder: Path) -> str:
 
 
 def _nncf_quantize(job: ExportJob, model, images: np.ndarray):
-    """NNCF post-training quantisation with the settings of the Q/DQ path, for the same reasons.
-
-    - Activation ranges: the min/max over all calibration images (``RangeEstimatorParametersSet.
-      MINMAX``, as onnxruntime's MinMax calibration of ``--int8-method qdq``).  NNCF's default
-      averages per-image extremes, which clips the largest activations of segmentation heads;
-    - ``OverflowFix.ENABLE``: 7-bit weights in every layer, not only the first (NNCF's default),
-      because int8 kernels without VNNI (AVX2, AVX-512 without VNNI) saturate their int16 pair
-      sums, as in ``export/quantize.py``.
-
-    Measured on an AMD EPYC (avx2, no VNNI), OpenVINO 2026.4, NNCF 3.4, val images of the
-    synthetic set (argmax agreement with PyTorch fp32 / relative logit error), default → these:
-    denseaspp_small trained 98.5 % / 0.154 → 99.2 % / 0.042; unet_small trained 98.6 % / 0.190 →
-    98.8 % / 0.051; deeplabv3_small trained 99.3 % / 0.094 → 99.5 % / 0.033; denseaspp_small
-    random weights 89.7 % / 0.390 → 96.7 % / 0.050.
-    """
+    """NNCF post-training quantisation with the settings of the Q/DQ path, for the same reasons:
+    min/max activation ranges over all images (NNCF's per-image average clips segmentation heads'
+    largest activations) and 7-bit weights everywhere (``OverflowFix.ENABLE``: int8 kernels without
+    VNNI saturate).  Figures: bench/results/int8_calibration_notes.md."""
     try:
         import nncf
         from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix

@@ -238,7 +238,7 @@ def quantize(fp32_path: Path, out_path: Path, job: ExportJob, *, ort_cache: Path
 def _mean_err(job: ExportJob, fp32_path: Path, int8_path: Path, images: np.ndarray) -> float:
     from .verify import run_batched, runner
 
-    # a trial carries its fp32 source's metadata: it is handed the int8 graph's
+    # a trial carries its fp32 source's metadata (quantize_static keeps it): hand it the int8 one
     a = run_batched(job, runner(fp32_path, "onnx"), images).astype(np.float32)
     b = run_batched(job, runner(int8_path, "onnx", metadata=(job.meta, job.io("int8"))),
                     images).astype(np.float32)
