@@ -40,7 +40,9 @@ def case(name: str, size: tuple[int, int], pkg: Path) -> None:
         with torch.no_grad():
             program = torch.export.export(model, (x,))
             torch._inductor.aoti_compile_and_package(program, package_path=str(pkg), inductor_configs=configs)
-        print(f"compiled {pkg.stat().st_size / 2**20:.1f} MB", flush=True)
+        from cityseg_deploy.fileio import path_mb
+
+        print(f"compiled {path_mb(pkg):.1f} MB", flush=True)
         if name == "compile":
             return
     x = torch.randn(1, 3, *size, device="cuda", dtype=torch.float16).contiguous(memory_format=torch.channels_last)

@@ -282,11 +282,11 @@ def report(rows_files: list[str], out: Path) -> str:
         f"for PyTorch, normalised float NCHW for onnxruntime), compute = network, d2h = argmax on "
         f"the GPU + labels down.  % peak: eager_fp32 against fp32 CUDA cores (PyTorch fp32 is "
         f"IEEE here, TF32 off), ort_cuda_fp32 against TF32 (onnxruntime's default), the rest "
-        f"against fp16 tensor cores.  GPU MB = peak allocated by torch during the row (eager "
+        f"against fp16 tensor cores.  GPU MiB = peak allocated by torch during the row (eager "
         f"rows include cudnn.benchmark's workspace trials; onnxruntime's own arena is not seen).",
         "",
         "| model | H×W×batch | mode | status | e2e ms | p99 ms | pre | h2d | compute | d2h | e2e/compute "
-        "| img/s | × eager fp32 | TFLOP/s | % peak | % GEMM | setup s | GPU MB |",
+        "| img/s | × eager fp32 | TFLOP/s | % peak | % GEMM | setup s | GPU MiB |",
         "|" + " --- |" * 18,
     ]
     for r in rows:
