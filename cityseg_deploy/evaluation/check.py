@@ -161,8 +161,9 @@ def check(baseline, candidates: Sequence, data_root: str | os.PathLike, *, split
     if baseline_size not in ("candidate", "own"):
         raise CitysegError(f"--baseline-size {baseline_size!r}: choose candidate or own")
     own_size, run_size = _baseline_sizes(specs, baseline_size)
-    run = _Run(data_root, split, device, threads, batch, label_set, logit_images, progress,
-               emulate_bf16, engine)
+    run = _Run(data_root=data_root, split=split, device=device, threads=threads, batch=batch,
+               label_set=label_set, logit_images=logit_images, progress=progress,
+               emulate_bf16=emulate_bf16, engine=engine)
     results, docs = _run_models(specs, names, run, baseline_at=run_size if run_size != own_size else None)
     report: dict[str, Any] = {"baseline": docs[0], "candidates": docs[1:]}
     report["sizes"] = {"baseline_own": list(own_size), "baseline_ran_at": list(run_size),
