@@ -319,6 +319,9 @@ class RemoteModel:
         self.outputs_logits = self.io.get("output", "logits") == "logits"
         self.backend = "?"
         self.precision = self.precision_asked or self.io.get("precision", "fp32")
+        # the size the actors' Segmenters run at (Segmenter.input_size: asked, else the artifact's)
+        self.input_size = tuple(int(v) for v in (self.options.get("size") or self.io.get("size")
+                                                 or self.meta.input_size))
 
     def close(self) -> None:
         """Nothing to free on the driver (the actors end with the job)."""
