@@ -117,7 +117,8 @@ def check(baseline, candidates: Sequence, data_root: str | os.PathLike, *, split
     docs: list[dict] = []
     base_seg = None
     for k, (spec, name) in enumerate(zip(specs, names)):
-        options: dict[str, Any] = {"allow_emulated_bf16": True} if emulate_bf16 else {}
+        emulate = emulate_bf16 and runtime.takes_option(spec, "allow_emulated_bf16")
+        options: dict[str, Any] = {"allow_emulated_bf16": True} if emulate else {}
         if k == 0 and run_size != own_size:
             options["size"] = run_size
         seg = (engine or runtime).load(spec, device=device, threads=threads, **options)
