@@ -92,7 +92,16 @@ def _typed(where: str, keys: dict) -> dict:
     return out
 
 
-@app.command("export", epilog="Formats:\n\n\b\n" + format_table())
+def _epilog() -> str:
+    """The format table and the profile-only keys, from the format and option tables."""
+    renamed = ", ".join(f"{o.name} for {o.flag}" for o in OPTIONS
+                        if o.cli and o.flag != "--" + o.name.replace("_", "-"))
+    extra = "; ".join(f"{o.name} ({o.help} [{o.default}])" for o in OPTIONS if not o.cli)
+    return (f"Formats:\n\n\b\n{format_table()}\n\nProfile keys (--profile YAML): every option "
+            f"above, spelt with _ (calib_images; {renamed}), and {extra}.")
+
+
+@app.command("export", epilog=_epilog())
 @click.argument("model", type=click.Path())
 @export_options
 @click.option("--profile", default=None,
