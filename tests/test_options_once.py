@@ -7,7 +7,6 @@ import dataclasses
 import json
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from cityseg_deploy import runtime
@@ -17,22 +16,8 @@ from cityseg_deploy.errors import CitysegError
 from cityseg_deploy.export import FORMATS, export
 from cityseg_deploy.export.job import ExportJob
 from cityseg_deploy.export.options import OPTIONS
-from cityseg_deploy.models.checkpoint import ModelMeta, save_checkpoint
-from cityseg_deploy.models.registry import build_model
+from test_export_cli import ckpt, files  # noqa: F401  (module fixture: a denseaspp_small checkpoint)
 from test_runtime_artifacts import arts  # noqa: F401  (session fixture)
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    meta = ModelMeta.for_arch("denseaspp_small", input_size=(64, 128))
-    path = tmp_path_factory.mktemp("options") / "m.pt"
-    save_checkpoint(path, build_model("denseaspp_small", **meta.arch_args).eval(), meta)
-    return path
-
-
-def files(folder):
-    return sorted(p.name for p in folder.iterdir())
 
 
 # ---- runtime.load ---------------------------------------------------------------------------
@@ -116,6 +101,14 @@ def test_help_lists_every_declared_option_and_the_format_table():
         assert (opt.flag if opt.cli else opt.name) in text, opt.name
     for fmt in FORMATS:
         assert f"| {fmt.name} | {', '.join(fmt.aliases) or '-'} | {fmt.suffix} |" in text
+
+
+def test_docs_format_table_is_the_derived_one():
+    from pathlib import Path
+
+    from cityseg_deploy.export import format_table
+
+    assert format_table() in (Path(__file__).resolve().parents[1] / "docs" / "export.md").read_text()
 
 
 def test_export_job_fields_and_defaults_come_from_the_table():
