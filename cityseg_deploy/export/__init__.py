@@ -1,9 +1,9 @@
 """``cityseg export``: one checkpoint → ONNX (fp32/fp16/int8), TensorRT, AOTInductor, OpenVINO.
 
-A format table (as data, like Ultralytics' exporter) drives validation, defaults and help; each
-format is one module (``onnx.py``, ``fp16.py``, ``quantize.py``, ``tensorrt.py``, ``aoti.py``,
-``openvino.py``) that turns an :class:`ExportJob` into an :class:`ExportResult`.  Adding a format
-is one row here and one file.
+Two tables drive validation, defaults and help: the formats (``formats.py``, as data like
+Ultralytics' exporter) and the options (``options.py``).  Each format is one module (``onnx.py``,
+``fp16.py``, ``quantize.py``, ``tensorrt.py``, ``aoti.py``, ``openvino.py``) that turns an
+:class:`ExportJob` into an :class:`ExportResult`.  Adding a format is one row there and one file.
 """
 from __future__ import annotations
 

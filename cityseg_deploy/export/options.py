@@ -127,8 +127,8 @@ def check_applies(fmt: str, precision: str, options: dict[str, Any]) -> None:
     and a value outside its choices."""
     for opt in OPTIONS:
         value = options.get(opt.name)
-        if value is None or value is False:
-            continue
+        if value is None or value is False or (isinstance(value, (str, list)) and not value):
+            continue  # not given
         if not opt.applies(fmt, precision):
             raise CitysegError(f"{opt.flag} applies to {opt.scope()} only")
         if opt.choices and value not in opt.choices:
