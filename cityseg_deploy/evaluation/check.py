@@ -210,7 +210,9 @@ def _run_models(specs: Sequence[str], names: Sequence[str], run: _Run,
 def _load(spec: str, run: _Run, size: tuple[int, int] | None):
     from .. import runtime
 
-    options: dict[str, Any] = {"allow_emulated_bf16": True} if run.emulate_bf16 else {}
+    # only runners that can emulate bf16 take the option (runtime.load refuses unknown ones)
+    emulate = run.emulate_bf16 and runtime.takes_option(spec, "allow_emulated_bf16")
+    options: dict[str, Any] = {"allow_emulated_bf16": True} if emulate else {}
     if size is not None:
         options["size"] = size
     return (run.engine or runtime).load(spec, device=run.device, threads=run.threads, **options)

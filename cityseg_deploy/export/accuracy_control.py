@@ -33,7 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CitysegError
-from .job import ExportJob, ExportResult, Timer, path_size_mb
+from ..system.timing import Timer
+from .job import ExportJob, path_size_mb
+from .result import ExportResult
 
 #: single-input ops a tensor flows through unchanged in kind (a float island continues past them)
 PASSTHROUGH = frozenset({"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "MaxPool", "AveragePool",

@@ -19,7 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from ..fileio import atomic_path
-from .job import ExportJob, ExportResult, Timer, path_size_mb
+from ..system.timing import Timer
+from .job import ExportJob, path_size_mb
+from .result import ExportResult
 
 FLOAT, FLOAT16 = 1, 10
 # (op_type, input index) pairs whose tensors stay fp32.

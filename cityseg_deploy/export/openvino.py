@@ -27,7 +27,9 @@ import numpy as np
 from ..artifacts import pack
 from ..errors import CitysegError
 from ..fileio import atomic_path
-from .job import ExportJob, ExportResult, Timer, path_size_mb
+from ..system.timing import Timer
+from .job import ExportJob, path_size_mb
+from .result import ExportResult
 
 HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8: layers left in float run f32
 INT8_METHODS = ("qdq", "nncf")

@@ -28,7 +28,9 @@ import numpy as np
 from ..errors import CitysegError
 from ..fileio import atomic_path, write_text_atomic
 from ..system.machine import session_threads as threads
-from .job import ExportJob, ExportResult, Timer, path_size_mb
+from ..system.timing import Timer
+from .job import ExportJob, path_size_mb
+from .result import ExportResult
 
 METHOD = "minmax/qdq/int8-symmetric/per-channel/7-bit-weights"
 CALIBRATIONS = ("minmax", "percentile", "entropy")

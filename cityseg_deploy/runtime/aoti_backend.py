@@ -6,7 +6,7 @@ static exports, one input shape; the metadata sidecar says which.
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -20,7 +20,7 @@ class AOTISegmenter(Segmenter):
     backend = "aoti"
 
     def __init__(self, path: str | os.PathLike, *, device: str = "cpu", precision: str | None = None,
-                 threads: int | None = None, size: Sequence[int] | None = None, **_: Any):
+                 threads: int | None = None, size: Sequence[int] | None = None):
         import torch
 
         meta, io = read_artifact_meta(path)

@@ -23,8 +23,8 @@ import numpy as np
 from ..system.timing import NullTimer
 from ..errors import CitysegError
 from ..models.checkpoint import ModelMeta
+from ..precision import PRECISIONS
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 _NULL = NullTimer()
 
 

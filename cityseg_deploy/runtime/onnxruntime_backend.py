@@ -39,7 +39,7 @@ class OnnxRuntimeSegmenter(Segmenter):
                  threads: int | None = None, size: Sequence[int] | None = None,
                  tensorrt_ep: bool = False, providers: list | None = None,
                  cpu_int8_rewrite: bool = True, cuda_graph: bool = False,
-                 cuda_options: dict[str, Any] | None = None, **_: Any):
+                 cuda_options: dict[str, Any] | None = None):
         ort = _import_ort()
         meta, io = read_artifact_meta(path)
         check_onnx(path, meta, io)  # the metadata must describe this graph (graph_check)

@@ -41,7 +41,7 @@ class OpenVINOSegmenter(Segmenter):
 
     def __init__(self, path: str | os.PathLike, *, device: str = "cpu", precision: str | None = None,
                  threads: int | None = None, size: Sequence[int] | None = None,
-                 mode: str = "auto", streams: int | str | None = None, **_: Any):
+                 mode: str = "auto", streams: int | str | None = None):
         ov = _import_ov()
         meta, io = read_artifact_meta(path)
         ir_precision = io.get("precision", "fp32")

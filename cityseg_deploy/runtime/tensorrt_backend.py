@@ -9,7 +9,7 @@ error says both before TensorRT fails with something less readable.
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -49,7 +49,7 @@ class TensorRTSegmenter(Segmenter):
     backend = "tensorrt"
 
     def __init__(self, path: str | os.PathLike, *, device: str = "cuda", precision: str | None = None,
-                 threads: int | None = None, size: Sequence[int] | None = None, **_: Any):
+                 threads: int | None = None, size: Sequence[int] | None = None):
         meta, io = read_artifact_meta(path)
         precision = check_precision(precision)
         if precision and precision != io.get("precision", "fp32"):
