@@ -176,7 +176,7 @@ def main() -> None:
     import sys
 
     from cityseg_deploy.system.machine import load_average, machine_info
-    from cityseg_deploy.fileio import write_text_atomic
+    from cityseg_deploy.bench.records import write_record
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", required=True, type=Path)
@@ -204,8 +204,7 @@ def main() -> None:
             continue
         doc["results"].append(run_arch(arch, ckpt, args.data, args.work / arch, args.max_drop, args.iters, print))
         doc["load_after"] = load_average()
-        write_text_atomic(args.out.with_suffix(".json"), json.dumps(doc, indent=1) + "\n")
-        write_text_atomic(args.out.with_suffix(".md"), to_markdown(doc))
+        write_record(args.out, doc, to_markdown(doc))
     print(to_markdown(doc))
 
 

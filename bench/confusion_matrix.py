@@ -11,7 +11,6 @@ Run: ``python bench/confusion_matrix.py [--images 1000] [--threads N]``; writes
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cityseg_deploy.fileio import write_text_atomic
+from cityseg_deploy.bench.records import write_record
 from cityseg_deploy.metrics import ConfusionMatrix
 
 RESULTS = Path(__file__).parent / "results"
@@ -109,8 +108,7 @@ def main() -> None:
     h, w = (int(v) for v in args.size.split("x"))
     doc = {"benchmark": "confusion_matrix_update", "machine": cpu_info(),
            "result": run(args.images, (h, w), args.classes, args.repeats)}
-    write_text_atomic(args.out.with_suffix(".json"), json.dumps(doc, indent=2) + "\n")
-    write_text_atomic(args.out.with_suffix(".md"), markdown(doc))
+    write_record(args.out, doc, markdown(doc))
     print(markdown(doc))
 
 

@@ -14,7 +14,6 @@ Writes bench/results/cpu_backends_interleaved.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from cityseg_deploy.bench.benchmark import _images, _load, model_flops
     from cityseg_deploy.bench.gemm import sgemm_gflops
+    from cityseg_deploy.bench.records import write_record
     from cityseg_deploy.system.machine import load_average, machine_info, machine_line
     from cityseg_deploy.bench.suite import load_suite, prepare
     from cityseg_deploy.system.timing import StageTimer
@@ -139,8 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"{'–' if t['met'] is None else ('yes' if t['met'] else 'no')} |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_record(out, doc, "\n".join(lines))
     print("\n".join(lines))
     return 0
 

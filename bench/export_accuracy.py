@@ -208,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from cityseg_deploy.system.machine import load_average, machine_info
+    from cityseg_deploy.bench.records import write_record
 
     runs, data = Path(args.runs), Path(args.data)
     work = Path(args.work) if args.work else runs.parent / "export_accuracy"
@@ -233,8 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     doc["seconds"] = round(time.perf_counter() - start, 1)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    out.with_suffix(".md").write_text(markdown(doc))
+    write_record(out, doc, markdown(doc))
     log(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')} ({doc['seconds']:.0f} s)")
     return 0
 

@@ -19,7 +19,6 @@ own threads (600-740 ms against 148-243 ms per 256x512 int8 image in one process
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -57,7 +56,8 @@ def main() -> None:
     args = ap.parse_args()
     size = tuple(int(v) for v in args.size.split("x"))
 
-    from cityseg_deploy.system.machine import load_average, machine_info
+    from cityseg_deploy.bench.records import write_record
+    from cityseg_deploy.system.machine import load_average, machine_info, machine_line
     from cityseg_deploy.evaluation import predict_split
     from cityseg_deploy.scale.cluster import connect
     from cityseg_deploy.scale.ray_batch import RayOptions, ray_predict
@@ -101,20 +101,16 @@ def main() -> None:
            "images": args.images, "size": list(size), "model": "deeplabv3_small ONNX int8 (QDQ)",
            "threads_total": threads, "ray_cluster_start_s": cluster_s, "rows": rows,
            "target": "ray >= 0.85x single-process images/s"}
-    RESULTS.mkdir(exist_ok=True)
-    Path(args.out + ".json").write_text(json.dumps(doc, indent=2) + "\n")
-    m = doc["machine"]
     lines = [f"# predict --engine ray vs single-process ({args.images} images {size[0]}x{size[1]}, int8)\n",
-             f"Machine: {m.get('cpu')} ({', '.join(m.get('cpu_flags', [])[:8])}), {threads} threads in "
-             f"total; load average after: {doc['load_average_after']}; OMP_NUM_THREADS="
-             f"{doc['omp_num_threads']}. Ray cluster start-up "
+             f"Machine: {machine_line(doc['machine'])}; load average after: "
+             f"{doc['load_average_after']}; OMP_NUM_THREADS={doc['omp_num_threads']}. Ray cluster start-up "
              f"{cluster_s:.1f} s (once, not timed below). Medians of {args.rounds} interleaved rounds.\n",
              "| variant | images/s | x single | time per round (s) | files identical to single |",
              "| --- | ---: | ---: | --- | ---: |"]
     for r in rows:
         lines.append(f"| {r['variant']} | {r['images_per_s']:.2f} | {r['ratio_vs_single']:.2f} | "
                      f"{', '.join(f'{s:.1f}' for s in r['seconds'])} | {r['identical_files']}/{len(ref)} |")
-    Path(args.out + ".md").write_text("\n".join(lines) + "\n")
+    write_record(args.out, doc, "\n".join(lines))
     print("\n".join(lines))
     shutil.rmtree(work, ignore_errors=True)
 

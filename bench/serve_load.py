@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import json
 import os
 import tempfile
 import threading
@@ -108,7 +107,8 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from ray_batch import build
 
-    from cityseg_deploy.system.machine import load_average, machine_info
+    from cityseg_deploy.bench.records import write_record
+    from cityseg_deploy.system.machine import load_average, machine_info, machine_line
     from cityseg_deploy.scale import serve as service
 
     threads = len(os.sched_getaffinity(0))
@@ -134,11 +134,8 @@ def main() -> None:
            "model": "deeplabv3_small ONNX int8 (QDQ)", "size": list(size), "threads": threads,
            "max_batch": args.max_batch, "batch_wait_ms": args.batch_wait_ms, "in_process": ref,
            "levels": levels, "checks": checks}
-    RESULTS.mkdir(exist_ok=True)
-    Path(args.out + ".json").write_text(json.dumps(doc, indent=2) + "\n")
-    m = doc["machine"]
     lines = [f"# cityseg serve under closed-loop load ({size[0]}x{size[1]} PNG, int8 DeepLabV3-small)\n",
-             f"Machine: {m.get('cpu')} ({', '.join(m.get('cpu_flags', [])[:8])}), {threads} threads; "
+             f"Machine: {machine_line(doc['machine'])}; "
              f"one replica ({threads} threads), --max-batch {args.max_batch}, --batch-wait-ms "
              f"{args.batch_wait_ms:g}; {args.duration:g} s per level; load average after: "
              f"{doc['load_average_after']}; OMP_NUM_THREADS={doc['omp_num_threads']}.\n",
@@ -151,7 +148,7 @@ def main() -> None:
         lines.append(f"| {lv['concurrency']} | {lv['requests']} | {lv['throughput_rps']:.2f} | {la['p50']:.1f} | "
                      f"{la['p95']:.1f} | {la['p99']:.1f} | {lv['errors']} |")
     lines.append("\nChecks: " + ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in checks.items()))
-    Path(args.out + ".md").write_text("\n".join(lines) + "\n")
+    write_record(args.out, doc, "\n".join(lines))
     print("\n".join(lines))
 
 

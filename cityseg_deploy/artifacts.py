@@ -23,6 +23,7 @@ from typing import Any
 from .errors import CitysegError
 from .fileio import recover_swap, write_text_atomic
 from .models.checkpoint import ModelMeta
+from .precision import PRECISIONS
 
 ONNX_META_KEY = "cityseg"
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
@@ -79,7 +80,6 @@ def pack(meta: ModelMeta, io: dict[str, Any]) -> str:
     return json.dumps({"meta": meta.to_dict(), "io": io}, sort_keys=True)
 
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 IO_CHOICES = {"input": ("float_nchw", "uint8_nhwc"), "output": ("logits", "labels"), "precision": PRECISIONS}
 
 

@@ -268,55 +268,86 @@ def _machine_line() -> str:
 
 def write_report(cfg: QuickstartConfig, state: State) -> Path:
     """``DIR/report.md``: Table 2 and Table 1 per model, plots, speed, sample images, video."""
-    from .metrics.plots import plot_class_iou, plot_confusion
-    from .metrics.tables import table1_markdown, table2_markdown
-
     out = cfg.out
     rel = lambda p: os.path.relpath(p, out)  # noqa: E731
     lines = ["# cityseg quickstart report", "",
              f"Synthetic Cityscapes-layout data ({cfg.n_train} train / {cfg.n_val} val at "
              f"{cfg.size[0]}x{cfg.size[1]}, seed {cfg.seed}); {_networks_phrase(cfg.models)} as "
              f"small CPU presets. Machine: {_machine_line()}.", ""]
-
     baselines: dict[str, dict] = {}
     for arch in cfg.models:
         check_doc = json.loads(Path(state.steps[f"check:{arch}"]["json"]).read_text())
-        results = {check_doc["baseline"]["model"]: check_doc["baseline"]}
-        for cand in check_doc["candidates"]:
-            results[cand["model"]] = cand
         baselines[arch] = check_doc["baseline"]
-        train = state.steps[f"train:{arch}"]
-        lines += [f"## {arch}", "",
-                  f"Trained {train.get('epochs')} epochs (best epoch {train.get('best_epoch')}); "
-                  f"training curves: ![curves]({rel(out / 'runs' / arch / 'curves.png')})", "",
-                  "**Table 2** (metrics × artifacts, %):", "", table2_markdown(results), "",
-                  "**Agreement with the PyTorch baseline** (fraction of pixels with the same label) "
-                  "and mIoU change:", "",
-                  "| artifact | backend | precision | agreement | Δ mIoU (pts) | logit error max / p99 |",
-                  "| --- | --- | --- | --- | --- | --- |"]
-        for cand in check_doc["candidates"]:
-            err = cand.get("logit_error") or {}
-            err_text = (f"{err['max_abs']:.2e} / {err['p99_abs']:.2e}" if err.get("max_abs") is not None
-                        else "n/a (labels only)")
-            lines.append(f"| {cand['model']} | {cand.get('backend')} | {cand.get('precision')} | "
-                         f"{cand['agreement']:.4f} | {100 * cand['delta']['miou']:+.2f} | {err_text} |")
-        failed = {k: v for k, v in state.steps[f"export:{arch}"]["artifacts"].items()
-                  if v["status"] != "ok"}
-        for label, info in failed.items():
-            lines.append(f"| {label} | — | — | export failed: {info['error']} | | |")
-        lines += ["", "**Table 1** (per-class IoU, %):", "", table1_markdown(results), ""]
+        lines += _network_section(arch, check_doc, state, rel(out / "runs" / arch / "curves.png"))
+    figures = _baseline_figures(out / "figures", baselines)
+    lines += _deploy_section(_choices(cfg, state), rel)
+    lines += _side_by_side_section(baselines, figures, rel)
+    sample = sample_figure(cfg, {a: str(out / "runs" / a / "best.pt") for a in cfg.models},
+                           out / "figures" / "samples.png")
+    lines += ["## Sample predictions", "",
+              "Each row: image, then ground truth / prediction for " + ", ".join(cfg.models) + ".",
+              "", f"![samples]({rel(sample)})", ""]
+    bench_md = (out / "bench" / "bench.md").read_text()
+    lines += ["## Speed", "", demote_headings(bench_md.strip(), 2), "",
+              f"![latency]({rel(out / 'bench' / 'latency.png')})", ""]
+    seg = state.steps.get("segment")
+    if seg:
+        lines += _video_section(seg, rel)
+    lines += _steps_section(state)
+    report = out / "report.md"
+    write_text_atomic(report, "\n".join(lines))
+    return report
 
-    # Cross-model views: per-class IoU of the three baselines, confusion of the best one.
-    figures = out / "figures"
-    plot_class_iou({arch: doc for arch, doc in baselines.items()}, figures / "class_iou.png",
+
+def _network_section(arch: str, check_doc: dict, state: State, curves: str) -> list[str]:
+    """One network: training, Table 2, agreement with its baseline (and failed exports), Table 1."""
+    from .metrics.tables import table1_markdown, table2_markdown
+
+    results = {check_doc["baseline"]["model"]: check_doc["baseline"]}
+    for cand in check_doc["candidates"]:
+        results[cand["model"]] = cand
+    train = state.steps[f"train:{arch}"]
+    lines = [f"## {arch}", "",
+             f"Trained {train.get('epochs')} epochs (best epoch {train.get('best_epoch')}); "
+             f"training curves: ![curves]({curves})", "",
+             "**Table 2** (metrics × artifacts, %):", "", table2_markdown(results), "",
+             "**Agreement with the PyTorch baseline** (fraction of pixels with the same label) "
+             "and mIoU change:", "",
+             "| artifact | backend | precision | agreement | Δ mIoU (pts) | logit error max / p99 |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for cand in check_doc["candidates"]:
+        err = cand.get("logit_error") or {}
+        err_text = (f"{err['max_abs']:.2e} / {err['p99_abs']:.2e}" if err.get("max_abs") is not None
+                    else "n/a (labels only)")
+        lines.append(f"| {cand['model']} | {cand.get('backend')} | {cand.get('precision')} | "
+                     f"{cand['agreement']:.4f} | {100 * cand['delta']['miou']:+.2f} | {err_text} |")
+    failed = {k: v for k, v in state.steps[f"export:{arch}"]["artifacts"].items()
+              if v["status"] != "ok"}
+    for label, info in failed.items():
+        lines.append(f"| {label} | — | — | export failed: {info['error']} | | |")
+    return lines + ["", "**Table 1** (per-class IoU, %):", "", table1_markdown(results), ""]
+
+
+def _baseline_figures(figures: Path, baselines: dict[str, dict]) -> tuple[Path, Path]:
+    """Per-class IoU of every baseline, and the confusion of the best one (the video's network)."""
+    from .metrics.plots import plot_class_iou, plot_confusion
+
+    class_iou, confusion = figures / "class_iou.png", figures / "confusion.png"
+    plot_class_iou({arch: doc for arch, doc in baselines.items()}, class_iou,
                    title="Per-class IoU of the PyTorch baselines")
     best_arch, _ = choose_video_network(baselines)
     best = baselines[best_arch]
-    plot_confusion(best["confusion"], best["classes"], figures / "confusion.png",
+    plot_confusion(best["confusion"], best["classes"], confusion,
                    title=f"Confusion of {best_arch} (rows: truth, normalised)")
-    lines += _deploy_section(_choices(cfg, state), rel)
-    lines += [_side_by_side_heading(len(baselines)), "",
-              "| network | classes | mIoU % | per-pixel % |", "| --- | --- | --- | --- |"]
+    return class_iou, confusion
+
+
+def _side_by_side_section(baselines: dict[str, dict], figures: tuple[Path, Path],
+                          rel: Callable[[Any], str]) -> list[str]:
+    """The baselines' mIoU and per-pixel accuracy in one table, then the cross-model figures."""
+    class_iou, confusion = figures
+    lines = [_side_by_side_heading(len(baselines)), "",
+             "| network | classes | mIoU % | per-pixel % |", "| --- | --- | --- | --- |"]
     for arch, doc in baselines.items():
         lines.append(f"| {arch} | {doc['num_classes']} | {100 * doc['miou']:.2f} | "
                      f"{100 * doc['per_pixel']:.2f} |")
@@ -324,38 +355,27 @@ def write_report(cfg: QuickstartConfig, state: State) -> Path:
     if len({doc["num_classes"] for doc in baselines.values()}) > 1:
         lines += ["U-Net predicts the report's 10 merged classes, the others the 19 Cityscapes "
                   "classes, so their mIoUs are not on the same scale (as in the report).", ""]
-    lines += [f"![per-class IoU]({rel(figures / 'class_iou.png')})", "",
-              f"![confusion]({rel(figures / 'confusion.png')})", ""]
+    return lines + [f"![per-class IoU]({rel(class_iou)})", "", f"![confusion]({rel(confusion)})", ""]
 
-    sample = sample_figure(cfg, {a: str(out / "runs" / a / "best.pt") for a in cfg.models},
-                           figures / "samples.png")
-    lines += ["## Sample predictions", "",
-              "Each row: image, then ground truth / prediction for " + ", ".join(cfg.models) + ".",
-              "", f"![samples]({rel(sample)})", ""]
 
-    bench_md = (out / "bench" / "bench.md").read_text()
-    lines += ["## Speed", "", demote_headings(bench_md.strip(), 2), "",
-              f"![latency]({rel(out / 'bench' / 'latency.png')})", ""]
+def _video_section(seg: dict[str, Any], rel: Callable[[Any], str]) -> list[str]:
+    lines = ["## Video", "",
+             f"`cityseg segment` on a generated drive ({seg['frames']} frames) with "
+             f"`{rel(seg['model'])}`: {seg['fps']:.1f} FPS end to end → "
+             f"`{rel(seg['outputs'][0])}`.", ""]
+    if seg.get("why"):
+        lines += [f"Network: {seg['arch']}, {seg['why']}; artifact: its deploy choice above "
+                  f"({seg.get('artifact')}).", ""]
+    if seg.get("still"):
+        lines += [f"![frame]({rel(seg['still'])})", ""]
+    return lines
 
-    seg = state.steps.get("segment")
-    if seg:
-        lines += ["## Video", "",
-                  f"`cityseg segment` on a generated drive ({seg['frames']} frames) with "
-                  f"`{rel(seg['model'])}`: {seg['fps']:.1f} FPS end to end → "
-                  f"`{rel(seg['outputs'][0])}`.", ""]
-        if seg.get("why"):
-            lines += [f"Network: {seg['arch']}, {seg['why']}; artifact: its deploy choice above "
-                      f"({seg.get('artifact')}).", ""]
-        if seg.get("still"):
-            lines += [f"![frame]({rel(seg['still'])})", ""]
 
+def _steps_section(state: State) -> list[str]:
     total = sum(s.get("seconds", 0.0) for s in state.steps.values())
-    lines += ["## Steps and wall time", "", "| step | seconds |", "| --- | --- |"]
+    lines = ["## Steps and wall time", "", "| step | seconds |", "| --- | --- |"]
     lines += [f"| {name} | {s.get('seconds', 0.0):.1f} |" for name, s in state.steps.items()]
-    lines += [f"| **total** | **{total:.1f}** |", ""]
-    report = out / "report.md"
-    write_text_atomic(report, "\n".join(lines))
-    return report
+    return lines + [f"| **total** | **{total:.1f}** |", ""]
 
 
 _COUNT_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}

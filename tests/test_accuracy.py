@@ -27,6 +27,8 @@ from cityseg_deploy.evaluation.layerwise import layerwise, val_inputs
 from cityseg_deploy.export.accuracy_control import float_island
 from cityseg_deploy.models.checkpoint import ModelMeta
 
+from support import FeedReader
+
 SIZE = (64, 128)
 EPS = 0.05
 
@@ -154,17 +156,6 @@ def _images(n=4):
     return out
 
 
-class _Reader:
-    def __init__(self, images):
-        self.images, self.i = images, 0
-
-    def get_next(self):
-        if self.i >= len(self.images):
-            return None
-        self.i += 1
-        return {"x": self.images[self.i - 1]}
-
-
 @pytest.mark.parametrize("method", ["minmax", "percentile", "entropy"])
 def test_calibration_methods_match_onnxruntime(tmp_path, method):
     """Our bounded, batch-by-batch calibration gives onnxruntime's own ranges for each method."""
@@ -176,14 +167,14 @@ def test_calibration_methods_match_onnxruntime(tmp_path, method):
     model = tmp_path / "g.onnx"
     _outlier_graph(model)
     cache = tmp_path / "ours.json"
-    calibrate_ranges(model, _Reader(_images()), cache, tmp_path, method)
+    calibrate_ranges(model, FeedReader(_images()), cache, tmp_path, method)
     ours = {k: v.range_value for k, v in load_tensors_data(cache).data.items()}
     ort_method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                   "entropy": CalibrationMethod.Entropy}[method]
     extra = {} if method == "minmax" else {"symmetric": True}
     cal = create_calibrator(str(model), None, str(tmp_path / "aug.onnx"), calibrate_method=ort_method,
                             extra_options=extra)
-    cal.collect_data(_Reader(_images()))
+    cal.collect_data(FeedReader(_images()))
     theirs = {k: v.range_value for k, v in cal.compute_data().data.items()}
     assert set(ours) == set(theirs)
     for name in ours:

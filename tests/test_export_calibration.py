@@ -19,6 +19,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from cityseg_deploy.system.machine import session_threads as threads
 
+from support import FeedReader
+
 
 def dense_block(path, *, layers: int, growth: int = 8, channels: int = 8, size: int = 64, seed: int = 0) -> None:
     """A DenseNet-like block: (Relu → Conv 3x3 → Concat in front) x ``layers``, channels growing."""
@@ -33,17 +35,6 @@ def dense_block(path, *, layers: int, growth: int = 8, channels: int = 8, size: 
     graph = helper.make_graph(nodes, "dense", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, size, size])],
                               [helper.make_tensor_value_info(feats, TensorProto.FLOAT, [1, c, size, size])], inits)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
-
-
-class Reader:
-    def __init__(self, images):
-        self.images, self.i = images, 0
-
-    def get_next(self):
-        if self.i >= len(self.images):
-            return None
-        self.i += 1
-        return {"x": self.images[self.i - 1]}
 
 
 def test_threads_means_all_cores_unless_omp_num_threads_says(monkeypatch):
@@ -69,11 +60,11 @@ def test_bounded_calibration_gives_onnxruntime_ranges(tmp_path):
     ops = list(set(QLinearOpsRegistry) | set(QDQRegistry))
     ref = create_calibrator(model, ops, augmented_model_path=str(tmp_path / "aug.onnx"),
                             calibrate_method=CalibrationMethod.MinMax)
-    ref.collect_data(Reader(images))
+    ref.collect_data(FeedReader(images))
     expected = {k: [float(np.asarray(v.range_value[0]).ravel()[0]), float(np.asarray(v.range_value[1]).ravel()[0])]
                 for k, v in ref.compute_data().data.items()}
     cache = tmp_path / "ranges.json"
-    calibrate_ranges(model, Reader(images), cache, tmp_path)
+    calibrate_ranges(model, FeedReader(images), cache, tmp_path)
     got = _ranges_to_json(cache)
     assert got.keys() == expected.keys() and len(got) >= 12
     for k in expected:

@@ -37,6 +37,8 @@ def test_open_artifact_checks_handed_in_metadata_against_the_graph(arts, tmp_pat
     tmp = tmp_path / ".model.onnx.abc123.tmp"
     shutil.copyfile(arts["onnx"], tmp)
     runtime.open_artifact(tmp, "onnx", metadata=(meta, io))  # the truth loads
+    with pytest.raises(CitysegError, match="metadata"):  # load() reads it; never handed in
+        runtime.load(arts["onnx"], metadata=(meta, io))
     with pytest.raises(CitysegError, match="size"):
         runtime.open_artifact(tmp, "onnx", metadata=(meta, dict(io, size=[128, 256])))
     with pytest.raises(CitysegError, match="precision"):

@@ -31,17 +31,10 @@ from cityseg_deploy.cli import segment as segment_cli
 from cityseg_deploy.data.cityscapes import find_samples
 from cityseg_deploy.errors import CitysegError, first_line
 from test_video_support import StandInSegmenter, write_clip
+from support import error_line
 
 REPO = Path(__file__).resolve().parents[1]
 PROPS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-
-
-def _error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
 
 
 def _cli(*argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -109,7 +102,7 @@ def test_non_utf8_path_is_refused_up_front(argv, ckpt, synth_root, tmp_path, cap
     before = sorted(p.name for p in tmp_path.iterdir())
     fill = {"clip": str(clip), "ckpt": str(ckpt), "tmp": str(tmp_path), "data": str(synth_root)}
     assert run([a.format(**fill) for a in argv]) == 2
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert "not valid UTF-8" in line and "out_\\xff\\xfe" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written, nothing started
 
@@ -136,7 +129,7 @@ def test_first_line_of_an_empty_message_is_the_type_name():
 
 
 @pytest.mark.parametrize("command", ["eval", "export", "predict", "check", "bench", "init_weights"])
-def test_zero_byte_checkpoint_is_one_error_line(command, ckpt, synth_root, tmp_path, capsys):
+def test_zero_byte_checkpoint_is_oneerror_line(command, ckpt, synth_root, tmp_path, capsys):
     empty = tmp_path / "empty.pt"
     empty.write_bytes(b"")
     recipe = tmp_path / "r.yaml"
@@ -155,7 +148,7 @@ def test_zero_byte_checkpoint_is_one_error_line(command, ckpt, synth_root, tmp_p
         assert "Traceback" not in err.err and "empty file (0 bytes)" in err.out + err.err
         return
     assert code == 2
-    assert "empty.pt: empty file (0 bytes)" in _error_line(capsys)
+    assert "empty.pt: empty file (0 bytes)" in error_line(capsys)
     assert not (tmp_path / "run" / "last.pt").exists() and not (tmp_path / "p").exists()
 
 
@@ -166,7 +159,7 @@ def test_checkpoint_loader_raising_an_empty_message(ckpt, synth_root, monkeypatc
 
     monkeypatch.setattr(torch, "load", load)
     assert run(["eval", str(ckpt), "--data", str(synth_root), "--no-progress"]) == 2
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert "not a readable PyTorch checkpoint" in line and "(EOFError" in line
 
 
@@ -218,7 +211,7 @@ def test_onnx_metadata_that_lies_is_refused_naming_file_and_field(lie, onnx_fp32
     for argv in (["eval", str(bad), "--data", str(synth_root), "--no-progress"],
                  ["predict", str(bad), "--data", str(synth_root), "--out", str(tmp_path / "p")]):
         assert run(argv) == 2
-        line = _error_line(capsys)
+        line = error_line(capsys)
         assert "lie.onnx" in line and field in line and ("re-export" in line or "re-create" in line), line
     assert not (tmp_path / "p").exists() or not any((tmp_path / "p").iterdir())
 
@@ -255,7 +248,7 @@ def test_openvino_metadata_that_lies_is_refused(lie, ir_fp32, synth_root, tmp_pa
     META_LIES[lie][0](doc)
     (bad / "metadata.json").write_text(json.dumps(doc))
     assert run(["eval", str(bad), "--data", str(synth_root), "--no-progress"]) == 2
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert "metadata.json" in line and "metadata field" in line and ("re-export" in line or "re-create" in line), line
 
 
@@ -274,7 +267,7 @@ def test_aoti_sidecar_that_lies_is_refused(lie, ckpt, synth_root, tmp_path_facto
     META_LIES[lie][0](doc)
     sidecar_path(bad).write_text(json.dumps(doc))
     assert run(["eval", str(bad), "--data", str(synth_root), "--no-progress"]) == 2
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert "lie.pt2.json" in line and META_LIES[lie][1] in line, line
 
 
@@ -296,7 +289,7 @@ def test_export_destination_checked_before_any_work(case, ckpt, tmp_path, monkey
                 "under a file": ("onnx", tmp_path / "file" / "sub" / "m.onnx"),
                 "IR onto a file": ("openvino", tmp_path / "file")}[case]
     assert run(["export", str(ckpt), "--format", fmt, "--out", str(out)]) == 2
-    assert f"--out {out}" in _error_line(capsys)
+    assert f"--out {out}" in error_line(capsys)
     assert (tmp_path / "file").read_text() == "x" and not any((tmp_path / "taken.onnx").iterdir())
 
 
@@ -328,7 +321,7 @@ def test_other_label_set_exports_int8_and_predicts(classes, label_set, synth_roo
                  ["check", str(ckpt), str(out), "--data", str(synth_root), "--no-progress"],
                  ["predict", str(ckpt), "--data", str(synth_root), "--out", str(tmp_path / "q")]):
         assert run(argv) == 2
-        line = _error_line(capsys)
+        line = error_line(capsys)
         assert label_set in line and ("ground truth in that label set" in line or "label ids" in line)
 
 
@@ -443,7 +436,7 @@ def twin_root(synth_root, tmp_path) -> Path:
 def test_predict_refuses_flat_output_that_would_overwrite(twin_root, ckpt, tmp_path, capsys):
     out = tmp_path / "preds"
     assert run(["predict", str(ckpt), "--data", str(twin_root), "--out", str(out), "--no-progress"]) == 2
-    assert "--layout cities" in _error_line(capsys)
+    assert "--layout cities" in error_line(capsys)
     assert not out.exists()
 
 
@@ -467,7 +460,7 @@ def test_predict_cities_layout_and_eval_reads_it(twin_root, ckpt, tmp_path, caps
     shutil.copy(twin, out / "extra" / twin.parent.name / twin.name)
     assert run(["eval", "--pred-dir", str(out), "--data", str(twin_root), "--pred-format", "trainIds",
                 "--no-progress"]) == 2
-    assert "prediction PNGs for image" in _error_line(capsys)
+    assert "prediction PNGs for image" in error_line(capsys)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -481,7 +474,7 @@ def test_segment_refuses_a_non_empty_labels_dir(tmp_path, stand_in, capsys):
     assert len(list(labels.iterdir())) == 6
     capsys.readouterr()
     assert run(["segment", str(clip), "--model", "m.pt", "--labels-dir", str(labels), "--vid-stride", "2"]) == 2
-    assert "--overwrite" in _error_line(capsys)
+    assert "--overwrite" in error_line(capsys)
     assert stand_in.frames == 6  # the refusal came before any frame was segmented
     assert run(["segment", str(clip), "--model", "m.pt", "--labels-dir", str(labels), "--vid-stride", "2",
                 "--overwrite"]) == 0
@@ -509,7 +502,7 @@ def test_train_refuses_a_non_empty_out_and_overwrite_clears_old_run_files_first(
     argv = ["train", "--recipe", str(_tiny_recipe(tmp_path)), "--data", str(synth_root), "--out",
             str(out), "--device", "cpu", "--no-progress"]
     assert run(argv) == 2
-    assert "--overwrite" in _error_line(capsys)
+    assert "--overwrite" in error_line(capsys)
     assert (out / "report.md").read_text() == "old run"
 
     def killed(*a, **k):  # the new run dies before its first step
@@ -549,7 +542,7 @@ def test_video_without_a_frame_is_an_error(make, tmp_path, stand_in, capsys):
     code = run(["segment", str(src), "--model", "m.pt", "--out", str(tmp_path / "o.mp4"),
                 "--labels-dir", str(tmp_path / "labels")])
     assert code == 2
-    assert "no frame could be decoded" in _error_line(capsys)
+    assert "no frame could be decoded" in error_line(capsys)
     assert not (tmp_path / "o.mp4").exists() and not (tmp_path / "labels").exists()
 
 
@@ -623,7 +616,7 @@ def test_train_checks_every_header_before_the_first_step(split, damage, synth_ro
         AssertionError("training started")))
     assert run(["train", "--recipe", str(_tiny_recipe(tmp_path)), "--data", str(root), "--out",
                 str(tmp_path / "run"), "--device", "cpu", "--no-progress"]) == 2
-    assert victim.name in _error_line(capsys)
+    assert victim.name in error_line(capsys)
     assert not steps and not (tmp_path / "run").exists()
 
 
@@ -671,7 +664,7 @@ def test_png_header_agrees_with_the_decoder(tmp_path, h, w, channels, where, how
 # 17. native libraries' stderr folded into our one line
 # ---------------------------------------------------------------------------------------------
 
-def test_opencv_png_warning_is_folded_into_the_error_line(synth_root, tmp_path):
+def test_opencv_png_warning_is_folded_into_theerror_line(synth_root, tmp_path):
     folder = tmp_path / "frames"
     folder.mkdir()
     good = find_samples(synth_root, "val")[0].image.read_bytes()
@@ -683,7 +676,7 @@ def test_opencv_png_warning_is_folded_into_the_error_line(synth_root, tmp_path):
     assert "PNG input buffer is incomplete" in err  # what OpenCV said, now inside our line
 
 
-def test_ffmpeg_message_is_folded_into_the_error_line(tmp_path):
+def test_ffmpeg_message_is_folded_into_theerror_line(tmp_path):
     clip = write_clip(tmp_path / "c.mp4", n=20)
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(clip.read_bytes()[: clip.stat().st_size // 2])

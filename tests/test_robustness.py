@@ -41,6 +41,8 @@ from cityseg_deploy.labels import (CITYSCAPES10, CITYSCAPES19, IGNORE_INDEX, LAB
 from cityseg_deploy.metrics import ConfusionMatrix
 from cityseg_deploy.metrics.confusion import metrics_from_confusion
 
+from support import error_line
+
 PROPS = settings(max_examples=40, deadline=None,
                  suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -275,14 +277,6 @@ def test_readers_return_uint8_or_raise_citysegerror(fuzz_file, data):
             assert ndim == 2 or out.shape[2] == 3
 
 
-def _error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
-
-
 @pytest.fixture
 def scored_root(synth_root, tmp_path) -> tuple[Path, Path]:
     """A private copy of the synthetic root and a folder of perfect trainId predictions for it."""
@@ -332,7 +326,7 @@ def test_bad_label_png_is_one_error_line_exit_2(scored_root, tmp_path, capsys, t
     victim.write_bytes(BAD_PNGS[case](victim.read_bytes()))
     json_out = tmp_path / "e.json"
     assert _eval_pred_dir(root, preds, "--json", str(json_out)) == 2
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert victim.name in line
     assert not json_out.exists()
 
@@ -343,7 +337,7 @@ def test_bad_image_png_is_one_error_line_exit_2(scored_root, capsys, case):
     image = find_samples(root, "val")[0].image
     image.write_bytes(BAD_PNGS[case](image.read_bytes()))
     assert _eval_pred_dir(root, preds) == 2
-    assert image.name in _error_line(capsys)
+    assert image.name in error_line(capsys)
 
 
 @pytest.mark.parametrize("convert", [
@@ -386,7 +380,7 @@ def test_ids_outside_the_table(scored_root, tmp_path, capsys):
     bad[0, 0] = 77
     fileio.write_png(pred, bad)
     assert _eval_pred_dir(root, preds) == 2
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert "value 77" in line and pred.name in line
 
 
@@ -414,11 +408,11 @@ def test_segment_image_folder_with_a_corrupt_frame(synth_root, tmp_path, monkeyp
     (frames / "f2.png").write_bytes((frames / "f2.png").read_bytes()[:100])
     out = tmp_path / "out"
     assert run(["segment", str(frames), "--model", "m.pt", "--out", str(out / "o.mp4")]) == 2
-    assert "f2.png" in _error_line(capsys)
+    assert "f2.png" in error_line(capsys)
     assert not out.exists() or not list(out.iterdir())
 
 
-def test_train_with_workers_and_a_corrupt_image_is_one_error_line(synth_root, tmp_path, capsys,
+def test_train_with_workers_and_a_corrupt_image_is_oneerror_line(synth_root, tmp_path, capsys,
                                                                    monkeypatch):
     """Regression: a CitysegError raised in a DataLoader worker came back wrapped in the worker's
     traceback text, so `error:` was followed by a traceback (every full recipe has workers: 4)."""
@@ -434,7 +428,7 @@ def test_train_with_workers_and_a_corrupt_image_is_one_error_line(synth_root, tm
         "train_size": [32, 64], "val_size": [32, 64], "augment": {"scale": [1.0, 1.0]}}))
     assert run(["train", "--recipe", str(recipe), "--data", str(root), "--out", str(tmp_path / "run"),
                 "--device", "cpu", "--no-progress"]) == 2
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert line == f"error: {image}: empty file (0 bytes); re-create or remove it"
     # The failed loader's iterator sits in a reference cycle (torch re-raises from a frame that
     # holds it); collect it now with a short worker join instead of 5 s in a later test.
@@ -502,7 +496,7 @@ def test_export_interrupted_mid_write_leaves_nothing(small_ckpt, synth_root, tmp
     if precision == "int8":
         argv += ["--calib-data", str(synth_root), "--calib-images", "2"]
     assert run(argv) == 130
-    assert _error_line(capsys) == "error: interrupted"  # click's Abort, caused by the Ctrl-C
+    assert error_line(capsys) == "error: interrupted"  # click's Abort, caused by the Ctrl-C
     _only(tmp_path, "m.pt")  # no .onnx, no _openvino_model/, no .calib.json, no .tmp
 
 
@@ -516,7 +510,7 @@ def test_aoti_export_interrupted_mid_write_leaves_nothing(small_ckpt, tmp_path, 
 
     monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", compile_then_ctrl_c)
     assert run(["export", str(ckpt), "--format", "aoti", "--no-verify"]) == 130
-    assert _error_line(capsys) == "error: interrupted"
+    assert error_line(capsys) == "error: interrupted"
     _only(tmp_path, "m.pt")  # no .pt2, no .pt2.json sidecar
 
 
@@ -558,7 +552,7 @@ def test_aoti_export_interrupted_never_leaves_a_lone_sidecar_or_package(small_ck
 
         monkeypatch.setattr(aoti, "write_sidecar", sidecar_then_ctrl_c)
     assert run(argv) == 130
-    assert _error_line(capsys) == "error: interrupted"
+    assert error_line(capsys) == "error: interrupted"
     _only(tmp_path, "m.pt")
 
 
@@ -571,7 +565,7 @@ def test_ctrl_c_in_any_command_says_interrupted(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(check, "check_dataset", ctrl_c)
     assert run(["data", "check", str(tmp_path)]) == 130
-    assert _error_line(capsys) == "error: interrupted"
+    assert error_line(capsys) == "error: interrupted"
 
 
 def test_input_ending_early_is_bad_input_not_an_interrupt(tmp_path, monkeypatch, capsys):
@@ -589,7 +583,7 @@ def test_input_ending_early_is_bad_input_not_an_interrupt(tmp_path, monkeypatch,
 
     monkeypatch.setattr(check, "check_dataset", read_truncated)
     assert run(["data", "check", str(tmp_path)]) == 2
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert line.startswith("error: input ended early") and "Ran out of input" in line
 
 
@@ -614,7 +608,7 @@ def test_predict_interrupted_mid_png_keeps_only_complete_files(small_ckpt, synth
     _ctrl_c_in_the_nth_png(monkeypatch, 3)
     assert run(["predict", str(small_ckpt), "--data", str(synth_root), "--out", str(out),
                 "--threads", "1", "--no-progress"]) == 130
-    _error_line(capsys)
+    error_line(capsys)
     stems = [s.stem for s in find_samples(synth_root, "val")]
     _only(out, *(f"{s}_leftImg8bit.png" for s in stems[:2]))
     for png in out.iterdir():

@@ -134,6 +134,18 @@ def _truth_ignored(root: Path) -> np.ndarray:
     return np.concatenate([(ds[i][1] == 255).ravel() for i in range(len(ds))])
 
 
+def test_the_driver_knows_the_size_the_actors_run_at(models):
+    """check --engine ray reads input_size from the driver's model (it once had none)."""
+    from cityseg_deploy import runtime
+    from cityseg_deploy.scale.ray_batch import RayEngine, RayOptions
+
+    engine = RayEngine(RayOptions())
+    for spec in (models["ckpt"], models["onnx"], models["slow"]):
+        seg = runtime.load(spec)
+        assert engine.load(str(spec)).input_size == seg.input_size
+        seg.close()
+
+
 @pytest.mark.slow
 def test_check_on_ray_gives_the_same_tables(ray_cluster, models, synth_root, tmp_path):
     a, b = tmp_path / "local.json", tmp_path / "ray.json"

@@ -14,6 +14,7 @@ import gc
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -120,15 +121,8 @@ def bench_one(spec: str, *, device: str = "cpu", batch: int = 1, size: Sequence[
     }
     seg = None
     try:
-        import torch
-
         cuda = str(device).startswith("cuda")
-        gc.collect()
-        reset_peak_rss()
-        rss0 = rss_mb()
-        if cuda and torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-            dev_mem0 = torch.cuda.memory_allocated()
+        memory = _MemoryMark.now(cuda)
         seg = _load(spec, runner, device=device, precision=precision, threads=threads, size=size,
                     options=options or {})
         row["backend"] = seg.backend
@@ -136,55 +130,100 @@ def bench_one(spec: str, *, device: str = "cpu", batch: int = 1, size: Sequence[
         row["detail"] = seg.describe()
         run_size = tuple(size) if size else tuple(seg.input_size)
         row["size"] = list(run_size)
-        images = _images(int(batch), run_size)
         timer = StageTimer(device if cuda else "cpu")
-        for _ in range(max(0, int(warmup))):
-            timer.begin()
-            seg.run(images, timer=timer)
-            timer.step()
-        timer.reset()
-        t_end = time.perf_counter() + duration if duration else None
-        count = 0
-        while True:
-            timer.begin()
-            seg.run(images, timer=timer)
-            timer.step()
-            count += 1
-            if t_end is not None:
-                if time.perf_counter() >= t_end and count >= 2:
-                    break
-            elif count >= max(1, int(iters or 1)):
-                break
+        count = _time_runs(seg, _images(int(batch), run_size), timer, warmup=warmup, iters=iters,
+                           duration=duration)
         summary = timer.summary()
         row["latency_ms"] = summary["end_to_end"]
         row["stages"] = {k: summary[k] for k in STAGES if k in summary}
         row["iters"] = count
         row["throughput_fps"] = 1000.0 * int(batch) / row["latency_ms"]["mean"]
-        host_peak = peak_rss_mb()
-        row["host_peak_rss_mb"] = round(host_peak - rss0, 1) if host_peak and rss0 else None
-        row["peak_mem_mb"] = row["host_peak_rss_mb"]
-        if cuda and torch.cuda.is_available():
-            row["device_peak_mb"] = round((torch.cuda.max_memory_allocated() - dev_mem0) / 2**20, 1)
-            row["peak_mem_mb"] = row["device_peak_mb"]
-        flops = model_flops(seg.meta, run_size)
-        if flops:
-            row["gflops"] = flops * int(batch) / 1e9
-            compute = summary.get("compute", summary["end_to_end"])["median"]
-            row["gflops_per_s"] = row["gflops"] / (summary["end_to_end"]["median"] / 1e3)
-            row["compute_gflops_per_s"] = row["gflops"] / (compute / 1e3)
+        row.update(memory.peaks())
+        row.update(_flops_fields(seg.meta, run_size, int(batch), summary))
         row["status"] = "ok"
     except Exception as exc:  # one failing backend must not abort the others
         message = first_line(exc, 300) if str(exc).strip() else ""
         row["error"] = message if isinstance(exc, CitysegError) else f"{type(exc).__name__}: {message}"
     finally:
-        if seg is not None:
-            try:
-                seg.close()
-            except Exception:
-                pass
+        _close_quietly(seg)
         del seg
         gc.collect()
     return row
+
+
+@dataclass(frozen=True)
+class _MemoryMark:
+    """Memory in use when a row starts, so the row reports what its model added at peak."""
+    host_mb: float | None
+    device_bytes: int | None  # None unless running on an available CUDA device
+
+    @classmethod
+    def now(cls, cuda: bool) -> _MemoryMark:
+        import torch
+
+        gc.collect()
+        reset_peak_rss()
+        host_mb = rss_mb()
+        device_bytes = None
+        if cuda and torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+            device_bytes = torch.cuda.memory_allocated()
+        return cls(host_mb, device_bytes)
+
+    def peaks(self) -> dict[str, float | None]:
+        """``host_peak_rss_mb``, ``device_peak_mb`` (CUDA) and ``peak_mem_mb`` (device if any)."""
+        host_peak = peak_rss_mb()
+        host = round(host_peak - self.host_mb, 1) if host_peak and self.host_mb else None
+        peaks = {"host_peak_rss_mb": host, "peak_mem_mb": host}
+        if self.device_bytes is not None:
+            import torch
+
+            peaks["device_peak_mb"] = round((torch.cuda.max_memory_allocated() - self.device_bytes) / 2**20, 1)
+            peaks["peak_mem_mb"] = peaks["device_peak_mb"]
+        return peaks
+
+
+def _time_runs(seg, images: np.ndarray, timer: StageTimer, *, warmup: int, iters: int | None,
+               duration: float | None) -> int:
+    """Warm up, then time whole runs: ``iters`` of them, or for ``duration`` s (at least 2)."""
+    for _ in range(max(0, int(warmup))):
+        _timed_run(seg, images, timer)
+    timer.reset()
+    t_end = time.perf_counter() + duration if duration else None
+    count = 0
+    while True:
+        _timed_run(seg, images, timer)
+        count += 1
+        if t_end is not None:
+            if time.perf_counter() >= t_end and count >= 2:
+                return count
+        elif count >= max(1, int(iters or 1)):
+            return count
+
+
+def _timed_run(seg, images: np.ndarray, timer: StageTimer) -> None:
+    timer.begin()
+    seg.run(images, timer=timer)
+    timer.step()
+
+
+def _flops_fields(meta, size: Sequence[int], batch: int, summary: dict) -> dict[str, float]:
+    """``gflops`` per batch and the rates it gives end to end and in compute (empty if not countable)."""
+    flops = model_flops(meta, size)
+    if not flops:
+        return {}
+    gflops = flops * batch / 1e9
+    compute = summary.get("compute", summary["end_to_end"])["median"]
+    return {"gflops": gflops, "gflops_per_s": gflops / (summary["end_to_end"]["median"] / 1e3),
+            "compute_gflops_per_s": gflops / (compute / 1e3)}
+
+
+def _close_quietly(seg) -> None:
+    if seg is not None:
+        try:
+            seg.close()
+        except Exception:
+            pass
 
 
 def _parse_entry(entry) -> dict[str, Any]:

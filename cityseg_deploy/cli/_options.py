@@ -4,11 +4,12 @@ from __future__ import annotations
 import click
 
 from ..errors import CitysegError
+from ..precision import PRECISIONS
 
 DEVICE = click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N")
 THREADS = click.option("--threads", type=int, default=None, help="CPU threads (default: all)")
 SPLIT = click.option("--split", default="val", show_default=True)
-PRECISION = click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8"]),
+PRECISION = click.option("--precision", type=click.Choice(PRECISIONS),
                          default=None, help="run precision where the backend chooses it "
                                             "(or MODEL@bf16)")
 

@@ -11,43 +11,31 @@ import click
 
 from ._app import app, parse_size
 from ..errors import CitysegError, first_line
+from ..export import format_table
+from ..export.formats import get_format
+from ..export.options import BY_NAME, OPTIONS, Option, check_applies, check_value, closest, share
 
-PROFILE_KEYS = {"format", "precision", "out", "size", "batch", "dynamic", "calib_data", "data",
-                "calib_images", "keep_fp32", "preprocess", "argmax", "opset", "int8_method", "int8_layout",
-                "device", "verify", "verify_images", "workspace_gb", "opt_level",
-                "calibration", "max_drop", "val_data", "strict", "max_trials"}
-
-
-# The type each profile key must have (checked when the profile is read, naming the key).
-_STR = ("format", "precision", "out", "calib_data", "data", "int8_method", "int8_layout", "device")
-_INT = ("batch", "calib_images", "verify_images", "opset", "opt_level")
-_BOOL = ("dynamic", "preprocess", "argmax", "verify")
+PROFILE_KEYS = {o.name for o in OPTIONS}  # every export option is a profile key
 
 
-def _check_profile_value(where: str, key: str, value: object) -> object:
-    """The value of a profile key in the form export() takes, or a CitysegError naming it."""
-    def bad(expected: str) -> CitysegError:
-        return CitysegError(f"{where}: key {key!r} must be {expected}, got {value!r}"[:300])
+def _click_option(opt: Option):
+    """The click option of one row of the option table (``None``: not given, so a profile's
+    value or the export's default holds)."""
+    types = {"int": click.IntRange(min=opt.low, max=opt.high), "float": float,
+             "path": click.Path()}
+    decls = [*(opt.decls or ("--" + opt.name.replace("_", "-"),)), opt.name]
+    if opt.kind == "flag":
+        return click.option(*decls, is_flag=True, default=None, help=opt.help)
+    if opt.kind == "bool" and len(decls) == 2 and "/" not in decls[0]:  # --no-verify
+        return click.option(*decls, flag_value=not opt.default, default=None, help=opt.help)
+    return click.option(*decls, type=types.get(opt.kind), default=None, help=opt.help)
 
-    if key in _STR and not isinstance(value, str):
-        raise bad("a string")
-    if key in _INT and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-        raise bad("a non-negative integer")
-    if key in _BOOL and not isinstance(value, bool):
-        raise bad("true or false")
-    if key == "workspace_gb" and (not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0):
-        raise bad("a positive number of GiB")
-    if key == "keep_fp32" and not (isinstance(value, str) or (isinstance(value, list)
-                                                              and all(isinstance(v, str) for v in value))):
-        raise bad("'auto' or a list of node names")
-    if key == "size":
-        if isinstance(value, str):
-            return parse_size(value)
-        if (not isinstance(value, list) or len(value) != 2
-                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
-            raise bad("HxW or [H, W]")
-        return tuple(value)
-    return value
+
+def export_options(command):
+    """Attach every command-line row of the option table, in the table's order."""
+    for opt in reversed([o for o in OPTIONS if o.cli]):
+        command = _click_option(opt)(command)
+    return command
 
 
 def _keys(where: str, mapping: dict) -> dict:
@@ -78,53 +66,47 @@ def read_profile(path: str) -> list[dict]:
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise CitysegError(f"{where}: 'exports' must be a list of mappings ({{format: onnx, ...}})")
     entries = [_keys(where, e) for e in entries]
-    unknown = (set(doc) | {k for e in entries for k in e}) - PROFILE_KEYS
+    unknown = sorted((set(doc) | {k for e in entries for k in e}) - PROFILE_KEYS)
     if unknown:
-        raise CitysegError(f"{where}: unknown keys {sorted(unknown)} (known: {sorted(PROFILE_KEYS)})")
-    jobs = []
-    for entry in entries:
-        merged = {**doc, **entry}
-        jobs.append({k: _check_profile_value(where, k, v) for k, v in merged.items() if v is not None})
+        raise CitysegError(f"{where}: unknown keys {unknown}{closest(unknown[0])} "
+                           f"(known: {sorted(PROFILE_KEYS)})")
+    doc = _typed(where, doc)
+    jobs = share([_typed(where, e) for e in entries], doc, over=False)
+    for k, job in enumerate(jobs):  # every export's keys apply to it, before any export starts
+        fmt, precision = get_format(job.get("format") or "onnx").name, str(job.get("precision") or "fp32")
+        try:
+            check_applies(fmt, precision.lower(), job)
+        except CitysegError as exc:
+            raise CitysegError(f"{where}: export {k + 1} ({fmt} {precision}): {exc}") from None
     return jobs
 
 
-@app.command("export")
+def _typed(where: str, keys: dict) -> dict:
+    """Each key's value of its type (a size string parsed), None values dropped."""
+    out = {}
+    for key, value in keys.items():
+        if value is None:
+            continue
+        value = check_value(where, key, value)
+        out[key] = parse_size(value) if BY_NAME[key].kind == "size" and isinstance(value, str) else value
+    return out
+
+
+def _epilog() -> str:
+    """The format table and the profile-only keys, from the format and option tables."""
+    renamed = ", ".join(f"{o.name} for {o.flag}" for o in OPTIONS
+                        if o.cli and o.flag != "--" + o.name.replace("_", "-"))
+    extra = "; ".join(f"{o.name} ({o.help} [{o.default}])" for o in OPTIONS if not o.cli)
+    return (f"Formats:\n\n\b\n{format_table()}\n\nProfile keys (--profile YAML): every option "
+            f"above, spelt with _ (calib_images; {renamed}), and {extra}.")
+
+
+@app.command("export", epilog=_epilog())
 @click.argument("model", type=click.Path())
-@click.option("--format", "-f", "fmt", default=None,
-              help="onnx | trt (engine) | aoti | openvino | triton (a model repository)  [default: onnx]")
-@click.option("--precision", "-p", default=None, help="fp32 | fp16 | bf16 | int8  [default: fp32]")
-@click.option("--out", "-o", default=None, help="output file (folder for openvino); default next to MODEL")
-@click.option("--size", default=None, help="input HxW (default: the checkpoint's input size)")
-@click.option("--batch", type=click.IntRange(min=1), default=None, help="batch size (the opt batch if dynamic)")
-@click.option("--dynamic/--static", default=None, help="dynamic batch/height/width")
-@click.option("--calib-data", type=click.Path(), default=None, help="Cityscapes root: int8 calibration (train split)")
-@click.option("--data", type=click.Path(), default=None, help="Cityscapes root: accuracy check (val split, mIoU)")
-@click.option("--calib-images", type=click.IntRange(min=1), default=None, help="calibration images [32]")
-@click.option("--keep-fp32", default=None, help="int8: 'auto' or node names left in fp32")
-@click.option("--preprocess", is_flag=True, default=None, help="uint8 NHWC input, normalisation in the graph")
-@click.option("--argmax", is_flag=True, default=None, help="uint8 label output (argmax in the graph)")
-@click.option("--opset", type=click.IntRange(17, 20), default=None, help="ONNX opset [18]")
-@click.option("--int8-method", default=None, help="openvino int8: qdq (default) | nncf")
-@click.option("--int8-layout", default=None,
-              help="onnx int8: tensorrt (default; TensorRT, OpenVINO and cityseg run it) | onnxruntime "
-                   "(uint8 activations, ReLU folded: fast in plain onnxruntime on x86, not for TensorRT)")
-@click.option("--calibration", default=None,
-              help="int8 calibration: minmax (default) | percentile | entropy")
-@click.option("--max-drop", type=float, default=None,
-              help="int8: keep the most harmful layers in float until the mIoU drop on --val-data "
-                   "is at most this many points (docs/accuracy.md)")
-@click.option("--val-data", type=click.Path(), default=None,
-              help="--max-drop: Cityscapes root whose val split measures the drop [the calibration root]")
-@click.option("--strict", is_flag=True, default=None, help="--max-drop: exit 2 when the bound is not reached")
-@click.option("--max-trials", type=click.IntRange(min=1), default=None, help="--max-drop: exports tried [12]")
-@click.option("--device", default=None, help="aoti: cpu | cuda")
-@click.option("--workspace", "workspace_gb", type=float, default=None, help="trt: workspace GiB [4]")
-@click.option("--no-verify", "verify", flag_value=False, default=None, help="skip the parity check")
+@export_options
 @click.option("--profile", default=None,
               help="export profile: a YAML path or a shipped name (smoke, cpu, edge, tensorrt; see export/)")
-def export_cmd(model: str, fmt, precision, out, size, batch, dynamic, calib_data, data, calib_images,
-               keep_fp32, preprocess, argmax, opset, int8_method, int8_layout, calibration, max_drop,
-               val_data, strict, max_trials, device, workspace_gb, verify, profile) -> None:
+def export_cmd(model: str, profile: str | None, **options) -> None:
     """Export MODEL (a cityseg checkpoint) to ONNX, TensorRT, AOTInductor or OpenVINO.
 
     Precision lives in the exported graph (fp16 casts, int8 Q/DQ calibrated on --calib-data);
@@ -133,15 +115,10 @@ def export_cmd(model: str, fmt, precision, out, size, batch, dynamic, calib_data
     from ..artifacts import artifact_kind, sidecar_path
     from ..export import export, next_commands
 
-    given = {"format": fmt, "precision": precision, "out": out, "size": parse_size(size),
-             "batch": batch, "dynamic": dynamic, "calib_data": calib_data, "data": data,
-             "calib_images": calib_images, "keep_fp32": keep_fp32, "preprocess": preprocess,
-             "argmax": argmax, "opset": opset, "int8_method": int8_method,
-             "int8_layout": int8_layout, "device": device, "calibration": calibration,
-             "max_drop": max_drop, "val_data": val_data, "strict": strict, "max_trials": max_trials,
-             "workspace_gb": workspace_gb, "verify": verify}
-    given = {k: v for k, v in given.items() if v is not None}
-    if (fmt or "").lower() == "triton":
+    given = {k: v for k, v in options.items() if v is not None}
+    if "size" in given:
+        given["size"] = parse_size(given["size"])
+    if str(given.get("format", "")).lower() == "triton":
         _export_triton(model, given)
         return
     jobs = read_profile(profile) if profile else [{}]
@@ -149,8 +126,7 @@ def export_cmd(model: str, fmt, precision, out, size, batch, dynamic, calib_data
         raise CitysegError("--out names one file; a profile with several exports writes each next "
                            "to MODEL (drop --out)")
     results = []
-    for job in jobs:
-        kwargs = {**job, **given}
+    for kwargs in share(jobs, given):
         kwargs.setdefault("format", "onnx")
         result = export(model, log=click.echo, **kwargs)
         for r in result.intermediates + [result]:

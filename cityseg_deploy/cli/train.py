@@ -36,8 +36,8 @@ def train(ctx: click.Context, recipe: str, data_root: str, out_dir: str, epochs:
     """Train a network from a recipe; validate every epoch; keep best.pt and last.pt."""
     from ..training import TrainingInterrupted, fit, load_recipe, parse_override
     from ..training.distributed import env_from_torchrun
-    from ..training.loop import saved_overrides
     from ..training.recipe import merge_resume_overrides
+    from ..training.resume import saved_overrides
 
     overrides = dict(parse_override(s) for s in sets)
     for key, value in (("epochs", epochs), ("lr", lr), ("batch_size", batch_size)):

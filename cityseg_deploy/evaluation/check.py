@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -82,6 +83,57 @@ def _names(specs: Sequence[str]) -> list[str]:
     return names
 
 
+@dataclass(frozen=True)
+class _Run:
+    """How every model of one check runs: the split, the device, what to keep from each pass."""
+    data_root: str | os.PathLike
+    split: str
+    device: str
+    threads: int | None
+    batch: int
+    label_set: str | None
+    logit_images: int
+    progress: bool
+    emulate_bf16: bool
+    engine: Any  # None: this process; else e.g. a RayEngine (its own load and run_split)
+
+
+class _Reference:
+    """The baseline's labels (PNG bytes: small) and logits per image, kept for the candidates."""
+
+    def __init__(self):
+        self.labels: dict[tuple[str, str], bytes] = {}  # (city, stem): stems may repeat across cities
+        self.logits: dict[tuple[str, str], np.ndarray] = {}
+
+    def record(self, sample, image, labels, logits) -> None:
+        ok, buf = cv2.imencode(".png", labels)
+        self.labels[sample.city, sample.stem] = buf.tobytes()
+        if logits is not None:
+            self.logits[sample.city, sample.stem] = logits
+
+
+class _Comparison:
+    """One candidate against the reference: pixel agreement and logit error statistics."""
+
+    def __init__(self, reference: _Reference):
+        self.reference = reference
+        self.same = 0
+        self.pixels = 0
+        self.error = LogitError()
+
+    def record(self, sample, image, labels, logits) -> None:
+        key = sample.city, sample.stem
+        ref = cv2.imdecode(np.frombuffer(self.reference.labels[key], np.uint8), cv2.IMREAD_UNCHANGED)
+        self.same += int((ref == labels).sum())
+        self.pixels += labels.size
+        ref_logits = self.reference.logits.get(key)
+        if logits is not None and ref_logits is not None and ref_logits.shape == logits.shape:
+            self.error.update(logits, ref_logits)
+
+    def agreement(self) -> float | None:
+        return self.same / self.pixels if self.pixels else None
+
+
 def check(baseline, candidates: Sequence, data_root: str | os.PathLike, *, split: str = "val",
           device: str = "cpu", threads: int | None = None, batch: int = 1,
           max_miou_drop: float | None = None, out: str | os.PathLike | None = None,
@@ -102,8 +154,6 @@ def check(baseline, candidates: Sequence, data_root: str | os.PathLike, *, split
     ``engine``: who loads and runs each model (default this process; ``RayEngine`` for a Ray
     actor pool).
     """
-    from .. import runtime
-
     if not candidates:
         raise CitysegError("check needs at least one CANDIDATE besides the BASELINE")
     specs = [str(baseline), *[str(c) for c in candidates]]
@@ -111,80 +161,97 @@ def check(baseline, candidates: Sequence, data_root: str | os.PathLike, *, split
     if baseline_size not in ("candidate", "own"):
         raise CitysegError(f"--baseline-size {baseline_size!r}: choose candidate or own")
     own_size, run_size = _baseline_sizes(specs, baseline_size)
-    base_labels: dict[tuple[str, str], bytes] = {}  # (city, stem): stems may repeat across cities
-    base_logits: dict[tuple[str, str], np.ndarray] = {}
-    results: dict[str, dict] = {}
-    docs: list[dict] = []
-    base_seg = None
-    for k, (spec, name) in enumerate(zip(specs, names)):
-        options: dict[str, Any] = {"allow_emulated_bf16": True} if emulate_bf16 else {}
-        if k == 0 and run_size != own_size:
-            options["size"] = run_size
-        seg = (engine or runtime).load(spec, device=device, threads=threads, **options)
-        if base_seg is None:
-            base_seg = seg
-        elif seg.meta.num_classes != base_seg.meta.num_classes:
-            raise CitysegError(f"{spec}: predicts {seg.meta.num_classes} classes, the baseline "
-                               f"{base_seg.meta.num_classes}; compare models of one class set")
-        agree = [0, 0]
-        err = LogitError()
-
-        def on_prediction(sample, image, labels, logits, _k=k, _agree=agree, _err=err):
-            if _k == 0:
-                ok, buf = cv2.imencode(".png", labels)
-                base_labels[sample.city, sample.stem] = buf.tobytes()
-                if logits is not None:
-                    base_logits[sample.city, sample.stem] = logits
-                return
-            ref = cv2.imdecode(np.frombuffer(base_labels[sample.city, sample.stem], np.uint8), cv2.IMREAD_UNCHANGED)
-            _agree[0] += int((ref == labels).sum())
-            _agree[1] += labels.size
-            ref_logits = base_logits.get((sample.city, sample.stem))
-            if logits is not None and ref_logits is not None and ref_logits.shape == logits.shape:
-                _err.update(logits, ref_logits)
-
-        run = engine.run_split if engine else run_split
-        cm = run(seg, data_root, split=split, label_set=label_set, batch=batch,
-                 progress=progress, desc=f"check {name}", on_prediction=on_prediction,
-                 want_logits=lambda index: index < logit_images)
-        result = cm.compute(seg.meta.class_names)
-        results[name] = result
-        doc = eval_json(result, name)
-        precision = seg.precision
-        if getattr(seg, "emulated_bf16", False):
-            precision = f"{precision} (emulated)"
-        doc.update(path=spec, backend=seg.backend, precision=precision, device=seg.device, split=split,
-                   input_size=[int(v) for v in seg.input_size])
-        control = (getattr(seg, "io", None) or {}).get("accuracy_control")
-        if control:  # written by export --max-drop: what was kept in float, what export measured
-            doc["accuracy_control"] = {k: control.get(k) for k in
-                                       ("max_drop", "drop", "within", "kept_float", "excluded_nodes")}
-        if k > 0:
-            doc["delta"] = delta(result, results[names[0]])
-            doc["agreement"] = agree[0] / agree[1] if agree[1] else None
-            doc["logit_error"] = err.result()
-        docs.append(doc)
-        if seg is not base_seg:
-            seg.close()
+    run = _Run(data_root=data_root, split=split, device=device, threads=threads, batch=batch,
+               label_set=label_set, logit_images=logit_images, progress=progress,
+               emulate_bf16=emulate_bf16, engine=engine)
+    results, docs = _run_models(specs, names, run, baseline_at=run_size if run_size != own_size else None)
     report: dict[str, Any] = {"baseline": docs[0], "candidates": docs[1:]}
     report["sizes"] = {"baseline_own": list(own_size), "baseline_ran_at": list(run_size),
                        "candidates": [d["input_size"] for d in docs[1:]], "baseline_size": baseline_size}
     report["sizes_line"] = sizes_line(report["sizes"])
     if max_miou_drop is not None:
-        failures = []
-        for doc in docs[1:]:
-            drop = -100.0 * doc["delta"]["miou"]
-            if drop > max_miou_drop:
-                failures.append(f"{doc['model']}: mIoU {100 * doc['miou']:.2f} vs baseline "
-                                f"{100 * docs[0]['miou']:.2f}, a drop of {drop:.2f} pts > "
-                                f"{max_miou_drop:g} allowed")
-        report["gate"] = {"max_miou_drop": max_miou_drop, "passed": not failures, "failures": failures}
+        report["gate"] = _gate(docs, max_miou_drop)
     report["markdown"] = format_markdown(report, results)
     if out is not None:
         write_outputs(report, results, out)
     if json_path is not None:
         write_text_atomic(json_path, json.dumps(_json_doc(report), indent=2) + "\n")
     return report
+
+
+def _run_models(specs: Sequence[str], names: Sequence[str], run: _Run,
+                baseline_at: tuple[int, int] | None) -> tuple[dict[str, dict], list[dict]]:
+    """One pass per model, the baseline first; (results by name, one JSON doc per model)."""
+    reference = _Reference()
+    results: dict[str, dict] = {}
+    docs: list[dict] = []
+    base_seg = None
+    for k, (spec, name) in enumerate(zip(specs, names)):
+        seg = _load(spec, run, size=baseline_at if k == 0 else None)
+        if base_seg is None:
+            base_seg = seg
+        elif seg.meta.num_classes != base_seg.meta.num_classes:
+            raise CitysegError(f"{spec}: predicts {seg.meta.num_classes} classes, the baseline "
+                               f"{base_seg.meta.num_classes}; compare models of one class set")
+        comparison = _Comparison(reference) if k > 0 else None
+        result = _score(seg, name, run, on_prediction=comparison.record if comparison else reference.record)
+        results[name] = result
+        doc = _model_doc(result, name, spec, seg, run.split)
+        if comparison is not None:
+            doc["delta"] = delta(result, results[names[0]])
+            doc["agreement"] = comparison.agreement()
+            doc["logit_error"] = comparison.error.result()
+        docs.append(doc)
+        if seg is not base_seg:
+            seg.close()
+    return results, docs
+
+
+def _load(spec: str, run: _Run, size: tuple[int, int] | None):
+    from .. import runtime
+
+    # only runners that can emulate bf16 take the option (runtime.load refuses unknown ones)
+    emulate = run.emulate_bf16 and runtime.takes_option(spec, "allow_emulated_bf16")
+    options: dict[str, Any] = {"allow_emulated_bf16": True} if emulate else {}
+    if size is not None:
+        options["size"] = size
+    return (run.engine or runtime).load(spec, device=run.device, threads=run.threads, **options)
+
+
+def _score(seg, name: str, run: _Run, on_prediction) -> dict:
+    """One pass of ``seg`` over the split; its scores (logits kept for the first images only)."""
+    run_split_of = run.engine.run_split if run.engine else run_split
+    cm = run_split_of(seg, run.data_root, split=run.split, label_set=run.label_set, batch=run.batch,
+                      progress=run.progress, desc=f"check {name}", on_prediction=on_prediction,
+                      want_logits=lambda index: index < run.logit_images)
+    return cm.compute(seg.meta.class_names)
+
+
+def _model_doc(result: dict, name: str, spec: str, seg, split: str) -> dict:
+    """A model's JSON doc: its scores, how it ran, and what export's accuracy control kept."""
+    doc = eval_json(result, name)
+    precision = seg.precision
+    if getattr(seg, "emulated_bf16", False):
+        precision = f"{precision} (emulated)"
+    doc.update(path=spec, backend=seg.backend, precision=precision, device=seg.device, split=split,
+               input_size=[int(v) for v in seg.input_size])
+    control = (getattr(seg, "io", None) or {}).get("accuracy_control")
+    if control:  # written by export --max-drop: what was kept in float, what export measured
+        doc["accuracy_control"] = {k: control.get(k) for k in
+                                   ("max_drop", "drop", "within", "kept_float", "excluded_nodes")}
+    return doc
+
+
+def _gate(docs: Sequence[dict], max_miou_drop: float) -> dict[str, Any]:
+    """``{"max_miou_drop", "passed", "failures"}``: each candidate's mIoU drop vs ``docs[0]``."""
+    failures = []
+    for doc in docs[1:]:
+        drop = -100.0 * doc["delta"]["miou"]
+        if drop > max_miou_drop:
+            failures.append(f"{doc['model']}: mIoU {100 * doc['miou']:.2f} vs baseline "
+                            f"{100 * docs[0]['miou']:.2f}, a drop of {drop:.2f} pts > "
+                            f"{max_miou_drop:g} allowed")
+    return {"max_miou_drop": max_miou_drop, "passed": not failures, "failures": failures}
 
 
 def _json_doc(report: dict) -> dict:

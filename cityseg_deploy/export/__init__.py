@@ -1,80 +1,38 @@
 """``cityseg export``: one checkpoint → ONNX (fp32/fp16/int8), TensorRT, AOTInductor, OpenVINO.
 
-A format table (as data, like Ultralytics' exporter) drives validation, defaults and help; each
-format is one module (``onnx.py``, ``fp16.py``, ``quantize.py``, ``tensorrt.py``, ``aoti.py``,
-``openvino.py``) that turns an :class:`ExportJob` into an :class:`ExportResult`.  Adding a format
-is one row here and one file.
+Two tables drive validation, defaults and help: the formats (``formats.py``, as data like
+Ultralytics' exporter) and the options (``options.py``).  Each format is one module (``onnx.py``,
+``fp16.py``, ``quantize.py``, ``tensorrt.py``, ``aoti.py``, ``openvino.py``) that turns an
+:class:`ExportJob` into an :class:`ExportResult`.  Adding a format is one row there and one file.
 """
 from __future__ import annotations
 
 import difflib
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import CitysegError
-from .job import ExportJob, ExportResult
-
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
-INT8_LAYOUTS = ("tensorrt", "onnxruntime")  # ONNX int8 Q/DQ forms (export/quantize.py)
-
-
-@dataclass(frozen=True)
-class Format:
-    name: str
-    aliases: tuple[str, ...]
-    suffix: str                 # file suffix, or "_openvino_model" for a folder
-    precisions: tuple[str, ...]
-    needs_gpu: bool
-    module: str                 # cityseg_deploy.export.<module>.export_<name>
-    description: str
-    from_onnx: bool = False     # built from the project's ONNX (so MODEL may be a .onnx)
-
-
-FORMATS: tuple[Format, ...] = (
-    Format("onnx", (), ".onnx", ("fp32", "fp16", "int8"), False, "onnx",
-           "ONNX (onnxruntime, TensorRT input)"),
-    Format("trt", ("engine", "tensorrt"), ".engine", ("fp32", "fp16", "int8"), True, "tensorrt",
-           "TensorRT engine (strongly typed, from the ONNX graph)", from_onnx=True),
-    Format("aoti", ("pt2", "aotinductor"), ".pt2", ("fp32", "fp16", "bf16"), False, "aoti",
-           "AOTInductor package (torch._inductor.aoti_load_package)"),
-    Format("openvino", ("ov", "ir"), "_openvino_model", ("fp32", "bf16", "int8"), False, "openvino",
-           "OpenVINO IR folder", from_onnx=True),
-)
-
-
-def format_names() -> list[str]:
-    return [f.name for f in FORMATS] + [a for f in FORMATS for a in f.aliases]
-
-
-def get_format(name: str) -> Format:
-    key = (name or "").strip().lower()
-    for fmt in FORMATS:
-        if key == fmt.name or key in fmt.aliases:
-            return fmt
-    close = difflib.get_close_matches(key, format_names(), n=1, cutoff=0.5)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise CitysegError(f"--format {name!r}: unknown export format{hint} "
-                       f"(choose {', '.join(f.name for f in FORMATS)})")
+from ..precision import PRECISIONS
+from .formats import FORMATS, Format, default_output, get_format
+from .job import ExportJob
+from .options import OPTIONS, check_applies, check_names
+from .result import ExportResult
 
 
 def format_table() -> str:
-    """Markdown table of the formats (for help and the README)."""
-    rows = ["| format | aliases | suffix | precisions | GPU |", "| --- | --- | --- | --- | --- |"]
+    """Markdown table of the formats and the options that apply to one format only (for
+    ``export --help`` and docs/export.md; both from the format and option tables)."""
+    rows = ["| format | aliases | suffix | precisions | GPU | options for this format only |",
+            "| --- | --- | --- | --- | --- | --- |"]
     for f in FORMATS:
+        own = [(o.flag if o.cli else f"{o.name} (profile key)")
+               + (f" ({', '.join(o.precisions)})" if o.precisions else "")
+               for o in OPTIONS if o.formats == (f.name,)]
         rows.append(f"| {f.name} | {', '.join(f.aliases) or '-'} | {f.suffix} | "
-                    f"{', '.join(f.precisions)} | {'yes' if f.needs_gpu else 'no'} |")
+                    f"{', '.join(f.precisions)} | {'yes' if f.needs_gpu else 'no'} | "
+                    f"{', '.join(own) or '-'} |")
     return "\n".join(rows)
-
-
-def default_output(model_path: Path, fmt: Format, precision: str) -> Path:
-    """Next to the checkpoint: <stem>.onnx, <stem>_fp16.onnx, <stem>_int8_openvino_model/, ..."""
-    stem = model_path.stem
-    if model_path.suffix == ".onnx":
-        stem = stem.removesuffix("_fp16").removesuffix("_int8")
-    tag = "" if precision == "fp32" else f"_{precision}"
-    return model_path.with_name(f"{stem}{tag}{fmt.suffix}")
 
 
 def _validate(fmt: Format, precision: str, opts: dict[str, Any], source: Path) -> None:
@@ -91,21 +49,11 @@ def _validate(fmt: Format, precision: str, opts: dict[str, Any], source: Path) -
     if fmt.name == "aoti" and precision in ("fp16", "bf16") and not str(opts.get("device") or "cpu").startswith("cuda"):
         raise CitysegError(f"--format aoti --precision {precision} compiles half-precision CUDA kernels: "
                            f"add --device cuda (CPU packages are fp32)")
-    if opts.get("int8_method") and not (fmt.name == "openvino" and precision == "int8"):
-        raise CitysegError("--int8-method applies to --format openvino --precision int8 only")
-    if opts.get("int8_layout") is not None:
-        if not (fmt.name == "onnx" and precision == "int8"):
-            raise CitysegError("--int8-layout applies to --format onnx --precision int8 only")
-        if opts["int8_layout"] not in INT8_LAYOUTS:
-            raise CitysegError(f"--int8-layout {opts['int8_layout']!r}: choose {' or '.join(INT8_LAYOUTS)}")
-    if opts.get("keep_fp32") and precision != "int8":
-        raise CitysegError("--keep-fp32 applies to --precision int8 only")
-    if opts.get("calibration") is not None and precision != "int8":
-        raise CitysegError("--calibration applies to --precision int8 only")
     if opts.get("max_drop") is not None:
         from .accuracy_control import validate as validate_accuracy_control
 
         validate_accuracy_control(fmt.name, precision, opts)
+    check_applies(fmt.name, precision, opts)  # each option where export/options.py says it applies
     if source.suffix == ".onnx":
         if not fmt.from_onnx:
             raise CitysegError(f"{source}: --format {fmt.name} exports from a checkpoint (.pt), not "
@@ -194,13 +142,9 @@ def export(model_path: str | os.PathLike, *, format: str = "onnx", precision: st
            **options: Any) -> ExportResult:
     """Export ``model_path`` (a checkpoint; a project fp32 ONNX for trt/openvino) to ``format``.
 
-    Options (all keyword): ``preprocess``, ``argmax``, ``opset``, ``calib_images``, ``keep_fp32``
-    (``"auto"`` or node names), ``int8_method`` (openvino: ``"qdq"``|``"nncf"``), ``int8_layout``
-    (onnx int8: ``"tensorrt"`` (default) | ``"onnxruntime"``, see export/quantize.py), ``device``,
-    ``verify`` (parity check, default True), ``verify_images``, ``workspace_gb``, ``opt_level``,
-    ``calibration`` (int8: ``"minmax"`` | ``"percentile"`` | ``"entropy"``), ``max_drop`` (int8:
-    mIoU points; keeps harmful layers in float until within, see export/accuracy_control.py) with
-    ``val_data``, ``strict``, ``max_trials``.
+    Options (all keyword): the rows of ``export/options.py`` (``cityseg export --help`` lists
+    them); an unknown name, or one given to a format or precision it does not apply to, is a
+    CitysegError naming it.
     Returns the :class:`ExportResult` of the artifact; ONNX files written on the way are in
     ``result.intermediates``.
     """
@@ -209,6 +153,7 @@ def export(model_path: str | os.PathLike, *, format: str = "onnx", precision: st
     fmt = get_format(format)
     precision = (precision or "fp32").lower()
     source = Path(model_path)
+    check_names(options)
     _validate(fmt, precision, options, source)
     accuracy = None
     if options.get("max_drop") is not None:  # accuracy control (export/accuracy_control.py)

@@ -34,7 +34,9 @@ from typing import Any
 
 from ..errors import CitysegError
 from ..fileio import path_mb
-from .job import ExportJob, ExportResult, Timer
+from ..system.timing import Timer
+from .job import ExportJob
+from .result import ExportResult
 
 #: single-input ops a tensor flows through unchanged in kind (a float island continues past them)
 PASSTHROUGH = frozenset({"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "MaxPool", "AveragePool",

@@ -22,7 +22,9 @@ import torch
 from ..artifacts import sidecar_path, write_sidecar
 from ..errors import CitysegError
 from ..fileio import atomic_path, path_mb
-from .job import ExportJob, ExportResult, Timer
+from ..system.timing import Timer
+from .job import ExportJob
+from .result import ExportResult
 
 
 HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}

@@ -19,7 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from ..fileio import atomic_path, path_mb
-from .job import ExportJob, ExportResult, Timer
+from ..system.timing import Timer
+from .job import ExportJob
+from .result import ExportResult
 
 FLOAT, FLOAT16 = 1, 10
 # (op_type, input index) pairs whose tensors stay fp32.
@@ -34,6 +36,15 @@ def _half(tensor):
         arr = np.clip(arr, -65504, 65504)
     new = numpy_helper.from_array(arr.astype(np.float16), tensor.name)
     tensor.CopyFrom(new)
+
+
+def _rename(graph, old: str, new: str, *, producers: bool) -> None:
+    """Every node input named ``old`` (and with ``producers`` every node output) becomes ``new``."""
+    for node in graph.node:
+        for names in ((node.output, node.input) if producers else (node.input,)):
+            for i, name in enumerate(names):
+                if name == old:
+                    names[i] = new
 
 
 def convert_to_fp16(model):
@@ -73,23 +84,14 @@ def convert_to_fp16(model):
         if inp.type.tensor_type.elem_type != FLOAT:
             continue
         half = inp.name + "_fp16"
-        for node in graph.node:
-            for i, name in enumerate(node.input):
-                if name == inp.name:
-                    node.input[i] = half
+        _rename(graph, inp.name, half, producers=False)
         new_nodes.append(helper.make_node("Cast", [inp.name], [half], to=FLOAT16, name=half + "_cast"))
     tail = []
     for out in graph.output:
         if out.type.tensor_type.elem_type != FLOAT:
             continue
         half = out.name + "_fp16"
-        for node in graph.node:
-            for i, name in enumerate(node.output):
-                if name == out.name:
-                    node.output[i] = half
-            for i, name in enumerate(node.input):  # an output also read inside the graph
-                if name == out.name:
-                    node.input[i] = half
+        _rename(graph, out.name, half, producers=True)  # an output may also be read inside
         tail.append(helper.make_node("Cast", [half], [out.name], to=FLOAT, name=out.name + "_cast"))
     nodes = new_nodes + list(graph.node) + tail
     del graph.node[:]

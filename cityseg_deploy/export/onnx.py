@@ -5,7 +5,9 @@ from pathlib import Path
 
 from ..fileio import atomic_path, path_mb
 from .graph import build_fp32_graph, check_model
-from .job import ExportJob, ExportResult, Timer
+from ..system.timing import Timer
+from .job import ExportJob
+from .result import ExportResult
 
 
 def export_onnx(job: ExportJob, out: Path, precision: str = "fp32") -> ExportResult:

@@ -29,7 +29,9 @@ from ..errors import CitysegError
 from ..fileio import atomic_path, path_mb
 from ..runtime.openvino_backend import HINT
 from ..system.machine import has_native_bf16
-from .job import ExportJob, ExportResult, Timer
+from ..system.timing import Timer
+from .job import ExportJob
+from .result import ExportResult
 
 INT8_METHODS = ("qdq", "nncf")
 DEFAULT_INT8_METHOD = "qdq"

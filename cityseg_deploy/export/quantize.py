@@ -1,39 +1,15 @@
 """int8 ONNX with Q/DQ nodes, calibrated on real images, with a calibration cache.
 
-TensorRT 10 deprecated and TensorRT 11 removed implicit int8 (``BuilderFlag.INT8`` + calibrator),
-so int8 lives in the graph as QuantizeLinear/DequantizeLinear pairs (DESIGN.md).  Made with
-onnxruntime's ``quantize_static``:
+int8 lives in the graph as QuantizeLinear/DequantizeLinear pairs (TensorRT 11 removed implicit
+int8; DESIGN.md), made with onnxruntime's ``quantize_static`` in the one form all runners take:
 
-- QDQ format, per-channel int8 weights with a **reduced range** (7 bits, [-64, 63]), int8
-  activations, both **symmetric**.  The reduced weight range is what keeps the graph correct on
-  x86 CPUs without VNNI (AVX2-only AMD EPYC, older Xeons): onnxruntime's MLAS runs int8 convs there
-  with ``vpmaddubsw``, whose int16 pair sums saturate with full-range weights.  Measured on an AMD
-  EPYC (avx2, no VNNI), denseaspp_small at 64x128: argmax agreement with fp32 83.5 % → 95.9 %,
-  mean logit error 0.77 → 0.074.  VNNI/AMX CPUs, OpenVINO and TensorRT lose almost nothing by it.
-  Symmetry: TensorRT's parser
-  requires zero points of 0 (onnx-tensorrt docs/operators.md: Quantize/DequantizeLinear); biases
-  stay float (``QuantizeBias=False``): an int32 bias DequantizeLinear is not parseable by TensorRT;
-- ``--int8-layout onnxruntime`` writes the graph in the form onnxruntime's x86 integer kernels
-  fuse (uint8 activations, each ReLU folded into the Quantize after it; graphs/ort_int8.py) —
-  the form cityseg's own onnxruntime runner makes in memory at load, for deployments that run
-  the file with plain onnxruntime.  TensorRT cannot parse it (uint8 inside the network, zero
-  points of 128); the default ``tensorrt`` layout serves TensorRT, OpenVINO and cityseg alike;
-- calibration (``--calibration``) on ``--calib-images`` images of the train split of
-  ``--calib-data`` (a tqdm bar counts them): ``minmax`` (default; the largest |activation| seen),
-  ``percentile`` (the 99.999th percentile of |activation|, onnxruntime's PercentileCalibrater:
-  clips rare outliers) or ``entropy`` (the threshold minimising the KL divergence between the
-  float and the quantised histogram, TensorRT's classic method; onnxruntime's EntropyCalibrater).
-  Histogram methods are fed one batch at a time, so their memory does not grow with the image
-  count; all three are symmetric, as the activations are.  bench/calibration_methods.py compares
-  them;
-- the tensor ranges are cached in ``<out stem>.calib.json`` keyed by the graph (source checkpoint
-  hash + export settings), the calibration images (hash of their pixels) and the method: a rebuild
-  with the same key quantises from the cache without running calibration; any change recalibrates;
-- ``--keep-fp32 NAME,...`` leaves those nodes unquantised; ``--keep-fp32 auto`` measures, on up to
-  4 calibration images, the mean absolute logit error of the int8 graph against the fp32 graph with
-  nothing excluded, with only the first Conv excluded and with only the last Conv (the classifier)
-  excluded, and keeps each of the two in fp32 if that alone cuts the error by ≥ 10 %.  (Cheap:
-  quantising from cached ranges takes a second; a full per-layer sweep is not worth it here.)
+- symmetric, zero points 0, float biases: what TensorRT's ONNX parser accepts;
+- per-channel weights in a reduced 7-bit range: full-range weights saturate ``vpmaddubsw`` on x86
+  CPUs without VNNI;
+- tensor ranges cached in ``<out stem>.calib.json``, keyed by graph, images and method, so a
+  rebuild with the same key skips calibration.
+
+The design in full and the figures behind it: bench/results/int8_design_notes.md.
 """
 from __future__ import annotations
 
@@ -52,7 +28,9 @@ import numpy as np
 from ..errors import CitysegError
 from ..fileio import atomic_path, path_mb, write_text_atomic
 from ..system.machine import session_threads as threads
-from .job import ExportJob, ExportResult, Timer
+from ..system.timing import Timer
+from .job import ExportJob
+from .result import ExportResult
 
 METHOD = "minmax/qdq/int8-symmetric/per-channel/7-bit-weights"
 CALIBRATIONS = ("minmax", "percentile", "entropy")
@@ -161,14 +139,11 @@ def calibrate_ranges(fp32_path: Path, reader: Any, ort_cache: Path, workdir: Pat
     """MinMax ranges of every activation of ``fp32_path`` → ``ort_cache`` (onnxruntime's cache JSON).
 
     The same calibrator ``quantize_static`` builds (ReduceMin/ReduceMax after each tensor of the
-    op types it quantises, graph optimisations off), run by a session that keeps memory bounded.
-    onnxruntime's own session schedules the ~1000 added Reduce leaves after the network, so every
-    activation of one image stays alive at once, and its CPU arena keeps growing from image to
-    image: calibrating DenseASPP-161 at 512x1024 peaked at 14 GB with 1 image and 24 GB with 2
-    (OOM-killed with 8 on a 24 GB machine).  ``ExecutionOrder.PRIORITY_BASED`` runs each Reduce
-    pair as soon as its tensor exists and no arena releases memory between images: 3.3 GB peak
-    whatever the image count, ~2.5x faster (AMD EPYC, 2 cores, onnxruntime 1.32).  The ranges
-    are identical (same graph, same reductions; only the order of independent nodes changes).
+    op types it quantises, graph optimisations off), run by a session that keeps memory bounded:
+    onnxruntime's own session keeps every activation of an image alive and grows its arena from
+    image to image; ``ExecutionOrder.PRIORITY_BASED`` without an arena reduces each tensor as soon
+    as it exists.  Same ranges (only the order of independent nodes changes); the peaks it
+    replaced: bench/results/int8_design_notes.md.
     """
     import onnxruntime
     from onnxruntime.quantization.calibrate import MinMaxCalibrater, save_tensors_data
@@ -253,7 +228,8 @@ def conv_nodes(model) -> list[str]:
 
 def choose_keep_fp32(job: ExportJob, fp32_path: Path, model, images: np.ndarray, ort_cache: Path,
                      tmpdir: Path) -> tuple[list[str], dict[str, Any]]:
-    """``--keep-fp32`` → node names (see the module doc for ``auto``)."""
+    """``--keep-fp32`` → node names; ``auto`` keeps the first and the last Conv in fp32 each if
+    excluding it alone cuts the int8 graph's mean logit error (up to 4 images) by ``AUTO_GAIN``."""
     spec = (job.keep_fp32 or "").strip()
     if not spec:
         return [], {}

@@ -21,7 +21,9 @@ from typing import Any
 from ..artifacts import sidecar_path, write_sidecar
 from ..errors import CitysegError
 from ..fileio import atomic_path, path_mb, write_bytes_atomic
-from .job import ExportJob, ExportResult, Timer
+from ..system.timing import Timer
+from .job import ExportJob
+from .result import ExportResult
 
 NOT_INSTALLED = ("TensorRT is not installed: pip install 'cityseg-deploy[gpu]' on a machine with an "
                  "NVIDIA GPU and the TensorRT 10+ libraries (or export --format onnx here and build "

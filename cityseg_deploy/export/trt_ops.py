@@ -107,22 +107,48 @@ def _attrs(node) -> dict:
     return out
 
 
+@dataclass(frozen=True)
+class _Graph:
+    """The graph as the node rules read it: nodes, tensor types, constants, network edges."""
+    nodes: list  # NodeProto, in graph order
+    types: dict[str, str]  # tensor name -> the table's type name ("?" when unknown)
+    inits: dict  # tensor name -> TensorProto: initializers and Constant values
+    consts: set[str]  # initializers and Constant outputs
+    edges: set[str]  # network inputs and outputs
+
+
 def check_graph(model, *, notes: list[str] | None = None) -> list[Issue]:
     """Issues that would stop TensorRT's ONNX parser (or change the graph's meaning)."""
+    model = _load(model)
+    notes = notes if notes is not None else []
+    issues = _opset_issues(model)
+    graph = _read_graph(model)
+    for node in graph.nodes:
+        issues += _node_issues(node, graph, notes)
+    return issues
+
+
+def _load(model):
     import onnx
-    from onnx import numpy_helper
 
     if isinstance(model, (str, os.PathLike)):
         path = Path(model)
         if not path.is_file():
             raise CitysegError(f"{path}: no such ONNX file")
         model = onnx.load(str(path))
-    notes = notes if notes is not None else []
-    issues: list[Issue] = []
-    for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx") and not OPSET_MIN <= imp.version <= OPSET_MAX:
-            issues.append(Issue("<model>", "opset", f"opset {imp.version} outside TensorRT 10's "
-                                f"{OPSET_MIN}..{OPSET_MAX}"))
+    return model
+
+
+def _opset_issues(model) -> list[Issue]:
+    return [Issue("<model>", "opset", f"opset {imp.version} outside TensorRT 10's {OPSET_MIN}..{OPSET_MAX}")
+            for imp in model.opset_import
+            if imp.domain in ("", "ai.onnx") and not OPSET_MIN <= imp.version <= OPSET_MAX]
+
+
+def _read_graph(model) -> _Graph:
+    """Types from shape inference (else from what the file declares), constants, edges."""
+    import onnx
+
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
     except Exception:  # noqa: BLE001 - types then come from what the file declares
@@ -143,72 +169,121 @@ def check_graph(model, *, notes: list[str] | None = None) -> list[Issue]:
                     inits[n.output[0]] = a.t
                     types[n.output[0]] = TYPE_NAMES.get(a.t.data_type, "?")
     edges = {v.name for v in g.input} | {v.name for v in g.output}
+    return _Graph(list(g.node), types, inits, consts, edges)
 
-    for n in g.node:
-        name, op, at = n.name or (n.output[0] if n.output else "?"), n.op_type, _attrs(n)
-        if n.domain not in ("", "ai.onnx"):
-            issues.append(Issue(name, op, f"custom domain {n.domain!r}: needs a TensorRT plugin"))
+
+def _node_issues(n, graph: _Graph, notes: list[str]) -> list[Issue]:
+    """One node: its domain and operator, its tensor types, then the operator's own rules."""
+    name, op, at = n.name or (n.output[0] if n.output else "?"), n.op_type, _attrs(n)
+    if n.domain not in ("", "ai.onnx"):
+        return [Issue(name, op, f"custom domain {n.domain!r}: needs a TensorRT plugin")]
+    if op in UNSUPPORTED or op not in SUPPORTED:
+        return [Issue(name, op, "operator not supported by the TensorRT ONNX parser")]
+    problems = _uint8_inside(n, graph) + _input_types(n, name, graph, notes)
+    for rule in _OP_RULES:
+        problems += rule(n, at, graph)
+    return [Issue(name, op, problem) for problem in problems]
+
+
+def _uint8_inside(n, graph: _Graph) -> list[str]:
+    return [f"UINT8 tensor {t!r} inside the network (TensorRT takes UINT8 only as a network input/output)"
+            for t in list(n.input) + list(n.output)
+            if t and graph.types.get(t) == "UINT8" and t not in graph.edges]
+
+
+def _input_types(n, name: str, graph: _Graph, notes: list[str]) -> list[str]:
+    """The data input's type against the table (DOUBLE is a note: TensorRT casts it down)."""
+    op = n.op_type
+    if op in ("Cast", "CastLike", "Constant", "ConstantOfShape", "Shape", "Size"):
+        return []
+    problems = []
+    for t in [t for t in n.input[:1] if t]:
+        ty = graph.types.get(t)
+        if ty in (None, "?"):
             continue
-        if op in UNSUPPORTED or op not in SUPPORTED:
-            issues.append(Issue(name, op, "operator not supported by the TensorRT ONNX parser"))
-            continue
-        for t in list(n.input) + list(n.output):
-            if t and types.get(t) == "UINT8" and t not in edges:
-                issues.append(Issue(name, op, f"UINT8 tensor {t!r} inside the network "
-                                    f"(TensorRT takes UINT8 only as a network input/output)"))
-        data_in = [t for t in n.input[:1] if t]
-        if op in ("Cast", "CastLike", "Constant", "ConstantOfShape", "Shape", "Size"):
-            data_in = []
-        for t in data_in:
-            ty = types.get(t)
-            if ty in (None, "?"):
-                continue
-            if ty == "DOUBLE":
-                notes.append(f"{name} ({op}): DOUBLE input, TensorRT casts it down to FP32")
-            elif ty == "UINT8" and t in edges:
-                issues.append(Issue(name, op, f"reads the UINT8 network input {t!r} directly; "
-                                    f"Cast it first (only Cast takes UINT8)"))
-            elif ty not in SUPPORTED[op]:
-                issues.append(Issue(name, op, f"input type {ty} not supported "
-                                    f"(supported: {', '.join(SUPPORTED[op])})"))
-        if op == "Resize":
-            if at.get("mode", "nearest") not in RESIZE_MODES:
-                issues.append(Issue(name, op, f"mode {at.get('mode')!r} (supported: nearest, linear)"))
-            if at.get("coordinate_transformation_mode", "half_pixel") not in RESIZE_COORDS:
-                issues.append(Issue(name, op, f"coordinate_transformation_mode "
-                                    f"{at.get('coordinate_transformation_mode')!r} not supported"))
-            if at.get("mode", "nearest") == "nearest" and at.get("nearest_mode", "round_prefer_floor") not in RESIZE_NEAREST:
-                issues.append(Issue(name, op, f"nearest_mode {at.get('nearest_mode')!r} not supported"))
-            if at.get("keep_aspect_ratio_policy", "stretch") != "stretch":
-                issues.append(Issue(name, op, "keep_aspect_ratio_policy other than 'stretch'"))
-            if at.get("antialias", 0):
-                issues.append(Issue(name, op, "antialiasing is not supported"))
-        if op in ("AveragePool", "MaxPool", "LpPool"):
-            if any(d != 1 for d in at.get("dilations", [])):
-                issues.append(Issue(name, op, "dilations must be empty or all ones"))
-            if len(at.get("kernel_shape", [0, 0])) not in (2, 3):
-                issues.append(Issue(name, op, "only 2D or 3D pooling"))
-            if op == "MaxPool" and len(n.output) > 1 and n.output[1]:
-                issues.append(Issue(name, op, "the Indices output is not supported"))
-        if op.startswith("Reduce") and len(n.input) > 1 and n.input[1] and n.input[1] not in consts:
-            issues.append(Issue(name, op, "axes must be an initializer"))
-        if op in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2 and n.input[2]:
-            zp = inits.get(n.input[2])
-            if zp is None:
-                issues.append(Issue(name, op, "zero point must be a constant 0"))
-            elif numpy_helper.to_array(zp).any():
-                issues.append(Issue(name, op, "zero point must be 0 (use symmetric quantisation)"))
-        if op == "Dropout" and len(n.input) > 2 and n.input[2]:
-            flag = inits.get(n.input[2])
-            if flag is None or bool(numpy_helper.to_array(flag)):
-                issues.append(Issue(name, op, "is_training must be an initializer evaluating to False"))
-        if op == "TopK" and at.get("sorted", 1) != 1:
-            issues.append(Issue(name, op, "sorted must be 1"))
-        if op == "ScatterND" and at.get("reduction", "none") != "none":
-            issues.append(Issue(name, op, "reduction other than 'none' is not supported"))
-        if op == "LayerNormalization" and len([o for o in n.output if o]) > 1:
-            issues.append(Issue(name, op, "only the first output Y is supported"))
-    return issues
+        if ty == "DOUBLE":
+            notes.append(f"{name} ({op}): DOUBLE input, TensorRT casts it down to FP32")
+        elif ty == "UINT8" and t in graph.edges:
+            problems.append(f"reads the UINT8 network input {t!r} directly; Cast it first (only Cast takes UINT8)")
+        elif ty not in SUPPORTED[op]:
+            problems.append(f"input type {ty} not supported (supported: {', '.join(SUPPORTED[op])})")
+    return problems
+
+
+def _resize(n, at: dict, graph: _Graph) -> list[str]:
+    if n.op_type != "Resize":
+        return []
+    problems = []
+    if at.get("mode", "nearest") not in RESIZE_MODES:
+        problems.append(f"mode {at.get('mode')!r} (supported: nearest, linear)")
+    if at.get("coordinate_transformation_mode", "half_pixel") not in RESIZE_COORDS:
+        problems.append(f"coordinate_transformation_mode {at.get('coordinate_transformation_mode')!r} "
+                        "not supported")
+    if at.get("mode", "nearest") == "nearest" and at.get("nearest_mode", "round_prefer_floor") not in RESIZE_NEAREST:
+        problems.append(f"nearest_mode {at.get('nearest_mode')!r} not supported")
+    if at.get("keep_aspect_ratio_policy", "stretch") != "stretch":
+        problems.append("keep_aspect_ratio_policy other than 'stretch'")
+    if at.get("antialias", 0):
+        problems.append("antialiasing is not supported")
+    return problems
+
+
+def _pool(n, at: dict, graph: _Graph) -> list[str]:
+    if n.op_type not in ("AveragePool", "MaxPool", "LpPool"):
+        return []
+    problems = []
+    if any(d != 1 for d in at.get("dilations", [])):
+        problems.append("dilations must be empty or all ones")
+    if len(at.get("kernel_shape", [0, 0])) not in (2, 3):
+        problems.append("only 2D or 3D pooling")
+    if n.op_type == "MaxPool" and len(n.output) > 1 and n.output[1]:
+        problems.append("the Indices output is not supported")
+    return problems
+
+
+def _reduce_axes(n, at: dict, graph: _Graph) -> list[str]:
+    if n.op_type.startswith("Reduce") and len(n.input) > 1 and n.input[1] and n.input[1] not in graph.consts:
+        return ["axes must be an initializer"]
+    return []
+
+
+def _zero_point(n, at: dict, graph: _Graph) -> list[str]:
+    from onnx import numpy_helper
+
+    if n.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(n.input) <= 2 or not n.input[2]:
+        return []
+    zp = graph.inits.get(n.input[2])
+    if zp is None:
+        return ["zero point must be a constant 0"]
+    if numpy_helper.to_array(zp).any():
+        return ["zero point must be 0 (use symmetric quantisation)"]
+    return []
+
+
+def _dropout(n, at: dict, graph: _Graph) -> list[str]:
+    from onnx import numpy_helper
+
+    if n.op_type == "Dropout" and len(n.input) > 2 and n.input[2]:
+        flag = graph.inits.get(n.input[2])
+        if flag is None or bool(numpy_helper.to_array(flag)):
+            return ["is_training must be an initializer evaluating to False"]
+    return []
+
+
+def _single_attributes(n, at: dict, graph: _Graph) -> list[str]:
+    """TopK ``sorted``, ScatterND ``reduction``, LayerNormalization's outputs."""
+    op = n.op_type
+    if op == "TopK" and at.get("sorted", 1) != 1:
+        return ["sorted must be 1"]
+    if op == "ScatterND" and at.get("reduction", "none") != "none":
+        return ["reduction other than 'none' is not supported"]
+    if op == "LayerNormalization" and len([o for o in n.output if o]) > 1:
+        return ["only the first output Y is supported"]
+    return []
+
+
+# the operators' own restrictions, in the order their issues are listed
+_OP_RULES = (_resize, _pool, _reduce_axes, _zero_point, _dropout, _single_attributes)
 
 
 def assert_tensorrt_compatible(model, what: str = "graph") -> None:

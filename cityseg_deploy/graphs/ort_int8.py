@@ -1,31 +1,19 @@
 """Reshape the int8 Q/DQ graph, in memory at load, into the form onnxruntime's CPU kernels fuse.
 
-The project's int8 ONNX is written for TensorRT (export/quantize.py): symmetric int8 activations
-with zero point 0, float biases, and every ReLU kept between a Dequantize and a Quantize.  On an
-x86 CPU onnxruntime runs integer convolutions only with **uint8** activations; it converts a
-signed Quantize→Dequantize pair to uint8 (zero point +128) itself, but only when the pair has a
-single consumer.  Every tensor that feeds two nodes (each residual block's input, the ASPP input)
-kept int8, so 24 of DeepLabV3-R50's 61 convolutions fell back to float convolutions wrapped in
-Quantize/Dequantize, with layout transposes around them, and the 56 ReLUs ran in float between a
-Dequantize and a Quantize.  Measured on an AMD EPYC (avx2, no VNNI), 2 threads, 512x1024: the
-graph as exported 4.9 s, slower than the fp32 graph.
-
-Two rewrites, both onnxruntime-only (the file on disk stays as exported, for TensorRT/OpenVINO):
+The exported int8 graph (export/quantize.py) is TensorRT's form: symmetric int8 activations, each
+ReLU between a Dequantize and a Quantize.  On x86, onnxruntime runs integer convolutions only on
+uint8 activations, and turns a signed Quantize→Dequantize pair into uint8 itself only when the
+pair has one consumer, so convolutions after a shared tensor (a residual block's input) ran in
+float.  Two rewrites, for onnxruntime only (the file on disk stays as exported):
 
 1. :func:`fold_relu_into_quantize` — ``Q_a → DQ_a → Relu → Q_b`` (or ``X → Relu → Q_b``) becomes
-   ``X → Q_b`` with Q_b made uint8 with zero point 0: quantising to uint8 at zero point 0 clamps
-   negatives to 0, which *is* the ReLU, and rounding once onto Q_b's grid replaces rounding onto
-   Q_a's grid and then onto Q_b's (same scale as exported; values above the calibrated maximum
-   no longer saturate at 127 but at 255).  Not bit-identical to the exported graph, but closer to
-   fp32: on DeepLabV3-R50 mean |logit error| vs fp32 0.192 → 0.163.
-2. :func:`int8_activations_to_uint8` — every other activation Quantize/Dequantize pair gets
-   zero point ``zp + 128`` in uint8: ``q_u8 = q_s8 + 128`` exactly, the same change onnxruntime
-   makes to single-consumer pairs, now applied to all of them.
+   ``X → Q_b`` with Q_b uint8 at zero point 0, whose clamp of negatives *is* the ReLU; one
+   rounding instead of two (not bit-identical to the file, closer to fp32).
+2. :func:`int8_activations_to_uint8` — every other activation pair gets zero point ``zp + 128``
+   in uint8 (``q_u8 = q_s8 + 128`` exactly), as onnxruntime does to single-consumer pairs.
 
-Result on the same machine: all 61 convolutions and 16 residual additions integer
-(QLinearConv/QLinearAdd), 4.9 s → 2.4 s.  Weights (7-bit, symmetric int8) are untouched; uint8
-activations up to 255 times 7-bit weights cannot saturate ``vpmaddubsw``'s int16 pair sums
-(2 · 255 · 64 = 32640 < 32767).
+uint8 activations times 7-bit weights cannot saturate ``vpmaddubsw``'s int16 pair sums
+(2 · 255 · 64 = 32640 < 32767).  What it changed, measured: bench/results/int8_design_notes.md.
 """
 from __future__ import annotations
 

@@ -6,7 +6,9 @@ file here and one row there.  ``"model.onnx@int8"``-style specs (bench, check) a
 """
 from __future__ import annotations
 
+import difflib
 import importlib
+import inspect
 import os
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,32 @@ def backend_class(kind: str) -> type[Segmenter]:
     return getattr(importlib.import_module(f".{module}", __name__), cls)
 
 
+def backend_options(cls: type[Segmenter]) -> tuple[str, ...]:
+    """The options a backend takes besides ``device``/``precision``/``threads`` (and ``metadata``,
+    :func:`open_artifact`'s): the keyword parameters of its constructor (declared once, there)."""
+    params = inspect.signature(cls.__init__).parameters.values()
+    return tuple(p.name for p in params if p.kind is p.KEYWORD_ONLY
+                 and p.name not in ("device", "precision", "threads", "metadata"))
+
+
+def takes_option(spec: str | os.PathLike, name: str) -> bool:
+    """Whether the runner of ``spec`` (a path or ``path@precision``) takes option ``name``; for
+    callers with an option that means something to some backends only (``check --emulate-bf16``)."""
+    kind = artifact_kind(Path(parse_model_spec(spec)[0]))
+    return name in backend_options(backend_class(kind))
+
+
+def check_options(path: str | os.PathLike, kind: str, options: dict[str, Any]) -> None:
+    """Refuse an option the backend for ``kind`` does not take, naming it (a misspelt option
+    used to be dropped without a word)."""
+    takes = backend_options(backend_class(kind))
+    for name in sorted(set(options) - set(takes)):
+        close = difflib.get_close_matches(name, takes, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise CitysegError(f"{path}: option {name!r} does not apply to the {kind} runner{hint} "
+                           f"(it takes {', '.join(takes)})")
+
+
 def parse_model_spec(spec: str | os.PathLike) -> tuple[str, str | None]:
     """``"ckpt.pt@bf16"`` → ``("ckpt.pt", "bf16")``; a plain path → ``(path, None)``."""
     text = str(spec)
@@ -47,11 +75,13 @@ def load(path: str | os.PathLike, *, device: str = "cpu", precision: str | None 
     ``precision``: for a checkpoint fp32 | fp16 | bf16 (autocast); for OpenVINO fp32 | bf16
     (inference precision hint); graphs with baked-in precision refuse another.
     ``threads``: CPU threads.  ``options`` go to the backend (e.g. ``size=(H, W)``,
-    ``compile=True``, ``cuda_graphs=True`` for torch; ``mode``/``streams`` for OpenVINO).
+    ``compile=True``, ``cuda_graphs=True`` for torch; ``mode``/``streams`` for OpenVINO); one the backend does not take is a CitysegError naming it
+    (:func:`backend_options` lists what each takes).
     """
     path, spec_precision = parse_model_spec(path)
     precision = check_precision(precision or spec_precision)
     kind = artifact_kind(Path(path))
+    check_options(path, kind, options)
     return backend_class(kind)(Path(path), device=device, precision=precision, threads=threads,
                                **options)
 
@@ -69,8 +99,10 @@ def open_artifact(path: str | os.PathLike, kind: str, *,
     if kind not in BACKENDS or kind == "torch":
         raise CitysegError(f"{path}: open_artifact runs exported graphs "
                            f"({', '.join(k for k in BACKENDS if k != 'torch')}), not {kind!r}")
+    check_options(path, kind, options)
     return backend_class(kind)(Path(path), device=device, precision=check_precision(precision),
                                threads=threads, metadata=metadata, **options)
 
 
-__all__ = ["BACKENDS", "Segmenter", "backend_class", "load", "open_artifact", "parse_model_spec"]
+__all__ = ["BACKENDS", "Segmenter", "backend_class", "backend_options", "load", "open_artifact",
+           "takes_option", "parse_model_spec"]

@@ -6,7 +6,7 @@ static exports, one input shape; the metadata sidecar says which.
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -22,7 +22,7 @@ class AOTISegmenter(Segmenter):
 
     def __init__(self, path: str | os.PathLike, *, device: str = "cpu", precision: str | None = None,
                  threads: int | None = None, size: Sequence[int] | None = None,
-                 metadata: tuple[ModelMeta, dict[str, Any]] | None = None, **_: Any):
+                 metadata: tuple[ModelMeta, dict[str, Any]] | None = None):
         import torch
 
         meta, io = artifact_metadata(path, "aoti", metadata)

@@ -24,8 +24,8 @@ from ..artifacts import check_meta_io, read_artifact_meta
 from ..system.timing import NullTimer
 from ..errors import CitysegError
 from ..models.checkpoint import ModelMeta
+from ..precision import PRECISIONS
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 _NULL = NullTimer()
 
 

@@ -40,7 +40,7 @@ class OnnxRuntimeSegmenter(Segmenter):
                  tensorrt_ep: bool = False, providers: list | None = None,
                  cpu_int8_rewrite: bool = True, cuda_graph: bool = False,
                  cuda_options: dict[str, Any] | None = None,
-                 metadata: tuple[ModelMeta, dict[str, Any]] | None = None, **_: Any):
+                 metadata: tuple[ModelMeta, dict[str, Any]] | None = None):
         ort = _import_ort()
         meta, io = artifact_metadata(path, "onnx", metadata)
         check_onnx(path, meta, io)  # the metadata must describe this graph (graph_check)

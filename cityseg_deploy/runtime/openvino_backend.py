@@ -46,7 +46,7 @@ class OpenVINOSegmenter(Segmenter):
     def __init__(self, path: str | os.PathLike, *, device: str = "cpu", precision: str | None = None,
                  threads: int | None = None, size: Sequence[int] | None = None,
                  mode: str = "auto", streams: int | str | None = None,
-                 metadata: tuple[ModelMeta, dict[str, Any]] | None = None, **_: Any):
+                 metadata: tuple[ModelMeta, dict[str, Any]] | None = None):
         ov = _import_ov()
         meta, io = artifact_metadata(path, "openvino", metadata)
         ir_precision = io.get("precision", "fp32")

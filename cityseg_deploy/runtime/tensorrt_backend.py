@@ -9,7 +9,7 @@ error says both before TensorRT fails with something less readable.
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -50,7 +50,7 @@ class TensorRTSegmenter(Segmenter):
 
     def __init__(self, path: str | os.PathLike, *, device: str = "cuda", precision: str | None = None,
                  threads: int | None = None, size: Sequence[int] | None = None,
-                 metadata: tuple[ModelMeta, dict[str, Any]] | None = None, **_: Any):
+                 metadata: tuple[ModelMeta, dict[str, Any]] | None = None):
         meta, io = artifact_metadata(path, "tensorrt", metadata)
         precision = check_precision(precision)
         if precision and precision != io.get("precision", "fp32"):

@@ -89,7 +89,7 @@ class TorchSegmenter(Segmenter):
                  compile: bool | str = False, cuda_graphs: bool = False, tf32: bool = False,
                  channels_last: bool | None = None, allow_emulated_bf16: bool = False,
                  fuse_bn: bool = True, autocast: bool = False, bn_affine: bool = True,
-                 concat_in_place: bool = True, cudnn_benchmark_limit: int | None = None, **_: Any):
+                 concat_in_place: bool = True, cudnn_benchmark_limit: int | None = None):
         precision = check_precision(precision) or "fp32"
         dev = resolve_device(device)
         model, meta = load_checkpoint(path)

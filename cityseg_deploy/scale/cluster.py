@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from ..errors import CitysegError
 from . import require_ray
@@ -61,3 +62,43 @@ def cluster_cpus() -> float:
 
     return float(ray.cluster_resources().get("CPU", 1.0))
 
+
+def actor_error(exc: BaseException) -> CitysegError | None:
+    """The CitysegError an actor raised, however Ray wrapped it (RayTaskError, UserCodeException)."""
+    seen: set[int] = set()
+    stack: list[BaseException] = [exc]
+    while stack:
+        e = stack.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, CitysegError):
+            return CitysegError(str(cause.args[0]) if cause.args else str(cause))
+        if isinstance(e, CitysegError) and type(e) is CitysegError:
+            return e
+        for nxt in (cause, e.__cause__, e.__context__):
+            if isinstance(nxt, BaseException):
+                stack.append(nxt)
+    text = str(exc)
+    marker = "CitysegError: "
+    if marker in text:
+        return CitysegError(text.rsplit(marker, 1)[1].strip().splitlines()[0])
+    return None
+
+
+@contextmanager
+def job_progress(total: int, desc: str, enabled: bool, *, unit: str) -> Iterator[Any]:
+    """One progress bar over a Ray job; an error an actor raised ends the job as its one line."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True)
+    try:
+        yield bar
+    except Exception as exc:  # Ray wraps actor errors; a user error stays one line
+        user = actor_error(exc)
+        if user is not None:
+            raise user from None
+        raise
+    finally:
+        bar.close()

@@ -141,30 +141,6 @@ def _npy_array(data: bytes) -> np.ndarray:
 
 
 # ---- the driver -----------------------------------------------------------------------------
-def _user_error(exc: BaseException) -> CitysegError | None:
-    """The CitysegError an actor raised, however Ray wrapped it (RayTaskError, UserCodeException)."""
-    seen: set[int] = set()
-    stack: list[BaseException] = [exc]
-    while stack:
-        e = stack.pop()
-        if id(e) in seen:
-            continue
-        seen.add(id(e))
-        cause = getattr(e, "cause", None)
-        if isinstance(cause, CitysegError):
-            return CitysegError(str(cause.args[0]) if cause.args else str(cause))
-        if isinstance(e, CitysegError) and type(e) is CitysegError:
-            return e
-        for nxt in (cause, e.__cause__, e.__context__):
-            if isinstance(nxt, BaseException):
-                stack.append(nxt)
-    text = str(exc)
-    marker = "CitysegError: "
-    if marker in text:
-        return CitysegError(text.rsplit(marker, 1)[1].strip().splitlines()[0])
-    return None
-
-
 def run_rows(model: str, rows: list[dict[str, Any]], opts: RayOptions, *, device: str = "cpu",
              precision: str | None = None, label_set: str | None = None, fmt: str | None = None,
              want_labels: bool = False, progress: bool = True, desc: str = "ray",
@@ -174,7 +150,7 @@ def run_rows(model: str, rows: list[dict[str, Any]], opts: RayOptions, *, device
     One progress bar (rows done); Ray Data's own bars are off.  A CitysegError raised in an actor
     comes out here as the same one-line error.
     """
-    from .cluster import cluster_cpus, connect
+    from .cluster import cluster_cpus, connect, job_progress
 
     opts.validate()
     if not rows:
@@ -203,24 +179,10 @@ def run_rows(model: str, rows: list[dict[str, Any]], opts: RayOptions, *, device
                                "want_labels": want_labels, "options": options or {}},
     )  # a killed actor is replaced and its batch retried: Ray Data's actor pool defaults to
     #    max_restarts=-1 and max_task_retries=-1 (tests/test_scale_ray.py kills one mid-job)
-    bar = _bar(len(rows), desc, progress)
-    try:
+    with job_progress(len(rows), desc, progress, unit="img") as bar:
         for out in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
             bar.update(len(out["index"]))
             yield out
-    except Exception as exc:  # Ray wraps actor errors; a user error stays one line
-        user = _user_error(exc)
-        if user is not None:
-            raise user from None
-        raise
-    finally:
-        bar.close()
-
-
-def _bar(total: int, desc: str, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="img", disable=not enabled, dynamic_ncols=True)
 
 
 def _sample_rows(samples, *, outs: list[str] | None = None,
@@ -357,6 +319,9 @@ class RemoteModel:
         self.outputs_logits = self.io.get("output", "logits") == "logits"
         self.backend = "?"
         self.precision = self.precision_asked or self.io.get("precision", "fp32")
+        # the size the actors' Segmenters run at (Segmenter.input_size: asked, else the artifact's)
+        self.input_size = tuple(int(v) for v in (self.options.get("size") or self.io.get("size")
+                                                 or self.meta.input_size))
 
     def close(self) -> None:
         """Nothing to free on the driver (the actors end with the job)."""

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CitysegError
-from .ray_batch import RayOptions, _user_error
+from .ray_batch import RayOptions
 
 
 class StreamWorker:
@@ -78,8 +78,8 @@ def ray_segment(specs: list[str], model: str, ray_opts: RayOptions, *, out: str 
     from ..artifacts import read_artifact_meta
     from ..video import parse_sources
     from ..video.pipeline import output_paths
-    from .cluster import cluster_cpus, connect
-    from .ray_batch import _bar, _path_of
+    from .cluster import cluster_cpus, connect, job_progress
+    from .ray_batch import _path_of
 
     ray_opts.validate()
     sources = [s for spec in specs for s in parse_sources(spec, reconnect=reconnect)]
@@ -110,30 +110,25 @@ def ray_segment(specs: list[str], model: str, ray_opts: RayOptions, *, out: str 
         num_cpus=max(0.01, cpus / width), num_gpus=ray_opts.gpus_per_actor or None,
         max_restarts=-1, max_task_retries=-1)
     actors = [worker.remote(str(model), device, threads) for _ in range(width)]
-    bar = _bar(len(todo), f"segment {len(todo)} streams (ray)", progress)
     results: list[dict] = []
     queue, idle = list(todo), list(actors)
     running: dict[Any, Any] = {}
     try:
-        while queue or running:
-            while queue and idle:
-                src, o, ld = queue.pop(0)
-                actor = idle.pop()
-                echo(f"stream {len(results) + len(running) + 1}/{len(todo)}: {src.name}")
-                running[actor.run.remote(src, str(o) if o else None, str(ld) if ld else None,
-                                         pipeline)] = actor
-            done, _ = ray.wait(list(running), num_returns=1)
-            for ref in done:
-                idle.append(running.pop(ref))
-                results.append(ray.get(ref))
-                bar.update(1)
-    except Exception as exc:
-        user = _user_error(exc)
-        if user is not None:
-            raise user from None
-        raise
+        with job_progress(len(todo), f"segment {len(todo)} streams (ray)", progress,
+                          unit="stream") as bar:
+            while queue or running:
+                while queue and idle:
+                    src, o, ld = queue.pop(0)
+                    actor = idle.pop()
+                    echo(f"stream {len(results) + len(running) + 1}/{len(todo)}: {src.name}")
+                    running[actor.run.remote(src, str(o) if o else None, str(ld) if ld else None,
+                                             pipeline)] = actor
+                done, _ = ray.wait(list(running), num_returns=1)
+                for ref in done:
+                    idle.append(running.pop(ref))
+                    results.append(ray.get(ref))
+                    bar.update(1)
     finally:
-        bar.close()
         for a in actors:
             ray.kill(a)
         _remove_stale([p for pair in paths for p in pair])

@@ -97,3 +97,14 @@ def stats(values: Sequence[float]) -> dict[str, float]:
     p = np.percentile(a, [50, 90, 95, 99])
     return {"min": float(a.min()), "mean": float(a.mean()), "median": float(p[0]),
             "p90": float(p[1]), "p95": float(p[2]), "p99": float(p[3]), "max": float(a.max())}
+
+
+class Timer:
+    """Wall-clock seconds of a ``with`` block (``.seconds``): how long one export took."""
+
+    def __enter__(self) -> "Timer":
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.start

@@ -17,9 +17,9 @@ import contextlib
 import math
 import random
 import shlex
-import shutil
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,7 +32,7 @@ from ..data.cityscapes import CityscapesDataset, check_headers
 from ..data.transforms import TrainAugment, label_to_tensor, to_tensor
 from ..errors import CitysegError
 from ..fileio import write_text_atomic
-from ..labels import get_label_set
+from ..labels import LabelSet, get_label_set
 from ..metrics.confusion import ConfusionMatrix
 from ..models.checkpoint import ModelMeta, read_checkpoint, save_checkpoint
 from ..models.registry import build_model, get_default_cfg, get_entry
@@ -40,6 +40,9 @@ from . import distributed as ddp
 from .losses import SegmentationLoss
 from .recipe import Recipe, load_recipe, recipe_from_dict
 from .report import history_row, plot_curves, report_markdown, write_log_csv
+from .resume import (capture_rng_state, check_out_dir, clear_run_files, read_resume_checkpoint,
+                     restore_rng_state)
+from .schedule import build_optimizer, build_scheduler, poly_power_of, retarget_scheduler
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -145,126 +148,11 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-# --------------------------------------------------------------------------- RNG state
-def capture_rng_state() -> dict[str, Any]:
-    """Python, numpy and torch (CPU and CUDA) generator states, in weights_only-loadable types."""
-    np_state = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: dict[str, Any]) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
+# --------------------------------------------------------------------------- seeds, batch norm
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-# --------------------------------------------------------------------------- optimiser, schedule
-def build_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if recipe.optimizer == "adam":
-        return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    if recipe.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum,
-                           weight_decay=recipe.weight_decay)
-
-
-class PolyFactor:
-    """The poly schedule's lr factor ``max(0, 1 - step / total) ** power``.
-
-    A callable object rather than a lambda so that its ``total`` is an attribute: LambdaLR saves
-    and restores it with the scheduler state, and :func:`retarget_scheduler` can change it when a
-    resumed run asks for more (or fewer) epochs.
-    """
-
-    def __init__(self, total: int, power: float) -> None:
-        self.total, self.power = max(1, int(total)), float(power)
-
-    def __call__(self, step: int) -> float:
-        return max(0.0, 1.0 - step / self.total) ** self.power
-
-
-def build_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer, total_steps: int):
-    """(scheduler or None, when it steps: "step" | "epoch" (with val mIoU) | None)."""
-    if recipe.scheduler == "poly":
-        return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, PolyFactor(total_steps, recipe.poly_power)), "step"
-    if recipe.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps)), "step"
-    if recipe.scheduler == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="max", factor=recipe.plateau_factor, patience=recipe.plateau_patience), "epoch"
-    return None, None
-
-
-def retarget_scheduler(scheduler: Any, total_steps: int, *, poly_power: float | None = None) -> int | None:
-    """Point a just-restored per-step schedule at ``total_steps``; return the old total if it changed.
-
-    ``poly_power``: the resumed run's poly exponent (a ``--set poly_power=...`` on resume);
-    the restored factor's own power is kept when None.  Changing it is reported by
-    :func:`poly_power_of` before/after, not by the return value.
-
-    Why: on ``--resume`` with another epoch count (or batch size) the restored state still holds
-    the old run's length (cosine's ``T_max``, the poly factor's ``total``) and the optimiser holds
-    the lr of the old run's last step; a finished 2-epoch run resumed to 3 epochs would train at
-    lr 0.  The state is restored first (step count, base lrs), then the total is set to the new
-    one and the current lr recomputed in closed form, so training continues exactly where a fresh
-    run of the new length would be at this step.  Poly's lr is always re-derived (bit-identical
-    when nothing changed; also right for a checkpoint from before ``PolyFactor``, which saved no
-    total); cosine's only when the total changed.  Epoch schedules (ReduceLROnPlateau) are left
-    as restored.
-    """
-    total = max(1, int(total_steps))
-    old: int | None = None
-    if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR) and all(
-            isinstance(f, PolyFactor) for f in scheduler.lr_lambdas):
-        old = scheduler.lr_lambdas[0].total
-        for factor in scheduler.lr_lambdas:
-            factor.total = total
-            if poly_power is not None:
-                factor.power = float(poly_power)
-        lrs = [base * factor(scheduler.last_epoch)
-               for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
-    elif isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
-        old, scheduler.T_max = scheduler.T_max, total
-        if old == total:
-            return None  # keep the restored (recursively computed) lr: exact resume
-        lrs = [scheduler.eta_min + (base - scheduler.eta_min)
-               * (1 + math.cos(math.pi * scheduler.last_epoch / total)) / 2
-               for base in scheduler.base_lrs]
-    else:
-        return None
-    for group, lr in zip(scheduler.optimizer.param_groups, lrs):
-        group["lr"] = lr
-    scheduler._last_lr = list(lrs)
-    return old if old != total else None
-
-
-def poly_power_of(scheduler: Any) -> float | None:
-    """The exponent of a poly schedule (None for any other schedule)."""
-    if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR) and scheduler.lr_lambdas and all(
-            isinstance(f, PolyFactor) for f in scheduler.lr_lambdas):
-        return scheduler.lr_lambdas[0].power
-    return None
 
 
 def freeze_batchnorm(model: nn.Module) -> None:
@@ -367,27 +255,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_cla
     return confusion.compute(class_names)
 
 
-# --------------------------------------------------------------------------- fit
-RUN_FILES = ("best.pt", "last.pt", "log.csv", "report.md", "curves.png", "tensorboard")
-
-
-def clear_run_files(out_dir: Path) -> list[str]:
-    """Delete what a run writes (and their hidden temporaries) from ``out_dir``; return the names.
-
-    Why: ``--overwrite`` used to replace files one by one as the new run reached them, so an
-    interrupted run left the old ``report.md`` and ``curves.png`` beside the new weights.
-    """
-    removed = []
-    if not out_dir.is_dir():
-        return removed
-    for entry in out_dir.iterdir():
-        name = entry.name
-        if name in RUN_FILES or any(name.startswith(f".{f}.") for f in RUN_FILES):
-            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-            removed.append(name)
-    return sorted(removed)
-
-
+# --------------------------------------------------------------------------- fit: helpers
 def load_init_weights(model: nn.Module, path: str) -> tuple[int, list[str]]:
     """Copy every tensor of checkpoint ``path`` whose name and shape fit ``model``.
 
@@ -420,25 +288,354 @@ def _compact_metrics(metrics: dict) -> dict:
             if k in metrics}
 
 
-def saved_overrides(out_dir: str | Path) -> dict[str, Any] | None:
-    """The command-line overrides the run in ``out_dir`` was started (or last resumed) with.
+# --------------------------------------------------------------------------- fit, step by step
+@dataclass
+class RunPlan:
+    """What a run is, settled from the recipe before any process group starts or file is written."""
 
-    None when there is no ``last.pt`` (nothing to resume; :func:`fit` says so) or when it predates
-    saving them.  Read before the recipe is built, so ``--resume`` alone rebuilds the same recipe.
+    recipe: Recipe
+    meta: ModelMeta
+    label_set: LabelSet
+    train_size: tuple[int, ...]
+    val_size: tuple[int, ...]
+    crop: tuple[int, ...]
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    use_scaler: bool
+    data_root: str | Path
+    out_dir: Path
+    overrides: dict[str, Any] | None
+
+    @property
+    def last_path(self) -> Path:
+        return self.out_dir / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.out_dir / "best.pt"
+
+
+def plan_run(recipe: Recipe, data_root: str | Path, out_dir: Path, device: str | None,
+             overrides: dict[str, Any] | None) -> RunPlan:
+    """Where and how to run: device, precision, label set, sizes and the model's meta."""
+    run_env = ddp.env_from_torchrun()
+    device_t = resolve_device(device, run_env.local_rank, run_env.enabled)
+    amp_dtype, use_scaler = resolve_amp(recipe.amp, device_t)
+    entry = get_entry(recipe.model)
+    cfg = get_default_cfg(recipe.model)
+    label_set = get_label_set(recipe.label_set or cfg["label_set"])
+    train_size = tuple(recipe.train_size or cfg["input_size"])
+    arch_args = dict(recipe.arch_args)
+    if recipe.uses_aux:
+        if entry.family != "deeplabv3":
+            raise CitysegError(f"recipe key 'aux_loss_weight': {recipe.model} has no auxiliary "
+                               "head (only DeepLabV3 does); set it to 0")
+        arch_args["aux_loss"] = True
+    meta = ModelMeta.for_arch(recipe.model, label_set=label_set.name, input_size=list(train_size),
+                              **arch_args)
+    return RunPlan(recipe=recipe, meta=meta, label_set=label_set, train_size=train_size,
+                   val_size=tuple(recipe.val_size or train_size),
+                   crop=tuple(recipe.augment.crop or train_size), device=device_t,
+                   amp_dtype=amp_dtype, use_scaler=use_scaler, data_root=data_root,
+                   out_dir=out_dir, overrides=overrides)
+
+
+def open_splits(plan: RunPlan) -> tuple[CityscapesDataset, CityscapesDataset]:
+    """The train and val splits, every file's header checked before the first step."""
+    base_train = CityscapesDataset(plan.data_root, "train", label_set=plan.label_set,
+                                   size=plan.train_size)
+    base_val = CityscapesDataset(plan.data_root, "val", label_set=plan.label_set, size=plan.val_size)
+    check_headers(base_train.samples, "train")
+    check_headers(base_val.samples, "val")
+    return base_train, base_val
+
+
+def _fresh_counters() -> dict[str, Any]:
+    return {"epoch": 0, "step": 0, "history": [], "best_miou": -1.0, "best_epoch": None,
+            "bad_epochs": 0, "seconds": 0.0}
+
+
+@dataclass
+class Run:
+    """A run's live objects and the counters ``last.pt`` saves: what the steps of :func:`fit` share."""
+
+    plan: RunPlan
+    env: ddp.DistEnv
+    model: nn.Module          # the bare model: what checkpoints save
+    train_model: nn.Module    # what trains: DDP-wrapped when distributed
+    train_set: TrainSet
+    sampler: DistributedSampler
+    train_loader: DataLoader
+    val_loader: DataLoader
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    sched_when: str | None    # "step" | "epoch" | None (see build_scheduler)
+    scaler: torch.amp.GradScaler
+    state: dict[str, Any] = field(default_factory=_fresh_counters)  # saved in last.pt as is
+    best_metrics: dict | None = None
+    last_metrics: dict | None = None
+    tb: Any = None            # TensorBoard writer on rank 0, when tensorboard imports
+
+    @property
+    def total_steps(self) -> int:
+        return len(self.train_loader) * self.plan.recipe.epochs
+
+    def train_state(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "scaler": self.scaler.state_dict() if self.plan.use_scaler else None,
+                "rng": capture_rng_state(), **self.state}
+
+    def extra(self, metrics: dict | None) -> dict[str, Any]:
+        """The checkpoint meta's ``extra``: metrics, position, and what the run was started with."""
+        plan, state = self.plan, self.state
+        return {"val": metrics, "epoch": state["epoch"], "step": state["step"],
+                "recipe": plan.recipe.to_dict(), "overrides": dict(plan.overrides or {}),
+                "data_root": str(plan.data_root),
+                "world_size": self.env.world_size, "train_seconds": state["seconds"]}
+
+    def log_step(self, step: int, loss: float, lr: float) -> None:
+        if self.tb is not None and (step % 10 == 0 or step == 1):
+            self.tb.add_scalar("train/loss", loss, step)
+            self.tb.add_scalar("train/lr", lr, step)
+
+
+def build_run_model(plan: RunPlan, env: ddp.DistEnv, checkpoint: dict | None, *,
+                    clear_out_dir: bool, say: Callable[[str], None]) -> tuple[nn.Module, nn.Module]:
+    """(model, model to train): starting weights (resumed, init_weights or fresh) on the device."""
+    recipe = plan.recipe
+    if plan.device.type == "cuda":
+        torch.backends.cudnn.benchmark = not torch.are_deterministic_algorithms_enabled()
+    seed_everything(recipe.seed)  # same initial weights on every process; DDP broadcasts rank 0's anyway
+    model = build_model(plan.meta.arch, **plan.meta.arch_args)
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["state_dict"])
+    elif recipe.init_weights:
+        copied, skipped = load_init_weights(model, recipe.init_weights)
+        say(f"init_weights: {copied} tensors from {recipe.init_weights}"
+            + (f", {len(skipped)} re-initialised ({', '.join(skipped[:4])}"
+               f"{', ...' if len(skipped) > 4 else ''})" if skipped else ""))
+    if clear_out_dir and env.rank == 0:
+        clear_run_files(plan.out_dir)  # no old report.md/curves beside new weights, even if killed
+    model.to(plan.device)
+    if plan.device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    train_model = ddp.wrap_model(model, env, plan.device)
+    torch.manual_seed(recipe.seed + env.rank)  # distinct dropout streams per process
+    return model, train_model
+
+
+def build_loaders(plan: RunPlan, env: ddp.DistEnv, base_train: CityscapesDataset,
+                  base_val: CityscapesDataset) -> tuple[TrainSet, DistributedSampler, DataLoader, DataLoader]:
+    """(train set, its sampler, train loader, val loader): each process its shard."""
+    recipe = plan.recipe
+    augment = TrainAugment(crop=plan.crop, scale=tuple(recipe.augment.scale),
+                           hflip=recipe.augment.hflip, jitter=recipe.augment.jitter, seed=None)
+    train_set = TrainSet(base_train, augment, plan.meta.mean, plan.meta.std, recipe.seed)
+    val_set = EvalSet(base_val, plan.meta.mean, plan.meta.std)
+    sampler = DistributedSampler(train_set, num_replicas=env.world_size, rank=env.rank,
+                                 shuffle=True, seed=recipe.seed)
+    per_rank = len(sampler)
+    pin = plan.device.type == "cuda"
+    train_loader = DataLoader(train_set, batch_size=recipe.batch_size, sampler=sampler,
+                              num_workers=recipe.workers, pin_memory=pin,
+                              drop_last=per_rank >= recipe.batch_size)
+    val_loader = DataLoader(val_set, batch_size=recipe.batch_size,
+                            sampler=ddp.ShardSampler(len(val_set), env),
+                            num_workers=recipe.workers, pin_memory=pin)
+    return train_set, sampler, train_loader, val_loader
+
+
+def set_up(plan: RunPlan, env: ddp.DistEnv, base_train: CityscapesDataset,
+           base_val: CityscapesDataset, checkpoint: dict | None, *, clear_out_dir: bool,
+           say: Callable[[str], None]) -> Run:
+    """Model, data loaders, loss, optimiser, schedule and scaler, as a fresh run starts them."""
+    recipe = plan.recipe
+    model, train_model = build_run_model(plan, env, checkpoint, clear_out_dir=clear_out_dir, say=say)
+    train_set, sampler, train_loader, val_loader = build_loaders(plan, env, base_train, base_val)
+    criterion = SegmentationLoss(recipe.loss, dice_weight=recipe.dice_weight,
+                                 aux_weight=recipe.aux_loss_weight)
+    optimizer = build_optimizer(recipe, train_model)
+    scheduler, sched_when = build_scheduler(recipe, optimizer, len(train_loader) * recipe.epochs)
+    scaler = torch.amp.GradScaler(plan.device.type, enabled=plan.use_scaler)
+    return Run(plan=plan, env=env, model=model, train_model=train_model, train_set=train_set,
+               sampler=sampler, train_loader=train_loader, val_loader=val_loader,
+               criterion=criterion, optimizer=optimizer, scheduler=scheduler,
+               sched_when=sched_when, scaler=scaler)
+
+
+def restore_train_state(run: Run, checkpoint: dict[str, Any], say: Callable[[str], None]) -> None:
+    """Continue where ``last.pt`` stopped: optimiser, schedule (retargeted to this run's length and
+    poly power), scaler, counters, RNG states, and the metrics of the last and best epochs."""
+    plan, recipe, optimizer, scheduler = run.plan, run.plan.recipe, run.optimizer, run.scheduler
+    ts = checkpoint["train_state"]
+    optimizer.load_state_dict(ts["optimizer"])
+    old_total: int | None = None  # the restored schedule's length, when --resume changed it
+    if scheduler is not None and ts.get("scheduler") is not None:
+        scheduler.load_state_dict(ts["scheduler"])
+        if run.sched_when == "step":  # state restored; now the new run's length (and power)
+            old_power = poly_power_of(scheduler)
+            old_total = retarget_scheduler(scheduler, run.total_steps, poly_power=recipe.poly_power)
+            if old_power is not None and old_power != recipe.poly_power:
+                say(f"lr schedule (poly) power changed from {old_power:g} to "
+                    f"{recipe.poly_power:g}; continuing at step {ts.get('step', 0)} with lr "
+                    f"{optimizer.param_groups[0]['lr']:.2e}")
+    if plan.use_scaler and ts.get("scaler"):
+        run.scaler.load_state_dict(ts["scaler"])
+    for key in run.state:
+        run.state[key] = ts.get(key, run.state[key])
+    restore_rng_state(ts["rng"])
+    run.last_metrics = checkpoint["meta"].get("extra", {}).get("val")
+    if plan.best_path.is_file():
+        run.best_metrics = read_checkpoint(plan.best_path)["meta"].get("extra", {}).get("val")
+    say(f"resuming {plan.last_path} at epoch {run.state['epoch']} (step {run.state['step']})")
+    if old_total is not None:
+        new_total = run.total_steps
+        say(f"lr schedule ({recipe.scheduler}) "
+            f"{'extended' if new_total > old_total else 'shortened'} from {old_total} to "
+            f"{new_total} steps for {recipe.epochs} epochs; continuing at step "
+            f"{run.state['step']} with lr {optimizer.param_groups[0]['lr']:.2e}")
+
+
+def open_run_folder(run: Run, *, fresh: bool) -> None:
+    """Rank 0 makes the folder and the TensorBoard writer; a fresh run saves the epoch-0 boundary,
+    so that Ctrl-C in epoch 1 still leaves a resumable run."""
+    plan = run.plan
+    if run.env.is_main:
+        plan.out_dir.mkdir(parents=True, exist_ok=True)
+        run.tb = _summary_writer(plan.out_dir / "tensorboard")
+        if fresh:
+            plan.meta.extra = run.extra(None)
+            save_checkpoint(plan.last_path, run.model, plan.meta, train_state=run.train_state())
+    ddp.barrier(run.env)
+
+
+def train_and_validate(run: Run, *, progress: bool) -> tuple[dict[str, float], dict]:
+    """Epoch ``run.state["epoch"] + 1``: (train stats, val metrics); a per-epoch schedule steps."""
+    plan, recipe, epoch = run.plan, run.plan.recipe, run.state["epoch"]
+    run.sampler.set_epoch(epoch)
+    run.train_set.set_epoch(epoch)
+    try:
+        stats = train_one_epoch(
+            run.train_model, run.criterion, run.optimizer, run.train_loader, plan.device, epoch + 1,
+            step=run.state["step"], scheduler=run.scheduler if run.sched_when == "step" else None,
+            scaler=run.scaler, amp_dtype=plan.amp_dtype, grad_clip=recipe.grad_clip,
+            freeze_bn=recipe.freeze_bn, env=run.env, progress=progress,
+            desc=f"epoch {epoch + 1}/{recipe.epochs}", on_step=run.log_step)
+    except NonFiniteLoss as bad:
+        kept = (f"{plan.last_path} (after epoch {run.state['epoch']})" if plan.last_path.is_file()
+                else "none")
+        raise CitysegError(
+            f"loss became {bad.value} at epoch {bad.epoch} step {bad.step}; last good "
+            f"checkpoint: {kept}; lower the learning rate (--lr) or set amp: off, "
+            "then continue with --resume") from None
+    metrics = evaluate(run.train_model, run.val_loader, plan.device, plan.label_set.num_classes,
+                       plan.label_set.class_names, amp_dtype=plan.amp_dtype, env=run.env)
+    if run.sched_when == "epoch":
+        run.scheduler.step(metrics["miou"])
+    return stats, metrics
+
+
+def record_epoch(run: Run, stats: dict[str, float], metrics: dict) -> bool:
+    """Count the finished epoch into the run's state and history; True when val mIoU improved."""
+    state = run.state
+    state["epoch"], state["step"] = state["epoch"] + 1, stats["step"]
+    state["seconds"] += stats["seconds"]
+    state["history"].append(history_row(
+        epoch=state["epoch"], step=stats["step"], train_loss=stats["loss"], lr=stats["lr"],
+        metrics=metrics, images_per_s=stats["images_per_s"], seconds=stats["seconds"]))
+    run.last_metrics = _compact_metrics(metrics)
+    improved = metrics["miou"] > state["best_miou"]
+    if improved:
+        state["best_miou"], state["best_epoch"], state["bad_epochs"] = metrics["miou"], state["epoch"], 0
+        run.best_metrics = run.last_metrics
+    else:
+        state["bad_epochs"] += 1
+    return improved
+
+
+def save_epoch(run: Run, stats: dict[str, float], metrics: dict, *, improved: bool,
+               say: Callable[[str], None]) -> None:
+    """Rank 0, after each epoch: best.pt (when improved), last.pt, the run files, TensorBoard, a line."""
+    plan, epoch = run.plan, run.state["epoch"]
+    plan.meta.extra = run.extra(run.last_metrics)
+    if improved:
+        save_checkpoint(plan.best_path, run.model, plan.meta)
+    save_checkpoint(plan.last_path, run.model, plan.meta, train_state=run.train_state())
+    write_run_files(run, stopped_early=False)
+    if run.tb is not None:
+        for key in ("per_pixel", "miou"):
+            run.tb.add_scalar(f"val/{key}", metrics[key], epoch)
+        for key, value in metrics["jaccard"].items():
+            run.tb.add_scalar(f"val/jaccard_{key}", value, epoch)
+        run.tb.add_scalar("train/epoch_loss", stats["loss"], epoch)
+        run.tb.flush()
+    say(f"epoch {epoch}/{plan.recipe.epochs}: loss {stats['loss']:.4f}  val mIoU "
+        f"{100 * metrics['miou']:.2f}%  per-pixel {100 * metrics['per_pixel']:.2f}%  "
+        f"lr {stats['lr']:.2e}  {stats['images_per_s']:.1f} img/s"
+        + ("  (best)" if improved else ""))
+
+
+def write_run_files(run: Run, *, stopped_early: bool) -> None:
+    """log.csv, curves.png and report.md from the history so far (each written atomically)."""
+    plan, state, recipe = run.plan, run.state, run.plan.recipe
+    write_log_csv(plan.out_dir / "log.csv", state["history"])
+    plot_curves(plan.out_dir / "curves.png", state["history"],
+                title=f"{recipe.model} ({plan.label_set.name})")
+    recipe_dict = {**recipe.to_dict(), "label_set": plan.label_set.name,
+                   "train_size": list(plan.train_size)}
+    write_text_atomic(plan.out_dir / "report.md", report_markdown(
+        name=recipe.model, recipe=recipe_dict, best=run.best_metrics,
+        best_epoch=state["best_epoch"], history=state["history"], data_root=str(plan.data_root),
+        device=str(plan.device), world_size=run.env.world_size, seconds=state["seconds"],
+        stopped_early=stopped_early))
+
+
+def should_stop_early(run: Run, say: Callable[[str], None]) -> bool:
+    """True (and says why) when val mIoU has not improved for ``early_stop_patience`` epochs."""
+    recipe, state = run.plan.recipe, run.state
+    patience = recipe.early_stop_patience
+    if patience and state["bad_epochs"] >= patience and state["epoch"] < recipe.epochs:
+        say(f"early stop: no better val mIoU for {patience} epochs "
+            f"(best {100 * state['best_miou']:.2f}% at epoch {state['best_epoch']})")
+        return True
+    return False
+
+
+def train_epochs(run: Run, *, progress: bool, say: Callable[[str], None]) -> bool:
+    """Train from the restored epoch to ``recipe.epochs``; True when early stopping ended it.
+
+    Ctrl-C becomes :class:`TrainingInterrupted`, naming the epoch boundary ``last.pt`` holds.
     """
-    path = Path(out_dir) / "last.pt"
-    if not path.is_file():
-        return None
-    saved = (read_checkpoint(path)["meta"].get("extra") or {}).get("overrides")
-    return dict(saved) if isinstance(saved, dict) else None
+    saved_epoch = run.state["epoch"]
+    try:
+        while run.state["epoch"] < run.plan.recipe.epochs:
+            stats, metrics = train_and_validate(run, progress=progress)
+            improved = record_epoch(run, stats, metrics)
+            if run.env.is_main:
+                save_epoch(run, stats, metrics, improved=improved, say=say)
+            ddp.barrier(run.env)
+            saved_epoch = run.state["epoch"]
+            if should_stop_early(run, say):
+                return True
+    except KeyboardInterrupt:
+        plan = run.plan
+        raise TrainingInterrupted(
+            f"interrupted in epoch {saved_epoch + 1}; {plan.last_path} holds the state after epoch "
+            f"{saved_epoch} (the interrupted epoch's steps are not kept); continue with: "
+            f"cityseg train --recipe RECIPE --data {shlex.quote(str(plan.data_root))} "
+            f"--out {shlex.quote(str(plan.out_dir))} --resume (the run's own options are "
+            "saved with it)") from None
+    return False
 
 
-def _check_resume_fits(path: Path, saved: ModelMeta, meta: ModelMeta) -> None:
-    for key in ("arch", "label_set", "arch_args"):
-        if getattr(saved, key) != getattr(meta, key):
-            raise CitysegError(
-                f"{path}: cannot resume: the checkpoint has {key} {getattr(saved, key)!r} but the "
-                f"recipe asks for {getattr(meta, key)!r}; use the run's own recipe or a new --out")
+def run_summary(run: Run, *, stopped_early: bool) -> dict[str, Any]:
+    plan, state = run.plan, run.state
+    return {"best": run.best_metrics, "best_epoch": state["best_epoch"], "last": run.last_metrics,
+            "epochs_run": state["epoch"], "step": state["step"], "seconds": state["seconds"],
+            "stopped_early": stopped_early, "out_dir": str(plan.out_dir),
+            "best_path": str(plan.best_path), "last_path": str(plan.last_path)}
 
 
 def fit(recipe: Recipe | str | Path | dict, data_root: str | Path, out_dir: str | Path, *,
@@ -454,7 +651,7 @@ def fit(recipe: Recipe | str | Path | dict, data_root: str | Path, out_dir: str 
     continues from ``out_dir/last.pt``; without it an ``out_dir`` that already holds ``last.pt``
     is refused unless ``overwrite``.  ``overrides`` (the command line's ``--epochs``/``--set``
     ...) are saved with the run so that ``--resume`` alone continues it as it was started
-    (:func:`saved_overrides`).
+    (:func:`~cityseg_deploy.training.resume.saved_overrides`).
 
     Ctrl-C: ``last.pt`` always holds the state at the **last completed epoch boundary** (it is
     written at the start and after every epoch); the interrupted epoch's steps are dropped, and
@@ -463,251 +660,34 @@ def fit(recipe: Recipe | str | Path | dict, data_root: str | Path, out_dir: str 
 
     Returns ``{"best": metrics, "best_epoch", "last": metrics, "epochs_run", "step", "seconds",
     "stopped_early", "out_dir", "best_path", "last_path"}``.
+
+    The steps, in order: :func:`plan_run`, :func:`open_splits`, the folder and checkpoint checks,
+    :func:`set_up`, :func:`restore_train_state` (on resume), :func:`open_run_folder`,
+    :func:`train_epochs`, :func:`run_summary`.
     """
     recipe = _as_recipe(recipe)
     say = (lambda msg: None) if log is None else log
-    out_dir = Path(out_dir)
-    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    plan = plan_run(recipe, data_root, Path(out_dir), device, overrides)
+    # errors about missing splits, the folder and the checkpoint come before any process group or file
+    base_train, base_val = open_splits(plan)
+    check_out_dir(plan.out_dir, resume=resume, overwrite=overwrite)
+    checkpoint = read_resume_checkpoint(plan.last_path, plan.meta) if resume else None
 
-    # -- where and how to run
-    run_env = ddp.env_from_torchrun()
-    device_t = resolve_device(device, run_env.local_rank, run_env.enabled)
-    amp_dtype, use_scaler = resolve_amp(recipe.amp, device_t)
-    entry = get_entry(recipe.model)
-    cfg = get_default_cfg(recipe.model)
-    label_set = get_label_set(recipe.label_set or cfg["label_set"])
-    train_size = tuple(recipe.train_size or cfg["input_size"])
-    val_size = tuple(recipe.val_size or train_size)
-    crop = tuple(recipe.augment.crop or train_size)
-    arch_args = dict(recipe.arch_args)
-    if recipe.uses_aux:
-        if entry.family != "deeplabv3":
-            raise CitysegError(f"recipe key 'aux_loss_weight': {recipe.model} has no auxiliary "
-                               "head (only DeepLabV3 does); set it to 0")
-        arch_args["aux_loss"] = True
-    meta = ModelMeta.for_arch(recipe.model, label_set=label_set.name, input_size=list(train_size),
-                              **arch_args)
-
-    # -- data (errors about missing splits come before any process group or file)
-    base_train = CityscapesDataset(data_root, "train", label_set=label_set, size=train_size)
-    base_val = CityscapesDataset(data_root, "val", label_set=label_set, size=val_size)
-    check_headers(base_train.samples, "train")  # every file, before the first step
-    check_headers(base_val.samples, "val")
-    if resume and not last_path.is_file():
-        raise CitysegError(f"{last_path}: nothing to resume (no last.pt in {out_dir}); "
-                           "start without --resume")
-    if not resume and last_path.is_file() and not overwrite:
-        raise CitysegError(f"{out_dir}: already holds a training run (last.pt); continue it with "
-                           "--resume, or choose another --out (or --overwrite)")
-    if not resume and not overwrite and out_dir.is_dir() and any(out_dir.iterdir()):
-        raise CitysegError(f"{out_dir}: not empty; train into a new or empty folder, or pass "
-                           "--overwrite to replace the run files there")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise CitysegError(f"--out {out_dir}: a file is in the way; give a folder path")
-    checkpoint = read_checkpoint(last_path) if resume else None
-    if checkpoint is not None:
-        _check_resume_fits(last_path, ModelMeta.from_dict(checkpoint.get("meta"), where=str(last_path)), meta)
-        if "train_state" not in checkpoint:
-            raise CitysegError(f"{last_path}: holds no train state to resume from; start a new run")
-
-    env = ddp.init_distributed(device_t.type)
-    tb = None
+    env = ddp.init_distributed(plan.device.type)
+    run: Run | None = None
     try:
-        if device_t.type == "cuda":
-            torch.backends.cudnn.benchmark = not torch.are_deterministic_algorithms_enabled()
-
-        # -- model (same initial weights on every process; DDP broadcasts rank 0's anyway)
-        seed_everything(recipe.seed)
-        model = build_model(meta.arch, **meta.arch_args)
+        run = set_up(plan, env, base_train, base_val, checkpoint,
+                     clear_out_dir=overwrite and not resume, say=say)
         if checkpoint is not None:
-            model.load_state_dict(checkpoint["state_dict"])
-        elif recipe.init_weights:
-            copied, skipped = load_init_weights(model, recipe.init_weights)
-            say(f"init_weights: {copied} tensors from {recipe.init_weights}"
-                + (f", {len(skipped)} re-initialised ({', '.join(skipped[:4])}"
-                   f"{', ...' if len(skipped) > 4 else ''})" if skipped else ""))
-        if overwrite and not resume and env.rank == 0:
-            clear_run_files(out_dir)  # no old report.md/curves beside new weights, even if killed
-        model.to(device_t)
-        if device_t.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
-        train_model = ddp.wrap_model(model, env, device_t)
-        torch.manual_seed(recipe.seed + env.rank)  # distinct dropout streams per process
-
-        # -- data loaders
-        augment = TrainAugment(crop=crop, scale=tuple(recipe.augment.scale),
-                               hflip=recipe.augment.hflip, jitter=recipe.augment.jitter, seed=None)
-        train_set = TrainSet(base_train, augment, meta.mean, meta.std, recipe.seed)
-        val_set = EvalSet(base_val, meta.mean, meta.std)
-        sampler = DistributedSampler(train_set, num_replicas=env.world_size, rank=env.rank,
-                                     shuffle=True, seed=recipe.seed)
-        per_rank = len(sampler)
-        pin = device_t.type == "cuda"
-        train_loader = DataLoader(train_set, batch_size=recipe.batch_size, sampler=sampler,
-                                  num_workers=recipe.workers, pin_memory=pin,
-                                  drop_last=per_rank >= recipe.batch_size)
-        val_loader = DataLoader(val_set, batch_size=recipe.batch_size,
-                                sampler=ddp.ShardSampler(len(val_set), env),
-                                num_workers=recipe.workers, pin_memory=pin)
-        steps_per_epoch = len(train_loader)
-
-        # -- optimisation
-        criterion = SegmentationLoss(recipe.loss, dice_weight=recipe.dice_weight,
-                                     aux_weight=recipe.aux_loss_weight)
-        optimizer = build_optimizer(recipe, train_model)
-        scheduler, sched_when = build_scheduler(recipe, optimizer, steps_per_epoch * recipe.epochs)
-        scaler = torch.amp.GradScaler(device_t.type, enabled=use_scaler)
-
-        state: dict[str, Any] = {"epoch": 0, "step": 0, "history": [], "best_miou": -1.0,
-                                 "best_epoch": None, "bad_epochs": 0, "seconds": 0.0}
-        best_metrics = last_metrics = None
-        old_total: int | None = None  # the restored schedule's length, when --resume changed it
-        if checkpoint is not None:
-            ts = checkpoint["train_state"]
-            optimizer.load_state_dict(ts["optimizer"])
-            if scheduler is not None and ts.get("scheduler") is not None:
-                scheduler.load_state_dict(ts["scheduler"])
-                if sched_when == "step":  # state restored; now the new run's length (and power)
-                    old_power = poly_power_of(scheduler)
-                    old_total = retarget_scheduler(scheduler, steps_per_epoch * recipe.epochs,
-                                                   poly_power=recipe.poly_power)
-                    if old_power is not None and old_power != recipe.poly_power:
-                        say(f"lr schedule (poly) power changed from {old_power:g} to "
-                            f"{recipe.poly_power:g}; continuing at step {ts.get('step', 0)} with lr "
-                            f"{optimizer.param_groups[0]['lr']:.2e}")
-            if use_scaler and ts.get("scaler"):
-                scaler.load_state_dict(ts["scaler"])
-            for key in state:
-                state[key] = ts.get(key, state[key])
-            restore_rng_state(ts["rng"])
-            last_metrics = checkpoint["meta"].get("extra", {}).get("val")
-            if best_path.is_file():
-                best_metrics = read_checkpoint(best_path)["meta"].get("extra", {}).get("val")
-            say(f"resuming {last_path} at epoch {state['epoch']} (step {state['step']})")
-            if old_total is not None:
-                new_total = steps_per_epoch * recipe.epochs
-                say(f"lr schedule ({recipe.scheduler}) "
-                    f"{'extended' if new_total > old_total else 'shortened'} from {old_total} to "
-                    f"{new_total} steps for {recipe.epochs} epochs; continuing at step "
-                    f"{state['step']} with lr {optimizer.param_groups[0]['lr']:.2e}")
-
-        def train_state() -> dict[str, Any]:
-            return {"optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                    "scaler": scaler.state_dict() if use_scaler else None,
-                    "rng": capture_rng_state(), **state}
-
-        def extra(metrics: dict | None) -> dict[str, Any]:
-            return {"val": metrics, "epoch": state["epoch"], "step": state["step"],
-                    "recipe": recipe.to_dict(), "overrides": dict(overrides or {}),
-                    "data_root": str(data_root),
-                    "world_size": env.world_size, "train_seconds": state["seconds"]}
-
-        def write_run_files(*, stopped_early: bool) -> None:
-            """log.csv, curves.png and report.md from the history so far (each written atomically)."""
-            write_log_csv(out_dir / "log.csv", state["history"])
-            plot_curves(out_dir / "curves.png", state["history"], title=f"{recipe.model} ({label_set.name})")
-            recipe_dict = {**recipe.to_dict(), "label_set": label_set.name, "train_size": list(train_size)}
-            write_text_atomic(out_dir / "report.md", report_markdown(
-                name=recipe.model, recipe=recipe_dict, best=best_metrics,
-                best_epoch=state["best_epoch"], history=state["history"], data_root=str(data_root),
-                device=str(device_t), world_size=env.world_size, seconds=state["seconds"],
-                stopped_early=stopped_early))
-
-        if env.is_main:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            tb = _summary_writer(out_dir / "tensorboard")
-            if checkpoint is None:  # the epoch-0 boundary: Ctrl-C in epoch 1 still leaves a resumable run
-                meta.extra = extra(None)
-                save_checkpoint(last_path, model, meta, train_state=train_state())
-        ddp.barrier(env)
-
-        # -- epochs
-        stopped_early = False
-        epoch = saved_epoch = state["epoch"]
-        try:
-            while epoch < recipe.epochs:
-                sampler.set_epoch(epoch)
-                train_set.set_epoch(epoch)
-
-                def on_step(step: int, loss: float, lr: float) -> None:
-                    if tb is not None and (step % 10 == 0 or step == 1):
-                        tb.add_scalar("train/loss", loss, step)
-                        tb.add_scalar("train/lr", lr, step)
-
-                try:
-                    stats = train_one_epoch(
-                        train_model, criterion, optimizer, train_loader, device_t, epoch + 1,
-                        step=state["step"], scheduler=scheduler if sched_when == "step" else None,
-                        scaler=scaler, amp_dtype=amp_dtype, grad_clip=recipe.grad_clip,
-                        freeze_bn=recipe.freeze_bn, env=env, progress=progress,
-                        desc=f"epoch {epoch + 1}/{recipe.epochs}", on_step=on_step)
-                except NonFiniteLoss as bad:
-                    kept = (f"{last_path} (after epoch {state['epoch']})" if last_path.is_file()
-                            else "none")
-                    raise CitysegError(
-                        f"loss became {bad.value} at epoch {bad.epoch} step {bad.step}; last good "
-                        f"checkpoint: {kept}; lower the learning rate (--lr) or set amp: off, "
-                        "then continue with --resume") from None
-                metrics = evaluate(train_model, val_loader, device_t, label_set.num_classes,
-                                   label_set.class_names, amp_dtype=amp_dtype, env=env)
-                if sched_when == "epoch":
-                    scheduler.step(metrics["miou"])
-                epoch += 1
-                state["epoch"], state["step"] = epoch, stats["step"]
-                state["seconds"] += stats["seconds"]
-                state["history"].append(history_row(
-                    epoch=epoch, step=stats["step"], train_loss=stats["loss"], lr=stats["lr"],
-                    metrics=metrics, images_per_s=stats["images_per_s"], seconds=stats["seconds"]))
-                last_metrics = _compact_metrics(metrics)
-                improved = metrics["miou"] > state["best_miou"]
-                if improved:
-                    state["best_miou"], state["best_epoch"], state["bad_epochs"] = metrics["miou"], epoch, 0
-                    best_metrics = last_metrics
-                else:
-                    state["bad_epochs"] += 1
-                if env.is_main:
-                    meta.extra = extra(last_metrics)
-                    if improved:
-                        save_checkpoint(best_path, model, meta)
-                    save_checkpoint(last_path, model, meta, train_state=train_state())
-                    write_run_files(stopped_early=False)
-                    if tb is not None:
-                        for key in ("per_pixel", "miou"):
-                            tb.add_scalar(f"val/{key}", metrics[key], epoch)
-                        for key, value in metrics["jaccard"].items():
-                            tb.add_scalar(f"val/jaccard_{key}", value, epoch)
-                        tb.add_scalar("train/epoch_loss", stats["loss"], epoch)
-                        tb.flush()
-                    say(f"epoch {epoch}/{recipe.epochs}: loss {stats['loss']:.4f}  val mIoU "
-                        f"{100 * metrics['miou']:.2f}%  per-pixel {100 * metrics['per_pixel']:.2f}%  "
-                        f"lr {stats['lr']:.2e}  {stats['images_per_s']:.1f} img/s"
-                        + ("  (best)" if improved else ""))
-                ddp.barrier(env)
-                saved_epoch = epoch
-                patience = recipe.early_stop_patience
-                if patience and state["bad_epochs"] >= patience and epoch < recipe.epochs:
-                    stopped_early = True
-                    say(f"early stop: no better val mIoU for {patience} epochs "
-                        f"(best {100 * state['best_miou']:.2f}% at epoch {state['best_epoch']})")
-                    break
-        except KeyboardInterrupt:
-            raise TrainingInterrupted(
-                f"interrupted in epoch {saved_epoch + 1}; {last_path} holds the state after epoch "
-                f"{saved_epoch} (the interrupted epoch's steps are not kept); continue with: "
-                f"cityseg train --recipe RECIPE --data {shlex.quote(str(data_root))} "
-                f"--out {shlex.quote(str(out_dir))} --resume (the run's own options are "
-                "saved with it)") from None
-
-        if env.is_main and state["history"] and stopped_early:
-            write_run_files(stopped_early=True)  # the report names the early stop
-        return {"best": best_metrics, "best_epoch": state["best_epoch"], "last": last_metrics,
-                "epochs_run": state["epoch"], "step": state["step"], "seconds": state["seconds"],
-                "stopped_early": stopped_early, "out_dir": str(out_dir),
-                "best_path": str(best_path), "last_path": str(last_path)}
+            restore_train_state(run, checkpoint, say)
+        open_run_folder(run, fresh=checkpoint is None)
+        stopped_early = train_epochs(run, progress=progress, say=say)
+        if env.is_main and run.state["history"] and stopped_early:
+            write_run_files(run, stopped_early=True)  # the report names the early stop
+        return run_summary(run, stopped_early=stopped_early)
     finally:
-        if tb is not None:
-            tb.close()
+        if run is not None and run.tb is not None:
+            run.tb.close()
         ddp.cleanup(env)
 
 

@@ -189,6 +189,179 @@ def _expected_frames(source: Source, opts: PipelineOptions) -> int | None:
     return n
 
 
+@dataclass
+class _Stages:
+    """One source's reader, runner and renderer threads, and what they share: the queues between
+    them, the ``stop`` / ``halt`` events, the result they count into, the first error or interrupt.
+    """
+
+    source: Source
+    segmenter: SegmenterLike
+    opts: PipelineOptions
+    result: SourceResult
+    render: Renderer | None
+    batch: int
+    stride: int
+    q_frames: FifoQueue | LatestQueue
+    q_labels: FifoQueue
+    q_render: FifoQueue
+    # stop: everything ends now (error, main-thread Ctrl-C, q)
+    # halt: only the reader ends; later stages finish what they hold
+    stop: threading.Event = field(default_factory=threading.Event)
+    halt: threading.Event = field(default_factory=threading.Event)
+    errors: list[BaseException] = field(default_factory=list)
+    interrupts: list[BaseException] = field(default_factory=list)
+
+    @classmethod
+    def for_source(cls, source: Source, segmenter: SegmenterLike, opts: PipelineOptions,
+                   result: SourceResult, *, draw: bool) -> _Stages:
+        """Queues sized for the batch: a newest-frame slot for realtime, else bounded FIFOs."""
+        batch = 1 if result.realtime else max(1, int(opts.batch))
+        cap = max(opts.queue_frames, 2 * batch)
+        render = Renderer(segmenter.meta.palette, mode=opts.mode, alpha=opts.alpha) if draw else None
+        return cls(source=source, segmenter=segmenter, opts=opts, result=result, render=render,
+                   batch=batch, stride=max(1, int(opts.vid_stride)),
+                   q_frames=LatestQueue() if result.realtime else FifoQueue(cap),
+                   q_labels=FifoQueue(cap), q_render=FifoQueue(cap))
+
+    def threads(self) -> list[threading.Thread]:
+        return [threading.Thread(target=self._guarded, args=(fn, down),
+                                 name=f"cityseg-{fn.__name__}", daemon=True)
+                for fn, down in ((self.reader, None), (self.runner, self.q_labels),
+                                 (self.renderer, self.q_render))]
+
+    def reader(self) -> None:
+        """Decode, keep every ``stride``-th frame up to ``max_frames``, pace a realtime file."""
+        source, opts, secs = self.source, self.opts, self.result.seconds
+        try:
+            frames = iter(source.frames())
+            kept, start = 0, time.perf_counter()
+            while opts.max_frames is None or kept < opts.max_frames:
+                t0 = time.perf_counter()
+                frame = next(frames, None)
+                secs["decode"] += time.perf_counter() - t0
+                if frame is None or self.halt.is_set():
+                    break
+                self.result.decoded += 1
+                if frame.index % self.stride:
+                    continue
+                if self.result.realtime and not source.live:
+                    _pace(start, frame.index, source.fps)
+                self.q_frames.put(frame, self.halt)
+                kept += 1
+            self.q_frames.close(self.halt)
+        finally:
+            source.close()
+
+    def runner(self) -> None:
+        """Segment batches of frames; pass (frame, labels) on in order."""
+        while True:
+            items, ended = self._next_batch()
+            if not items:
+                break
+            for frame, lab in zip(items, self._predict(items)):
+                self.q_labels.put((frame, lab), self.stop)
+            if ended:
+                break
+        self.q_labels.close(self.stop)
+
+    def _next_batch(self) -> tuple[list[Frame], bool]:
+        """Up to ``batch`` frames, and whether the input ended after them."""
+        first = self.q_frames.get(self.stop)
+        if first is END:
+            return [], True
+        items: list[Frame] = [first]
+        while len(items) < self.batch:
+            nxt = self.q_frames.get(self.stop)
+            if nxt is END:
+                return items, True
+            items.append(nxt)
+        return items, False
+
+    def _predict(self, items: list[Frame]) -> np.ndarray:
+        """(N, H, W) labels; one stacked batch when the frames share a shape, else a list."""
+        t0 = time.perf_counter()
+        images = [f.image for f in items]
+        same = all(im.shape == images[0].shape for im in images)
+        labels = np.asarray(self.segmenter.predict(np.stack(images) if same else images))
+        if labels.ndim == 2:
+            labels = labels[None]
+        self.result.seconds["inference"] += time.perf_counter() - t0
+        return labels
+
+    def renderer(self) -> None:
+        """Draw each frame's labels (overlay / side-by-side / mask) when a video or window wants it."""
+        while True:
+            item = self.q_labels.get(self.stop)
+            if item is END:
+                break
+            frame, lab = item
+            t0 = time.perf_counter()
+            drawn = self.render(frame.image, lab) if self.render is not None else None
+            self.result.seconds["render"] += time.perf_counter() - t0
+            self.q_render.put((frame.index, lab, drawn), self.stop)
+        self.q_render.close(self.stop)
+
+    def _guarded(self, fn: Callable[[], None], downstream: FifoQueue | None) -> None:
+        """Run a stage; a KeyboardInterrupt raised inside it (a runner told to cancel) ends the
+        input, lets the later stages write what is already done, then the main thread reports it;
+        any other exception stops every stage and is re-raised in the main thread."""
+        try:
+            fn()
+        except _Stopped:
+            pass
+        except KeyboardInterrupt as exc:
+            self.interrupts.append(exc)
+            self.halt.set()
+            try:
+                if downstream is not None:
+                    downstream.close(self.stop)
+            except _Stopped:
+                pass
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+            self.errors.append(exc)
+            self.halt.set()
+            self.stop.set()
+
+    def next_drawn(self) -> Any:
+        """The renderer's next (index, labels, drawn) or END; a stage's error is raised here."""
+        if self.errors:
+            raise self.errors[0]
+        try:
+            return self.q_render.get(self.stop)
+        except _Stopped:
+            raise self.errors[0] if self.errors else RuntimeError("pipeline stopped without an error")
+
+    def shut_down(self, threads: list[threading.Thread]) -> None:
+        self.halt.set()
+        self.stop.set()
+        for t in threads:
+            t.join(timeout=5.0)
+
+
+def _write(stages: _Stages, video: VideoSink | None, pngs: LabelPngSink | None,
+           window: Window | None, bar: Any) -> None:
+    """The writer stage, in the main thread: encode, save label PNGs, show; until END or q."""
+    result = stages.result
+    while True:
+        item = stages.next_drawn()
+        if item is END:
+            return
+        index, lab, drawn = item
+        t0 = time.perf_counter()
+        if video is not None:
+            video.write(drawn)
+        if pngs is not None:
+            pngs.write(index, lab)
+        keep_going = window.show(drawn) if window is not None else True
+        result.seconds["encode"] += time.perf_counter() - t0
+        result.frames += 1
+        bar.update(1)
+        if not keep_going:
+            result.quit = True
+            return
+
+
 def run_source(source: Source, segmenter: SegmenterLike, *, out: str | os.PathLike | None = None,
                labels_dir: str | os.PathLike | None = None, window: Window | None = None,
                opts: PipelineOptions | None = None) -> SourceResult:
@@ -201,106 +374,12 @@ def run_source(source: Source, segmenter: SegmenterLike, *, out: str | os.PathLi
     opts = opts or PipelineOptions()
     realtime = source.live if opts.realtime is None else bool(opts.realtime)
     result = SourceResult(source=source.name, size=source.size, fps=source.fps, realtime=realtime)
-    batch = 1 if realtime else max(1, int(opts.batch))
-    stride = max(1, int(opts.vid_stride))
-    cap = max(opts.queue_frames, 2 * batch)
-    q_frames: FifoQueue | LatestQueue = LatestQueue() if realtime else FifoQueue(cap)
-    q_labels, q_render = FifoQueue(cap), FifoQueue(cap)
-    stop = threading.Event()   # everything ends now (error, main-thread Ctrl-C, q)
-    halt = threading.Event()   # only the reader ends; later stages finish what they hold
-    errors: list[BaseException] = []
-    interrupts: list[BaseException] = []
-    render = (Renderer(segmenter.meta.palette, mode=opts.mode, alpha=opts.alpha)
-              if out is not None or window is not None else None)
-    secs = result.seconds
-
-    def reader() -> None:
-        try:
-            frames = iter(source.frames())
-            kept, start = 0, time.perf_counter()
-            while opts.max_frames is None or kept < opts.max_frames:
-                t0 = time.perf_counter()
-                frame = next(frames, None)
-                secs["decode"] += time.perf_counter() - t0
-                if frame is None or halt.is_set():
-                    break
-                result.decoded += 1
-                if frame.index % stride:
-                    continue
-                if realtime and not source.live:
-                    _pace(start, frame.index, source.fps)
-                q_frames.put(frame, halt)
-                kept += 1
-            q_frames.close(halt)
-        finally:
-            source.close()
-
-    def runner() -> None:
-        while True:
-            first = q_frames.get(stop)
-            if first is END:
-                break
-            items: list[Frame] = [first]
-            ended = False
-            while len(items) < batch:
-                nxt = q_frames.get(stop)
-                if nxt is END:
-                    ended = True
-                    break
-                items.append(nxt)
-            t0 = time.perf_counter()
-            images = [f.image for f in items]
-            same = all(im.shape == images[0].shape for im in images)
-            labels = np.asarray(segmenter.predict(np.stack(images) if same else images))
-            if labels.ndim == 2:
-                labels = labels[None]
-            secs["inference"] += time.perf_counter() - t0
-            for frame, lab in zip(items, labels):
-                q_labels.put((frame, lab), stop)
-            if ended:
-                break
-        q_labels.close(stop)
-
-    def renderer() -> None:
-        while True:
-            item = q_labels.get(stop)
-            if item is END:
-                break
-            frame, lab = item
-            t0 = time.perf_counter()
-            drawn = render(frame.image, lab) if render is not None else None
-            secs["render"] += time.perf_counter() - t0
-            q_render.put((frame.index, lab, drawn), stop)
-        q_render.close(stop)
-
-    def guard(fn: Callable[[], None], downstream: FifoQueue | None) -> Callable[[], None]:
-        """Run a stage; a KeyboardInterrupt raised inside it (a runner told to cancel) ends the
-        input, lets the later stages write what is already done, then the main thread reports it;
-        any other exception stops every stage and is re-raised in the main thread."""
-        def body() -> None:
-            try:
-                fn()
-            except _Stopped:
-                pass
-            except KeyboardInterrupt as exc:
-                interrupts.append(exc)
-                halt.set()
-                try:
-                    if downstream is not None:
-                        downstream.close(stop)
-                except _Stopped:
-                    pass
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
-                errors.append(exc)
-                halt.set()
-                stop.set()
-        return body
-
+    stages = _Stages.for_source(source, segmenter, opts, result,
+                                draw=out is not None or window is not None)
     video = VideoSink(out, source.fps, fourcc=opts.fourcc) if out is not None else None
     pngs = LabelPngSink(labels_dir, lut=opts.label_lut) if labels_dir is not None else None
     result.labels_dir = Path(labels_dir) if labels_dir is not None else None
-    threads = [threading.Thread(target=guard(fn, down), name=f"cityseg-{fn.__name__}", daemon=True)
-               for fn, down in ((reader, None), (runner, q_labels), (renderer, q_render))]
+    threads = stages.threads()
     from tqdm import tqdm
 
     bar = tqdm(total=_expected_frames(source, opts), unit="frame", desc=source.stem,
@@ -310,43 +389,19 @@ def run_source(source: Source, segmenter: SegmenterLike, *, out: str | os.PathLi
     try:
         for t in threads:
             t.start()
-        while True:
-            if errors:
-                raise errors[0]
-            try:
-                item = q_render.get(stop)
-            except _Stopped:
-                raise errors[0] if errors else RuntimeError("pipeline stopped without an error")
-            if item is END:
-                break
-            index, lab, drawn = item
-            t0 = time.perf_counter()
-            if video is not None:
-                video.write(drawn)
-            if pngs is not None:
-                pngs.write(index, lab)
-            keep_going = window.show(drawn) if window is not None else True
-            secs["encode"] += time.perf_counter() - t0
-            result.frames += 1
-            bar.update(1)
-            if not keep_going:
-                result.quit = True
-                break
-        if interrupts:
-            raise interrupts[0]
+        _write(stages, video, pngs, window, bar)
+        if stages.interrupts:
+            raise stages.interrupts[0]
         ok = True
     except KeyboardInterrupt:
         result.interrupted = True
     finally:
         result.wall_s = time.perf_counter() - start
-        halt.set()
-        stop.set()
-        for t in threads:
-            t.join(timeout=5.0)
+        stages.shut_down(threads)
         bar.close()
         if video is not None:
             result.out = video.close(keep=ok or result.interrupted)
-    result.dropped = q_frames.dropped
+    result.dropped = stages.q_frames.dropped
     result.warning = source.warning
     return result
 
