@@ -321,9 +321,10 @@ def _candidate_capture(candidate: Path, kind: str, io: dict[str, Any], layers: S
         return OnnxCapture(candidate, mapping, default)
     if kind == "openvino":
         from ..artifacts import openvino_files
+        from ..runtime.openvino_backend import HINT
 
         xml = openvino_files(candidate)[0]
-        hint = {"bf16": "bf16"}.get(precision or "", io.get("inference_precision_hint") or "f32")
+        hint = HINT["bf16"] if precision == "bf16" else io.get("inference_precision_hint") or HINT["fp32"]
         return OpenVinoCapture(xml, [l.tensor for l in layers], hint)
     raise CitysegError(f"{candidate}: --layerwise compares ONNX graphs and OpenVINO IRs, not {kind} "
                        f"artifacts")
