@@ -73,11 +73,15 @@ def test_int8_ir_from_qdq(arch, ckpts, synth_root):
 
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("nncf") is None, reason="nncf not installed")
-def test_int8_ir_nncf(ckpt, synth_root):
-    res = export(ckpt, format="openvino", precision="int8", int8_method="nncf", out=ckpt.with_name("n_openvino_model"),
+@pytest.mark.parametrize("calibration", ["minmax", "percentile"])
+def test_int8_ir_nncf(ckpt, synth_root, calibration):
+    res = export(ckpt, format="openvino", precision="int8", int8_method="nncf", calibration=calibration,
+                 out=ckpt.with_name(f"n_{calibration}_openvino_model"),
                  calib_data=synth_root, data=synth_root, log=None)
     assert read_artifact_meta(res.path)[1]["int8_method"] == "nncf"
-    assert res.checks["agreement"] >= 0.93
+    # percentile clips the rare large activations a random-init net's near-tied logits hinge on:
+    # it is held to the export's own int8 gate only (measured 90.8 % here, minmax 93+ %)
+    assert res.checks["agreement"] >= (0.93 if calibration == "minmax" else 0.90)
 
 
 def test_bf16_refused_without_cpu_support(ckpt, no_native_bf16):

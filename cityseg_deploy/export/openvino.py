@@ -41,6 +41,22 @@ def ir_name(folder: Path) -> str:
     return folder.name.removesuffix("_openvino_model") or "model"
 
 
+# --calibration -> NNCF's activation range estimator: min/max over all images, or the mean of
+# per-batch quantiles (NNCF has no whole-set percentile; entropy exists only on the Q/DQ path)
+NNCF_ESTIMATORS = {"minmax": "MINMAX", "percentile": "MEAN_QUANTILE"}
+
+
+def nncf_range_estimator(calibration: str | None):
+    """The ``RangeEstimatorParametersSet`` member for ``--calibration`` (default minmax)."""
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    calibration = (calibration or "minmax").lower()
+    if calibration not in NNCF_ESTIMATORS:
+        raise CitysegError(f"--calibration {calibration} is not available with --int8-method nncf "
+                           f"(NNCF offers minmax and percentile); use --int8-method qdq for entropy")
+    return getattr(RangeEstimatorParametersSet, NNCF_ESTIMATORS[calibration])
+
+
 def _nncf_quantize(job: ExportJob, model, images: np.ndarray):
     """NNCF post-training quantisation with the settings of the Q/DQ path, for the same reasons:
     min/max activation ranges over all images (NNCF's per-image average clips segmentation heads'
@@ -49,21 +65,15 @@ def _nncf_quantize(job: ExportJob, model, images: np.ndarray):
     try:
         import nncf
         from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
-        from nncf.quantization.range_estimator import RangeEstimatorParametersSet
     except ImportError:
         raise CitysegError("--int8-method nncf needs NNCF: pip install 'cityseg-deploy[cpu]' "
                            "(or pip install nncf)") from None
-    calibration = (job.calibration or "minmax").lower()
-    estimators = {"minmax": RangeEstimatorParametersSet.MINMAX,
-                  "percentile": RangeEstimatorParametersSet.QUANTILE}
-    if calibration not in estimators:
-        raise CitysegError(f"--calibration {calibration} is not available with --int8-method nncf "
-                           f"(NNCF offers minmax and percentile); use --int8-method qdq for entropy")
+    estimator = nncf_range_estimator(job.calibration)
     batches = [c for c, _ in job.batches(job.to_input(images))]
     dataset = nncf.Dataset(batches)
     advanced = AdvancedQuantizationParameters(
         overflow_fix=OverflowFix.ENABLE,
-        activations_range_estimator_params=estimators[calibration])
+        activations_range_estimator_params=estimator)
     extra = {}
     if job.ignored_scope:  # accuracy control: these ops stay float (validate=False: names may vanish)
         # OpenVINO names an ONNX Conv's Convolution "<node>/WithoutBiases" and its bias Add "<node>"
