@@ -71,9 +71,8 @@ def test_int8_ir_from_qdq(arch, ckpts, synth_root):
     assert cache.is_file() and json.loads(cache.read_text())["key"]["n_images"] == 6
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("nncf") is None, reason="nncf not installed")
-@pytest.mark.parametrize("calibration", ["minmax", "percentile"])
+@pytest.mark.parametrize("calibration", ["minmax", pytest.param("percentile", marks=pytest.mark.slow)])
 def test_int8_ir_nncf(ckpt, synth_root, calibration):
     res = export(ckpt, format="openvino", precision="int8", int8_method="nncf", calibration=calibration,
                  out=ckpt.with_name(f"n_{calibration}_openvino_model"),
