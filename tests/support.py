@@ -30,3 +30,17 @@ class FeedReader:
             return None
         self.i += 1
         return {self.name: self.images[self.i - 1]}
+
+
+def random_checkpoint(path, arch: str, *, size: tuple[int, int] = (64, 128), seed: int = 0):
+    """An untrained, seeded checkpoint of ``arch`` at ``size``: what export tests need when the
+    weights' accuracy does not matter (trained ones: test_runtime_artifacts.make_checkpoint)."""
+    import torch
+
+    from cityseg_deploy.models.checkpoint import ModelMeta, save_checkpoint
+    from cityseg_deploy.models.registry import build_model
+
+    torch.manual_seed(seed)
+    meta = ModelMeta.for_arch(arch, input_size=size)
+    save_checkpoint(path, build_model(arch, **meta.arch_args).eval(), meta)
+    return path

@@ -12,17 +12,12 @@ import torch
 from cityseg_deploy.artifacts import read_artifact_meta
 from cityseg_deploy.errors import CitysegError
 from cityseg_deploy.export import export
-from cityseg_deploy.models.checkpoint import ModelMeta, save_checkpoint
-from cityseg_deploy.models.registry import build_model
+from support import random_checkpoint
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    meta = ModelMeta.for_arch("denseaspp_small", input_size=(64, 128))
-    path = tmp_path_factory.mktemp("export_aoti") / "denseaspp_small.pt"
-    save_checkpoint(path, build_model("denseaspp_small", **meta.arch_args).eval(), meta)
-    return path
+    return random_checkpoint(tmp_path_factory.mktemp("export_aoti") / "denseaspp_small.pt", "denseaspp_small")
 
 
 @pytest.mark.slow

@@ -5,17 +5,12 @@ import pytest
 import torch
 
 from cityseg_deploy.cli import run
-from cityseg_deploy.models.checkpoint import ModelMeta, save_checkpoint
-from cityseg_deploy.models.registry import build_model
+from support import random_checkpoint
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    meta = ModelMeta.for_arch("denseaspp_small", input_size=(64, 128))
-    path = tmp_path_factory.mktemp("export_cli") / "m.pt"
-    save_checkpoint(path, build_model("denseaspp_small", **meta.arch_args).eval(), meta)
-    return path
+    return random_checkpoint(tmp_path_factory.mktemp("export_cli") / "m.pt", "denseaspp_small")
 
 
 def files(folder):
@@ -104,10 +99,7 @@ def test_dynamic_export_fallback_keeps_stderr_clean(tmp_path):
     import subprocess
     import sys
 
-    torch.manual_seed(0)
-    meta = ModelMeta.for_arch("deeplabv3_small", input_size=(64, 128))
-    ck = tmp_path / "d.pt"
-    save_checkpoint(ck, build_model("deeplabv3_small", **meta.arch_args).eval(), meta)
+    ck = random_checkpoint(tmp_path / "d.pt", "deeplabv3_small")
     proc = subprocess.run([sys.executable, "-m", "cityseg_deploy", "export", str(ck), "--dynamic",
                            "--preprocess", "--argmax", "--no-verify"],
                           capture_output=True, text=True, timeout=600)

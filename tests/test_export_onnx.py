@@ -18,27 +18,17 @@ from cityseg_deploy.artifacts import read_artifact_meta
 from cityseg_deploy.errors import CitysegError
 from cityseg_deploy.export import default_output, export, get_format
 from cityseg_deploy.export.trt_ops import check_graph
-from cityseg_deploy.models.checkpoint import ModelMeta, save_checkpoint
-from cityseg_deploy.models.registry import build_model
+from support import random_checkpoint
 
 SMALL = ("deeplabv3_small", "unet_small", "denseaspp_small")
 SIZE = (64, 128)
 INT8_MIN_AGREEMENT = 0.93
 
 
-def make_ckpt(folder, arch):
-    torch.manual_seed(0)
-    meta = ModelMeta.for_arch(arch, input_size=SIZE)
-    model = build_model(arch, **meta.arch_args)
-    path = folder / f"{arch}.pt"
-    save_checkpoint(path, model.eval(), meta)
-    return path
-
-
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
     folder = tmp_path_factory.mktemp("export_onnx")
-    return {arch: make_ckpt(folder, arch) for arch in SMALL}
+    return {arch: random_checkpoint(folder / f"{arch}.pt", arch, size=SIZE) for arch in SMALL}
 
 
 @pytest.fixture(scope="module")

@@ -5,15 +5,13 @@ import importlib.util
 import json
 
 import pytest
-import torch
 
 ov = pytest.importorskip("openvino", reason="openvino (cpu extra) not installed")
 
 from cityseg_deploy.artifacts import read_artifact_meta
 from cityseg_deploy.errors import CitysegError
 from cityseg_deploy.export import export
-from cityseg_deploy.models.checkpoint import ModelMeta, save_checkpoint
-from cityseg_deploy.models.registry import build_model
+from support import random_checkpoint
 
 SIZE = (64, 128)
 
@@ -21,18 +19,10 @@ SIZE = (64, 128)
 SMALL = ("deeplabv3_small", "unet_small", "denseaspp_small")
 
 
-def make_ckpt(folder, arch):
-    torch.manual_seed(0)
-    meta = ModelMeta.for_arch(arch, input_size=SIZE)
-    path = folder / f"{arch}.pt"
-    save_checkpoint(path, build_model(arch, **meta.arch_args).eval(), meta)
-    return path
-
-
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
     folder = tmp_path_factory.mktemp("export_ov")
-    return {arch: make_ckpt(folder, arch) for arch in SMALL}
+    return {arch: random_checkpoint(folder / f"{arch}.pt", arch, size=SIZE) for arch in SMALL}
 
 
 @pytest.fixture(scope="module")
