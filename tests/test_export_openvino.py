@@ -82,3 +82,15 @@ def test_bf16_refused_without_cpu_support(ckpt, no_native_bf16):
 def test_int8_method_only_for_openvino_int8(ckpt):
     with pytest.raises(CitysegError, match="--int8-method"):
         export(ckpt, format="onnx", precision="int8", int8_method="nncf", log=None)
+
+
+def test_nncf_refuses_entropy_before_any_work(ckpt, synth_root, capsys):
+    from cityseg_deploy.cli import run
+
+    out = ckpt.with_name("entropy_openvino_model")
+    assert run(["export", str(ckpt), "--format", "openvino", "--precision", "int8", "--int8-method", "nncf",
+                "--calibration", "entropy", "--calib-data", str(synth_root), "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert "use --int8-method qdq for entropy" in captured.err
+    assert "calibration" not in captured.out.split("\n", 1)[1]  # nothing ran past the start line
+    assert not out.exists()

@@ -46,15 +46,21 @@ def ir_name(folder: Path) -> str:
 NNCF_ESTIMATORS = {"minmax": "MINMAX", "percentile": "MEAN_QUANTILE"}
 
 
-def nncf_range_estimator(calibration: str | None):
-    """The ``RangeEstimatorParametersSet`` member for ``--calibration`` (default minmax)."""
-    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
-
+def nncf_estimator_name(calibration: str | None) -> str:
+    """The ``RangeEstimatorParametersSet`` member's name for ``--calibration`` (default minmax);
+    checked before any work, without importing NNCF."""
     calibration = (calibration or "minmax").lower()
     if calibration not in NNCF_ESTIMATORS:
         raise CitysegError(f"--calibration {calibration} is not available with --int8-method nncf "
                            f"(NNCF offers minmax and percentile); use --int8-method qdq for entropy")
-    return getattr(RangeEstimatorParametersSet, NNCF_ESTIMATORS[calibration])
+    return NNCF_ESTIMATORS[calibration]
+
+
+def nncf_range_estimator(calibration: str | None):
+    """The ``RangeEstimatorParametersSet`` member for ``--calibration``."""
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    return getattr(RangeEstimatorParametersSet, nncf_estimator_name(calibration))
 
 
 def _nncf_quantize(job: ExportJob, model, images: np.ndarray):
@@ -98,6 +104,8 @@ def export_openvino(job: ExportJob, out: Path, precision: str = "fp32") -> Expor
     method = (job.int8_method or DEFAULT_INT8_METHOD).lower() if precision == "int8" else None
     if method is not None and method not in INT8_METHODS:
         raise CitysegError(f"--int8-method {job.int8_method!r}: choose {' or '.join(INT8_METHODS)}")
+    if method == "nncf":
+        nncf_estimator_name(job.calibration)  # a wrong --calibration fails before any work
     name = ir_name(out)
     extra: dict[str, Any] = {"inference_precision_hint": HINT[precision]}
     checks: dict[str, Any] = {}
