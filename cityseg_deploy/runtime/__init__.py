@@ -75,8 +75,8 @@ def load(path: str | os.PathLike, *, device: str = "cpu", precision: str | None 
     ``precision``: for a checkpoint fp32 | fp16 | bf16 (autocast); for OpenVINO fp32 | bf16
     (inference precision hint); graphs with baked-in precision refuse another.
     ``threads``: CPU threads.  ``options`` go to the backend (e.g. ``size=(H, W)``,
-    ``compile=True``, ``cuda_graphs=True`` for torch; ``mode``/``streams`` for OpenVINO); one the backend does not take is a CitysegError naming it
-    (:func:`backend_options` lists what each takes).
+    ``compile=True``, ``cuda_graphs=True`` for torch; ``mode``/``streams`` for OpenVINO); one
+    the backend does not take is a CitysegError naming it (:func:`backend_options` lists them).
     """
     path, spec_precision = parse_model_spec(path)
     precision = check_precision(precision or spec_precision)
