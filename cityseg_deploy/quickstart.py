@@ -205,12 +205,9 @@ def step_segment(cfg: QuickstartConfig, pick: dict[str, Any]) -> dict[str, Any]:
     video = write_demo_video(cfg.out / "video" / "drive.avi", size=cfg.size,
                              frames=cfg.video_frames, seed=cfg.seed + 1000)
     out = cfg.out / "video" / "drive_segmented.mp4"
-    segmenter = runtime.load(model, threads=cfg.threads)
-    try:
+    with runtime.load(model, threads=cfg.threads) as segmenter:
         source = VideoSource(str(video)).open()
         result = run_source(source, segmenter, out=out, opts=PipelineOptions(progress=cfg.progress))
-    finally:
-        segmenter.close()
     # One frame of the output for the report (videos do not show in Markdown).
     import cv2
 

@@ -154,3 +154,13 @@ def test_cpu_argmax_equals_numpy_including_ties():
         truth = logits.argmax(1).astype(np.uint8)
         np.testing.assert_array_equal(argmax_labels(logits), truth)
         np.testing.assert_array_equal(argmax_labels(torch.from_numpy(logits)), truth)
+
+
+def test_a_segmenter_closes_when_its_with_block_ends(arts, val_images, monkeypatch):
+    closed = []
+    seg = runtime.load(arts["onnx"])
+    monkeypatch.setattr(seg, "close", lambda: closed.append(True))
+    with pytest.raises(CitysegError), seg as same:
+        assert same is seg and same.predict(val_images[0]).shape == val_images[0].shape[:2]
+        same.predict(np.zeros((4, 4), np.uint8))  # a bad image inside the block
+    assert closed == [True]

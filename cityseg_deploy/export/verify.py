@@ -66,13 +66,12 @@ def runner(path, kind: str, *, metadata=None, device: str = "cpu") -> "Segmenter
 
 
 def run_batched(job: ExportJob, seg: "Segmenter", images: np.ndarray) -> np.ndarray:
-    """``images`` through ``seg`` in the batches the export was made for (a static batch is
-    padded by the Segmenter): N×K×H×W float32 logits, or N×H×W labels for a labels graph."""
-    step = max(1, min(job.batch, len(images))) if job.dynamic else job.batch
+    """``images`` through ``seg`` in the batches the export was made for (``job.batches``: a
+    static batch's last chunk padded): N×K×H×W float32 logits, or N×H×W labels for a labels graph."""
     outs = []
-    for i in range(0, len(images), step):
-        labels, logits, _ = seg.run(images[i:i + step], want_logits=True)
-        outs.append(logits if seg.outputs_logits else np.stack(labels))
+    for chunk, n in job.batches(images):
+        labels, logits, _ = seg.run(chunk, want_logits=True)
+        outs.append((logits if seg.outputs_logits else np.stack(labels))[:n])
     return np.concatenate(outs)
 
 
@@ -105,11 +104,8 @@ def measure(job: ExportJob, seg: "Segmenter") -> dict[str, Any]:
     stats: dict[str, Any] = {"images": where}
     if job.source_onnx is not None:
         # Compiled from a project ONNX: the reference is that graph in onnxruntime.
-        ref_seg = runner(job.source_onnx, "onnx")
-        try:
+        with runner(job.source_onnx, "onnx") as ref_seg:
             ref_out = run_batched(job, ref_seg, images)
-        finally:
-            ref_seg.close()
         stats["reference"] = f"onnxruntime {job.source_onnx.name}"
         if labels_out:
             ref_labels = ref_out
@@ -160,11 +156,8 @@ def check(job: ExportJob, path, kind: str, precision: str, what: str, *, metadat
           device: str = "cpu") -> dict[str, Any]:
     """Load ``path`` through the runtime (:func:`runner`), measure, print one line, judge.
     Returns the figures for ``ExportResult.checks``."""
-    seg = runner(path, kind, metadata=metadata, device=device)
-    try:
+    with runner(path, kind, metadata=metadata, device=device) as seg:
         stats = measure(job, seg)
-    finally:
-        seg.close()
     job.log(f"  parity {what}: {describe(stats)}")
     judge(stats, precision, what)
     return stats

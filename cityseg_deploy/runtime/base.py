@@ -200,6 +200,12 @@ class Segmenter:
     def close(self) -> None:
         """Release backend resources (sessions, engines); the default has nothing to free."""
 
+    def __enter__(self) -> "Segmenter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
     # ---- stage hooks (override in backends) -------------------------------------------------
     def preprocess(self, nhwc: np.ndarray) -> Any:
         """NHWC uint8 at model size → what ``to_device`` takes (default: the graph's host input)."""
