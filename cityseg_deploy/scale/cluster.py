@@ -1,7 +1,9 @@
 """Connecting to a Ray cluster: the one given by ``--address``, or a local one started here.
 
 Why here: every Ray command (batch engine, serve) joins a cluster the same way, quietly (Ray's own
-INFO logs and progress bars would bury the one progress bar the job shows).
+INFO logs and progress bars would bury the one progress bar the job shows); and every Ray job
+shows that bar and turns an actor's user error into its one error line the same way
+(:func:`job_progress`).
 """
 from __future__ import annotations
 
