@@ -50,11 +50,9 @@ def predict_cmd(model, data_root, images, split, out, fmt, device, precision, th
     if ray is not None:
         from ..scale.ray_batch import ray_predict
 
-        if layout != "flat":
-            raise CitysegError("--layout cities with --engine ray: not supported; use the flat "
-                               "layout or the single-process predict")
         res = ray_predict(model, data_root, out, ray, split=split, fmt=fmt, device=device,
-                          precision=precision, overwrite=overwrite, progress=not no_progress)
+                          precision=precision, overwrite=overwrite, progress=not no_progress,
+                          layout=layout)
         if res["skipped"]:
             click.echo(f"skipped {res['skipped']} complete outputs (--overwrite redoes them)")
         if res["metrics"] is None:

@@ -1,57 +1,243 @@
-"""Connecting to a Ray cluster: the one given by ``--address``, or a local one started here.
+"""Connecting to a Ray cluster: the one ``--address`` names, or a private local one started here.
 
-Why here: every Ray command (batch engine, serve) joins a cluster the same way, quietly (Ray's own
-INFO logs and progress bars would bury the one progress bar the job shows); and every Ray job
-shows that bar and turns an actor's user error into its one error line the same way
-(:func:`job_progress`).
+Why here: every Ray command (batch engine, serve) joins a cluster the same way, and the ways it
+went wrong are one place's job:
+
+- no ``--address`` starts a *private* cluster (``address="local"``, its own temporary folder),
+  never one somebody started with ``ray start`` on this machine; ``--address auto`` joins that
+  one explicitly;
+- its processes never outlive the driver: a watchdog (:mod:`.reaper`) ends them and removes the
+  folder however the driver ends (exit, Ctrl-C, SIGTERM, SIGKILL);
+- before joining, one gRPC call to the cluster's GCS (milliseconds) tells "nothing listens
+  there" and "this cluster wants Ray's token auth" apart from a good address, so each is one
+  ``error:`` line with its fix instead of Ray's 20 s of retry warnings; a token this machine
+  holds (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``, ``~/.ray/auth_token``) that the cluster
+  accepts is used, as ``ray start`` itself does;
+- quiet: Ray's own logs (Python and C++, the ``logging.cc`` line included) stay out of the
+  terminal unless ``--verbose``; every Ray job shows one progress bar, and an actor's user error
+  ends it as one line (:func:`job_progress`).
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import CitysegError
 from . import require_ray
 
+AUTH_DOC = "https://docs.ray.io/en/latest/ray-security/token-auth.html"
 
-def connect(address: str | None = None, *, num_cpus: int | None = None, what: str = "--engine ray") -> Any:
-    """Join ``address`` (``auto``, ``ray://HOST:PORT``, ``HOST:PORT``) or start a local cluster.
+
+class _Private:
+    """The private cluster this process started (at most one): its folder and its watchdog."""
+
+    temp_dir: str | None = None
+    reaper: subprocess.Popen | None = None
+
+
+def connect(address: str | None = None, *, num_cpus: int | None = None, what: str = "--engine ray",
+            verbose: bool = False) -> Any:
+    """Join ``address`` (``auto``, ``ray://HOST:PORT``, ``HOST:PORT``) or start a private cluster.
 
     An already initialised Ray (a test session, a notebook) is reused as it is.  Returns ``ray``.
     """
     ray = require_ray(what)
-    # the C++ core's notes (e.g. on actor restarts) would print past the progress bar
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    if not verbose:
+        # the C++ core's notes (actor restarts, reconnects) would print past the progress bar
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     if ray.is_initialized():
-        quiet_data()
+        quiet_data(verbose)
         return ray
-    kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False,
-                              "configure_logging": True}
+    kwargs: dict[str, Any] = {"logging_level": logging.INFO if verbose else logging.ERROR,
+                              "log_to_driver": verbose, "configure_logging": True}
     if address:
-        kwargs["address"] = address
+        target = resolve_address(address)
+        if not target.startswith("ray://"):
+            check_gcs(target, address)
+        kwargs["address"] = target
     else:
-        # a local cluster's workers are children of this process: they inherit its import path
-        kwargs.update(include_dashboard=False, num_cpus=num_cpus)
+        _Private.temp_dir = tempfile.mkdtemp(prefix="cityseg-ray-")
+        kwargs.update(address="local", _temp_dir=_Private.temp_dir, include_dashboard=False,
+                      num_cpus=num_cpus)
     try:
-        ray.init(**kwargs)
+        with _quiet_fd2(verbose):
+            ray.init(**kwargs)
     except (ConnectionError, ValueError, RuntimeError) as exc:
-        target = address or "a local cluster"
-        raise CitysegError(f"--address {target}: could not join the Ray cluster "
-                           f"({str(exc).splitlines()[0][:160]}); start one with 'ray start --head' "
-                           f"or drop --address for a local one") from None
-    quiet_data()
+        stop_private()
+        target = f"--address {address}" if address else "a local Ray cluster"
+        raise CitysegError(f"{target}: could not start/join it ({str(exc).splitlines()[0][:160]})"
+                           ) from None
+    if not address:
+        _start_reaper(_Private.temp_dir)
+    quiet_data(verbose)
     return ray
 
 
-def quiet_data() -> None:
+# ---- joining -----------------------------------------------------------------------------------
+def resolve_address(address: str) -> str:
+    """``auto`` → the address of the cluster ``ray start`` left on this machine (or an error)."""
+    if address != "auto":
+        return address
+    from ray._private import services
+
+    try:
+        found = services.canonicalize_bootstrap_address(address)
+    except (ConnectionError, ValueError, RuntimeError):
+        found = None
+    if not found:
+        raise CitysegError("--address auto: no Ray cluster was started on this machine "
+                           "('ray start --head' starts one; RAY_ADDRESS names another); "
+                           "drop --address for a private one")
+    return found
+
+
+def _token() -> str | None:
+    """The Ray auth token this machine holds, where Ray itself looks for it."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return os.environ["RAY_AUTH_TOKEN"].strip()
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _probe(target: str, token: str | None, timeout_s: float = 5.0):
+    """The gRPC status of the GCS's ``GetClusterId`` at ``target`` (None when it answered)."""
+    import grpc
+
+    channel = grpc.insecure_channel(target)
+    try:
+        call = channel.unary_unary("/ray.rpc.NodeInfoGcsService/GetClusterId",
+                                   request_serializer=None, response_deserializer=None)
+        metadata = (("authorization", f"Bearer {token}"),) if token else None
+        try:
+            call(b"", timeout=timeout_s, metadata=metadata)
+            return None
+        except grpc.RpcError as exc:
+            return exc.code()
+    finally:
+        channel.close()
+
+
+def check_gcs(target: str, given: str) -> None:
+    """One fast look at the cluster before ``ray.init``: reachable, and with which auth.
+
+    Sets ``RAY_AUTH_MODE=token`` for this process when the cluster wants a token and accepts the
+    one this machine holds; otherwise raises the one error line with the fix.
+    """
+    import grpc
+
+    code = _probe(target, None)
+    if code is None:
+        return
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        raise CitysegError(f"--address {given}: no Ray cluster answers at {target} "
+                           f"(start one with 'ray start --head --port=PORT', check the host and "
+                           f"port, or drop --address for a private local cluster)")
+    if code != grpc.StatusCode.UNAUTHENTICATED:
+        return  # something else: let ray.init say what
+    token = _token()
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if token is None:
+        raise CitysegError(f"--address {given}: the Ray cluster at {target} requires token "
+                           f"authentication and this machine has no token: copy the head node's "
+                           f"~/.ray/auth_token here (or set RAY_AUTH_TOKEN) and set "
+                           f"RAY_AUTH_MODE=token ({AUTH_DOC})")
+    if _probe(target, token) is not None:
+        raise CitysegError(f"--address {given}: the Ray cluster at {target} rejected this "
+                           f"machine's auth token: use the head node's ~/.ray/auth_token "
+                           f"(RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH) ({AUTH_DOC})")
+    if mode not in (None, "", "token"):
+        raise CitysegError(f"--address {given}: the Ray cluster at {target} requires token "
+                           f"authentication but RAY_AUTH_MODE={mode}: set RAY_AUTH_MODE=token")
+    os.environ["RAY_AUTH_MODE"] = "token"
+
+
+# ---- the private cluster -----------------------------------------------------------------------
+def _start_reaper(temp_dir: str | None) -> None:
+    """The watchdog that ends the private cluster's processes with this process (see .reaper)."""
+    if temp_dir is None:
+        return
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p))
+    _Private.reaper = subprocess.Popen(
+        [sys.executable, "-m", "cityseg_deploy.scale.reaper", str(os.getpid()), temp_dir],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True, env=env)
+    atexit.register(stop_private)
+    _stop_on_sigterm()
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM ends the job like Ctrl-C (cleanup runs); by default it would skip atexit."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        def _term(signum, frame):
+            raise KeyboardInterrupt("SIGTERM")
+
+        signal.signal(signal.SIGTERM, _term)
+
+
+def stop_private(wait_s: float = 15.0) -> None:
+    """Shut down the private cluster this process started (no-op otherwise): Ray first, then the
+    watchdog sweeps what is left (the agents) and removes the folder; returns when it is done."""
+    temp_dir, reaper = _Private.temp_dir, _Private.reaper
+    if temp_dir is None:
+        return
+    _Private.temp_dir = _Private.reaper = None
+    try:
+        import ray
+
+        if ray.is_initialized():
+            with _quiet_fd2(False):
+                ray.shutdown()
+    except Exception:  # noqa: BLE001 - the watchdog still ends every process
+        pass
+    if reaper is None:
+        import shutil
+
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        return
+    try:
+        reaper.stdin.close()
+        reaper.wait(timeout=wait_s)
+    except Exception:  # noqa: BLE001 - it keeps running detached and finishes on its own
+        pass
+
+
+@contextmanager
+def _quiet_fd2(verbose: bool) -> Iterator[None]:
+    """Ray's C++ core prints to file descriptor 2 while it starts (``logging.cc: Set ray log
+    level ...``); keep that out of the terminal unless ``--verbose``."""
+    if verbose:
+        yield
+        return
+    from ..native_logs import _captured_fd2
+
+    with _captured_fd2():
+        yield
+
+
+def quiet_data(verbose: bool = False) -> None:
     """Ray Data without its own progress bars and logs (the job shows one bar, errors one line)."""
     import ray.data
 
     # a failed batch is re-raised here as one error line; Ray Data's own report of it is noise
+    level = logging.INFO if verbose else logging.CRITICAL
     for name in ("ray", "ray.data", "ray.serve"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
+        logging.getLogger(name).setLevel(level)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     if hasattr(ctx, "print_on_execution_start"):
@@ -59,12 +245,13 @@ def quiet_data() -> None:
 
 
 def cluster_cpus() -> float:
-    """Logical CPUs of the cluster (what actors are sized against)."""
+    """Logical CPUs of the cluster (all nodes together)."""
     import ray
 
     return float(ray.cluster_resources().get("CPU", 1.0))
 
 
+# ---- one bar, one error line ---------------------------------------------------------------------
 def actor_error(exc: BaseException) -> CitysegError | None:
     """The CitysegError an actor raised, however Ray wrapped it (RayTaskError, UserCodeException)."""
     seen: set[int] = set()
@@ -89,18 +276,41 @@ def actor_error(exc: BaseException) -> CitysegError | None:
     return None
 
 
+def one_line(exc: BaseException) -> CitysegError:
+    """Any failure of a Ray job as one error line: the actor's own message when it raised one,
+    else the exception's type and first line (Ray's 200-line remote traceback left out)."""
+    user = actor_error(exc)
+    if user is not None:
+        return user
+    cause = exc
+    for _ in range(8):  # RayTaskError(...) wraps the actor's exception: name the innermost
+        inner = getattr(cause, "cause", None) or cause.__cause__
+        if not isinstance(inner, BaseException):
+            break
+        cause = inner
+    lines = [ln.strip() for ln in str(cause).splitlines() if ln.strip()
+             and not ln.startswith(("Traceback", "  File", "ray::", "\x1b"))]
+    text = lines[-1] if lines else ""
+    return CitysegError(f"the Ray job failed: {type(cause).__name__}: {text[:300]} "
+                        f"(--verbose shows Ray's own report)")
+
+
 @contextmanager
-def job_progress(total: int, desc: str, enabled: bool, *, unit: str) -> Iterator[Any]:
+def job_progress(total: int, desc: str, enabled: bool, *, unit: str, verbose: bool = False) -> Iterator[Any]:
     """One progress bar over a Ray job; an error an actor raised ends the job as its one line."""
     from tqdm import tqdm
 
     bar = tqdm(total=total, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True)
     try:
         yield bar
-    except Exception as exc:  # Ray wraps actor errors; a user error stays one line
-        user = actor_error(exc)
-        if user is not None:
-            raise user from None
+    except CitysegError:
         raise
+    except Exception as exc:  # Ray wraps actor errors; a user error stays one line
+        if verbose:
+            user = actor_error(exc)
+            if user is not None:
+                raise user from None
+            raise
+        raise one_line(exc) from None
     finally:
         bar.close()

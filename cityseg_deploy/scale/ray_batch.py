@@ -1,9 +1,11 @@
 """``--engine ray`` for predict, eval and check: a split segmented by a pool of Ray actors.
 
-How a job runs: the driver lists the split's images (and skips outputs already complete), Ray
-Data streams them in blocks of ``--batch`` rows to a pool of ``--actors`` actors, each holding
-one Segmenter loaded with :func:`cityseg_deploy.runtime.load`.  An actor reads and decodes its
-batch (the files never travel through the object store, only their paths), runs it, writes
+How a job runs: the driver lists the split's images (and skips outputs already complete),
+resolves every path to an absolute one, puts the model's bytes in Ray's object store
+(:mod:`.shipping`), sizes the actors from the nodes and checks they can be placed
+(:mod:`.placement`); Ray Data streams the rows in blocks of ``--batch`` to the actor pool, each
+actor holding one Segmenter loaded with :func:`cityseg_deploy.runtime.load` from its own copy of
+the model.  An actor reads and decodes its batch (images travel by absolute path), runs it, writes
 ``predict``'s PNGs itself (atomic writes, deterministic names) and returns per-image confusion
 matrices — integer counts, so their sum, and with it Tables 1 and 2, equals the single-process
 run's exactly.
@@ -32,19 +34,23 @@ class RayOptions:
     """Where and how wide a job runs (the CLI's ``--address --actors --gpus-per-actor --batch``)."""
 
     address: str | None = None
-    actors: int = 1
+    actors: int | None = None           # default: as many as the nodes hold (placement.plan)
     gpus_per_actor: float = 0.0
     batch: int = 1
-    threads: int | None = None          # per actor; default: the cluster's CPUs / actors
-    num_cpus: int | None = None         # size of a local cluster started here (default: all)
+    threads: int | None = None          # per actor; default: its CPUs (1)
+    num_cpus: int | None = None         # size of a private local cluster (default: all)
+    cpus_per_actor: float | None = None  # default: its threads
+    verbose: bool = False               # Ray's own logs and reports
 
     def validate(self) -> "RayOptions":
-        if self.actors < 1:
+        if self.actors is not None and self.actors < 1:
             raise CitysegError(f"--actors {self.actors}: must be at least 1")
         if self.gpus_per_actor < 0:
             raise CitysegError(f"--gpus-per-actor {self.gpus_per_actor}: must be >= 0")
         if self.batch < 1:
             raise CitysegError(f"--batch {self.batch}: must be at least 1")
+        if self.cpus_per_actor is not None and self.cpus_per_actor <= 0:
+            raise CitysegError(f"--cpus-per-actor {self.cpus_per_actor:g}: must be > 0")
         return self
 
 
@@ -52,16 +58,23 @@ class RayOptions:
 class SegmentWorker:
     """One loaded Segmenter in one Ray actor; ``__call__`` takes a batch of rows (Ray Data)."""
 
-    def __init__(self, model: str, *, device: str = "cpu", precision: str | None = None,
+    def __init__(self, model: dict, *, device: str = "cpu", precision: str | None = None,
                  threads: int | None = None, label_set: str | None = None, fmt: str | None = None,
-                 want_labels: bool = False, options: dict[str, Any] | None = None):
+                 want_labels: bool = False, options: dict[str, Any] | None = None,
+                 out_marker: str | None = None):
+        import ray
+
         from .. import runtime
         from ..evaluation.evaluate import label_set_of_model
         from ..evaluation.predict import output_label_set
+        from .shipping import LocalModel, check_out_visible
 
-        self.segmenter = runtime.load(model, device=device, precision=precision, threads=threads,
-                                      **(options or {}))
-        meta, where = self.segmenter.meta, str(self.segmenter.path)
+        if out_marker:
+            check_out_visible(out_marker)
+        self.model = LocalModel(ray.get(model["ref"]))  # the driver's bytes, on this node's disk
+        self.segmenter = runtime.load(self.model.spec, device=device, precision=precision,
+                                      threads=threads, **(options or {}))
+        meta, where = self.segmenter.meta, self.model.origin
         # predict renders with what single-process predict uses (any label set's palette)
         self.labels = (output_label_set(meta, fmt, where=where) if fmt and label_set is None
                        else label_set_of_model(meta, label_set, where=where))
@@ -144,45 +157,53 @@ def _npy_array(data: bytes) -> np.ndarray:
 def run_rows(model: str, rows: list[dict[str, Any]], opts: RayOptions, *, device: str = "cpu",
              precision: str | None = None, label_set: str | None = None, fmt: str | None = None,
              want_labels: bool = False, progress: bool = True, desc: str = "ray",
-             options: dict[str, Any] | None = None) -> Iterator[dict[str, np.ndarray]]:
+             options: dict[str, Any] | None = None,
+             out: Path | None = None) -> Iterator[dict[str, np.ndarray]]:
     """Stream ``rows`` through a pool of :class:`SegmentWorker` actors; yield result batches.
 
-    One progress bar (rows done); Ray Data's own bars are off.  A CitysegError raised in an actor
-    comes out here as the same one-line error.
+    ``rows`` hold absolute paths; the model is shipped as bytes; ``out`` (predict's folder) is
+    checked to be visible from every actor.  One progress bar (rows done); Ray Data's own bars
+    are off.  A CitysegError raised in an actor comes out here as the same one-line error.
     """
-    from .cluster import cluster_cpus, connect, job_progress
+    from . import placement
+    from .cluster import connect, job_progress
+    from .shipping import out_marker, ship_model
 
     opts.validate()
     if not rows:
         return
-    ray = connect(opts.address, num_cpus=opts.num_cpus)
+    shipped = ship_model(model)  # a missing/unreadable model fails before any cluster starts
+    ray = connect(opts.address, num_cpus=opts.num_cpus, verbose=opts.verbose)
     import ray.data
 
-    cpus = cluster_cpus()
-    gpus = float(ray.cluster_resources().get("GPU", 0.0))
-    if opts.gpus_per_actor > 0 and gpus < opts.gpus_per_actor:
-        raise CitysegError(f"--gpus-per-actor {opts.gpus_per_actor:g}: the Ray cluster has "
-                           f"{gpus:g} GPUs; drop the option or join a cluster with GPUs (--address)")
-    actors = min(opts.actors, len(rows))
-    cpus_per_actor = max(0.01, min(float(opts.threads or cpus / actors), cpus / actors))
-    threads = opts.threads or max(1, int(cpus // actors))
+    nodes = placement.nodes_of(ray)
+    shape = placement.plan(nodes, work=len(rows), actors=opts.actors, threads=opts.threads,
+                           cpus_per_actor=opts.cpus_per_actor, gpus_per_actor=opts.gpus_per_actor)
+    placement.wait_placeable(ray, shape, nodes)
     if opts.gpus_per_actor > 0 and device == "cpu":
         device = "cuda"
     batch = opts.batch
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / batch)))
-    ds = ds.map_batches(
-        SegmentWorker, batch_size=batch, batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=actors),
-        num_cpus=cpus_per_actor, num_gpus=opts.gpus_per_actor or None,
-        fn_constructor_kwargs={"model": str(model), "device": device, "precision": precision,
-                               "threads": threads, "label_set": label_set, "fmt": fmt,
-                               "want_labels": want_labels, "options": options or {}},
-    )  # a killed actor is replaced and its batch retried: Ray Data's actor pool defaults to
-    #    max_restarts=-1 and max_task_retries=-1 (tests/test_scale_ray.py kills one mid-job)
-    with job_progress(len(rows), desc, progress, unit="img") as bar:
-        for out in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
-            bar.update(len(out["index"]))
-            yield out
+    marker = out_marker(out) if out is not None else None
+    try:
+        ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / batch)))
+        ds = ds.map_batches(
+            SegmentWorker, batch_size=batch, batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=shape.actors),
+            num_cpus=shape.cpus, num_gpus=shape.gpus or None,
+            fn_constructor_kwargs={"model": {"ref": ray.put(shipped)}, "device": device,
+                                   "precision": precision, "threads": shape.threads,
+                                   "label_set": label_set, "fmt": fmt, "want_labels": want_labels,
+                                   "options": options or {},
+                                   "out_marker": str(marker) if marker else None},
+        )  # a killed actor is replaced and its batch retried: Ray Data's actor pool defaults to
+        #    max_restarts=-1 and max_task_retries=-1 (tests/test_scale_ray.py kills one mid-job)
+        with job_progress(len(rows), desc, progress, unit="img", verbose=opts.verbose) as bar:
+            for res in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
+                bar.update(len(res["index"]))
+                yield res
+    finally:
+        if marker is not None:
+            marker.unlink(missing_ok=True)
 
 
 def _sample_rows(samples, *, outs: list[str] | None = None,
@@ -216,7 +237,7 @@ def remove_stale_temporaries(paths: list[Path]) -> int:
 def ray_predict(model: str, data_root: str | os.PathLike, out: str | os.PathLike, opts: RayOptions, *,
                 split: str = "val", fmt: str = "labelIds", device: str = "cpu",
                 precision: str | None = None, overwrite: bool = False, progress: bool = True,
-                **options: Any) -> dict:
+                layout: str = "flat", **options: Any) -> dict:
     """``predict --engine ray``: the files single-process ``predict`` writes, written by actors.
 
     Returns ``{"written", "skipped", "out", "format", "metrics"}``; ``metrics`` cover the images
@@ -225,17 +246,26 @@ def ray_predict(model: str, data_root: str | os.PathLike, out: str | os.PathLike
     from ..artifacts import read_artifact_meta
     from ..data.cityscapes import find_samples
     from ..evaluation.evaluate import label_set_of_model
-    from ..evaluation.predict import FORMATS
+    from ..evaluation.predict import FORMATS, LAYOUTS, check_flat_names
     from ..metrics import ConfusionMatrix
+    from .shipping import absolute
 
     if fmt not in FORMATS:
         raise CitysegError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    if layout not in LAYOUTS:
+        raise CitysegError(f"--layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
+    model = _absolute_spec(model)
     meta, _ = read_artifact_meta(_path_of(model))
     labels = label_set_of_model(meta, where=str(model))
-    samples = find_samples(data_root, split)
-    out = Path(out)
+    samples = find_samples(absolute(data_root), split)
+    if layout == "flat":  # what single-process predict refuses, refused here (before any work)
+        check_flat_names(samples)
+    out = Path(absolute(out))
     out.mkdir(parents=True, exist_ok=True)
-    targets = [out / f"{s.stem}_leftImg8bit.png" for s in samples]
+    targets = [(out / s.city if layout == "cities" else out) / f"{s.stem}_leftImg8bit.png"
+               for s in samples]
+    for folder in {t.parent for t in targets}:
+        folder.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(targets)
     todo = [k for k, t in enumerate(targets) if overwrite or not t.is_file()]
     rows = _sample_rows([samples[k] for k in todo], outs=[str(targets[k]) for k in todo])
@@ -245,7 +275,7 @@ def ray_predict(model: str, data_root: str | os.PathLike, out: str | os.PathLike
     try:
         for res in run_rows(model, rows, opts, device=device, precision=precision, fmt=fmt,
                             progress=progress, desc=f"predict {Path(_path_of(model)).name} (ray)",
-                            options=options):
+                            options=options, out=out):
             cm.matrix += _sum_confusion(res, labels.num_classes)
             written += len(res["index"])
     finally:
@@ -265,12 +295,14 @@ def ray_predict_images(model: str, images: str, out: str | os.PathLike, opts: Ra
     from ..artifacts import read_artifact_meta
     from ..evaluation.predict import FORMATS, image_targets, output_label_set
 
+    from .shipping import absolute
+
     if fmt not in FORMATS:
         raise CitysegError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
-    pairs = image_targets(images, out)
+    model, out = _absolute_spec(model), Path(absolute(out))
+    pairs = [(Path(absolute(i)), Path(absolute(t))) for i, t in image_targets(images, out)]
     meta, _ = read_artifact_meta(_path_of(model))
     output_label_set(meta, fmt, where=str(model))  # refuse labelIds of a non-Cityscapes model here
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     targets = [target for _, target in pairs]
     remove_stale_temporaries(targets)
@@ -281,7 +313,7 @@ def ray_predict_images(model: str, images: str, out: str | os.PathLike, opts: Ra
     try:
         for res in run_rows(model, rows, opts, device=device, precision=precision, fmt=fmt,
                             progress=progress, desc=f"predict {Path(_path_of(model)).name} (ray)",
-                            options=options):
+                            options=options, out=out):
             written += len(res["index"])
     finally:
         remove_stale_temporaries(targets)
@@ -301,6 +333,15 @@ def _path_of(spec: str) -> str:
     return parse_model_spec(spec)[0]
 
 
+def _absolute_spec(spec: str | os.PathLike) -> str:
+    """``model.onnx@bf16`` with the path made absolute (the driver's meaning of it)."""
+    from ..runtime import parse_model_spec
+    from .shipping import absolute
+
+    path, precision = parse_model_spec(str(spec))
+    return absolute(path) + (f"@{precision}" if precision else "")
+
+
 # ---- eval / check: the local engine's two calls, on Ray ---------------------------------------
 @dataclass
 class RemoteModel:
@@ -314,6 +355,7 @@ class RemoteModel:
     def __post_init__(self):
         from ..artifacts import read_artifact_meta
 
+        self.spec = _absolute_spec(self.spec)
         self.path = Path(_path_of(self.spec))
         self.meta, self.io = read_artifact_meta(self.path)
         self.outputs_logits = self.io.get("output", "logits") == "logits"
@@ -349,8 +391,10 @@ class RayEngine:
         from ..evaluation.evaluate import label_set_of_model
         from ..metrics import ConfusionMatrix
 
+        from .shipping import absolute
+
         labels = label_set_of_model(model.meta, label_set, where=str(model.path))
-        samples = find_samples(data_root, split)
+        samples = find_samples(absolute(data_root), split)
         rows = _sample_rows(samples, want_logits=want_logits if model.outputs_logits else None)
         opts = RayOptions(**{**self.opts.__dict__, "batch": self.opts.batch if self.opts.batch > 1 else batch})
         cm = ConfusionMatrix(labels.num_classes)

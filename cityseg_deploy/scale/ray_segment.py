@@ -1,6 +1,6 @@
 """``segment SOURCE... --engine ray``: many videos or streams at once, one Ray actor per stream.
 
-Each actor loads the model once and runs the single-process pipeline
+Each actor loads the model once (shipped as bytes, :mod:`.shipping`) and runs the single-process pipeline
 (:func:`cityseg_deploy.video.pipeline.run_source`) on its stream, so every output is what
 ``cityseg segment`` writes for that source alone.  Outputs appear whole or not at all: the video
 is renamed into place when it is closed (as single-process), and the label folder is written
@@ -23,10 +23,17 @@ from .ray_batch import RayOptions
 class StreamWorker:
     """One loaded Segmenter in one actor; ``run`` segments one whole stream."""
 
-    def __init__(self, model: str, device: str = "cpu", threads: int | None = None):
-        from .. import runtime
+    def __init__(self, model: dict, device: str = "cpu", threads: int | None = None,
+                 out_markers: list[str] | None = None):
+        import ray
 
-        self.segmenter = runtime.load(model, device=device, threads=threads)
+        from .. import runtime
+        from .shipping import LocalModel, check_out_visible
+
+        for marker in out_markers or []:
+            check_out_visible(marker)
+        self.model = LocalModel(ray.get(model["ref"]))  # the driver's bytes, on this node's disk
+        self.segmenter = runtime.load(self.model.spec, device=device, threads=threads)
 
     def label_lut(self):
         from ..labels import get_label_set
@@ -78,8 +85,10 @@ def ray_segment(specs: list[str], model: str, ray_opts: RayOptions, *, out: str 
     from ..artifacts import read_artifact_meta
     from ..video import parse_sources
     from ..video.pipeline import output_paths
-    from .cluster import cluster_cpus, connect, job_progress
-    from .ray_batch import _path_of
+    from . import placement
+    from .cluster import connect, job_progress
+    from .ray_batch import _absolute_spec, _path_of
+    from .shipping import absolute, out_marker, ship_model
 
     ray_opts.validate()
     sources = [s for spec in specs for s in parse_sources(spec, reconnect=reconnect)]
@@ -88,7 +97,11 @@ def ray_segment(specs: list[str], model: str, ray_opts: RayOptions, *, out: str 
         stems[s.stem] = stems.get(s.stem, 0) + 1
         if stems[s.stem] > 1:
             s.stem = f"{s.stem}_{stems[s.stem]}"
+        _absolute_source(s)
+    model = _absolute_spec(model)
     read_artifact_meta(_path_of(model))  # a bad model fails here, before any actor starts
+    out = absolute(out) if out is not None else None
+    labels_dir = absolute(labels_dir) if labels_dir is not None else None
     paths = output_paths(sources, out, labels_dir)
     for o, _ in paths:
         if o is not None:
@@ -100,22 +113,31 @@ def ray_segment(specs: list[str], model: str, ray_opts: RayOptions, *, out: str 
     skipped = len(sources) - len(todo)
     if not todo:
         return [], skipped
-    ray = connect(ray_opts.address, num_cpus=ray_opts.num_cpus)
-    width = min(len(todo), ray_opts.actors if ray_opts.actors > 1 else len(todo))
-    cpus = cluster_cpus()
-    threads = ray_opts.threads or max(1, int(cpus // width))
+    shipped = ship_model(model)
+    ray = connect(ray_opts.address, num_cpus=ray_opts.num_cpus, verbose=ray_opts.verbose)
+    nodes = placement.nodes_of(ray)
+    shape = placement.plan(nodes, work=len(todo), actors=ray_opts.actors, threads=ray_opts.threads,
+                           cpus_per_actor=ray_opts.cpus_per_actor,
+                           gpus_per_actor=ray_opts.gpus_per_actor)
+    placement.wait_placeable(ray, shape, nodes)
     if ray_opts.gpus_per_actor > 0 and device == "cpu":
         device = "cuda"
+    folders = sorted({str(p.parent) for pair in paths for p in pair if p is not None})
+    markers = []
+    for folder in folders:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        markers.append(out_marker(Path(folder)))
     worker = ray.remote(StreamWorker).options(
-        num_cpus=max(0.01, cpus / width), num_gpus=ray_opts.gpus_per_actor or None,
-        max_restarts=-1, max_task_retries=-1)
-    actors = [worker.remote(str(model), device, threads) for _ in range(width)]
+        num_cpus=shape.cpus, num_gpus=shape.gpus or None, max_restarts=-1, max_task_retries=-1)
+    model_ref = {"ref": ray.put(shipped)}
+    actors = [worker.remote(model_ref, device, shape.threads, [str(m) for m in markers])
+              for _ in range(shape.actors)]
     results: list[dict] = []
     queue, idle = list(todo), list(actors)
     running: dict[Any, Any] = {}
     try:
         with job_progress(len(todo), f"segment {len(todo)} streams (ray)", progress,
-                          unit="stream") as bar:
+                          unit="stream", verbose=ray_opts.verbose) as bar:
             while queue or running:
                 while queue and idle:
                     src, o, ld = queue.pop(0)
@@ -131,7 +153,20 @@ def ray_segment(specs: list[str], model: str, ray_opts: RayOptions, *, out: str 
     finally:
         for a in actors:
             ray.kill(a)
+        for m in markers:
+            m.unlink(missing_ok=True)
         _remove_stale([p for pair in paths for p in pair])
     if not results:
         raise CitysegError("segment --engine ray: no stream ran")
     return results, skipped
+
+
+def _absolute_source(source) -> None:
+    """A file source's path as the driver means it (an actor runs in another folder)."""
+    from .shipping import absolute
+
+    if getattr(source, "paths", None):
+        source.paths = [Path(absolute(p)) for p in source.paths]
+    target = getattr(source, "target", None)
+    if isinstance(target, str) and not getattr(source, "live", False):
+        source.target = absolute(target)
