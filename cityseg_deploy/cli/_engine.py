@@ -43,9 +43,9 @@ def ray_options(kw: dict[str, Any], *, batch: int = 1, threads: int | None = Non
             raise CitysegError("--address, --actors, --cpus-per-actor, --gpus-per-actor and "
                                "--verbose need --engine ray")
         return None
-    from ..scale import require_ray
+    from ..scale import check_ray
     from ..scale.ray_batch import RayOptions
 
-    require_ray()
+    check_ray()
     return RayOptions(address=address, actors=actors, gpus_per_actor=gpus, batch=batch, threads=threads,
                       cpus_per_actor=cpus, verbose=verbose)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import CitysegError
-from . import require_ray
+from . import check_ray, require_ray
 
 AUTH_DOC = "https://docs.ray.io/en/latest/ray-security/token-auth.html"
 
@@ -50,24 +50,27 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, what: st
 
     An already initialised Ray (a test session, a notebook) is reused as it is.  Returns ``ray``.
     """
-    ray = require_ray(what)
+    check_ray(what)
     if not verbose:
         # the C++ core's notes (actor restarts, reconnects) would print past the progress bar
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
-    if ray.is_initialized():
+    imported = sys.modules.get("ray")
+    if imported is not None and getattr(imported, "is_initialized", lambda: False)():
         quiet_data(verbose)
-        return ray
+        return imported
     kwargs: dict[str, Any] = {"logging_level": logging.INFO if verbose else logging.ERROR,
                               "log_to_driver": verbose, "configure_logging": True}
     if address:
         target = resolve_address(address)
         if not target.startswith("ray://"):
-            check_gcs(target, address)
+            # before ``import ray``: Ray reads RAY_AUTH_MODE once, when it is imported
+            check_gcs(target, address, ray_imported=imported is not None)
         kwargs["address"] = target
     else:
         _Private.temp_dir = tempfile.mkdtemp(prefix="cityseg-ray-")
         kwargs.update(address="local", _temp_dir=_Private.temp_dir, include_dashboard=False,
                       num_cpus=num_cpus)
+    ray = require_ray(what)
     try:
         with _quiet_fd2(verbose):
             ray.init(**kwargs)
@@ -84,15 +87,17 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, what: st
 
 # ---- joining -----------------------------------------------------------------------------------
 def resolve_address(address: str) -> str:
-    """``auto`` → the address of the cluster ``ray start`` left on this machine (or an error)."""
+    """``auto`` → ``RAY_ADDRESS``, else the cluster ``ray start`` recorded on this machine (or an
+    error); any other address as given."""
     if address != "auto":
         return address
-    from ray._private import services
-
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"]
+    record = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
     try:
-        found = services.canonicalize_bootstrap_address(address)
-    except (ConnectionError, ValueError, RuntimeError):
-        found = None
+        found = record.read_text().strip()
+    except OSError:
+        found = ""
     if not found:
         raise CitysegError("--address auto: no Ray cluster was started on this machine "
                            "('ray start --head' starts one; RAY_ADDRESS names another); "
@@ -129,7 +134,7 @@ def _probe(target: str, token: str | None, timeout_s: float = 5.0):
         channel.close()
 
 
-def check_gcs(target: str, given: str) -> None:
+def check_gcs(target: str, given: str, *, ray_imported: bool = False) -> None:
     """One fast look at the cluster before ``ray.init``: reachable, and with which auth.
 
     Sets ``RAY_AUTH_MODE=token`` for this process when the cluster wants a token and accepts the
@@ -157,9 +162,12 @@ def check_gcs(target: str, given: str) -> None:
         raise CitysegError(f"--address {given}: the Ray cluster at {target} rejected this "
                            f"machine's auth token: use the head node's ~/.ray/auth_token "
                            f"(RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH) ({AUTH_DOC})")
-    if mode not in (None, "", "token"):
+    if mode == "token":
+        return
+    if mode not in (None, "") or ray_imported:
         raise CitysegError(f"--address {given}: the Ray cluster at {target} requires token "
-                           f"authentication but RAY_AUTH_MODE={mode}: set RAY_AUTH_MODE=token")
+                           f"authentication: set RAY_AUTH_MODE=token (now "
+                           f"{mode or 'unset'}); this machine's token is accepted ({AUTH_DOC})")
     os.environ["RAY_AUTH_MODE"] = "token"
 
 
@@ -231,17 +239,40 @@ def _quiet_fd2(verbose: bool) -> Iterator[None]:
 
 
 def quiet_data(verbose: bool = False) -> None:
-    """Ray Data without its own progress bars and logs (the job shows one bar, errors one line)."""
-    import ray.data
-
-    # a failed batch is re-raised here as one error line; Ray Data's own report of it is noise
+    """Ray's Python loggers quiet (a failed batch is re-raised here as one error line; Ray's own
+    report of it is noise), and Ray Data's bars off where something imported it."""
     level = logging.INFO if verbose else logging.CRITICAL
     for name in ("ray", "ray.data", "ray.serve"):
         logging.getLogger(name).setLevel(level)
+    if not verbose:
+        _mute_error_listener()
+    if "ray.data" not in sys.modules:
+        return
+    import ray.data
+
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     if hasattr(ctx, "print_on_execution_start"):
         ctx.print_on_execution_start = False
+
+
+def _mute_error_listener() -> None:
+    """Ray's driver prints every task error the cluster publishes (``(raylet) Task ... failed.
+    There are infinite retries remaining ...`` and the remote traceback: ~200 lines for one
+    actor that could not start) from a thread of its own, whatever ``log_to_driver`` says.  The
+    job re-raises the same error as one line, so those prints are dropped (``--verbose`` keeps
+    them); the thread looks the function up at each call, so replacing it is enough."""
+    from ray._private import worker
+
+    original = getattr(worker.print_to_stdstream, "__wrapped__", worker.print_to_stdstream)
+
+    def print_to_stdstream(data, *args, **kwargs):
+        if data.get("pid") == "raylet":
+            return None
+        return original(data, *args, **kwargs)
+
+    print_to_stdstream.__wrapped__ = original  # type: ignore[attr-defined]
+    worker.print_to_stdstream = print_to_stdstream
 
 
 def cluster_cpus() -> float:

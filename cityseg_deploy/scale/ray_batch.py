@@ -3,15 +3,15 @@
 How a job runs: the driver lists the split's images (and skips outputs already complete),
 resolves every path to an absolute one, puts the model's bytes in Ray's object store
 (:mod:`.shipping`), sizes the actors from the nodes and checks they can be placed
-(:mod:`.placement`); Ray Data streams the rows in blocks of ``--batch`` to the actor pool, each
+(:mod:`.placement`); the rows go in batches of ``--batch`` to a pool of actors (:mod:`.pool`), each
 actor holding one Segmenter loaded with :func:`cityseg_deploy.runtime.load` from its own copy of
 the model.  An actor reads and decodes its batch (images travel by absolute path), runs it, writes
 ``predict``'s PNGs itself (atomic writes, deterministic names) and returns per-image confusion
 matrices — integer counts, so their sum, and with it Tables 1 and 2, equals the single-process
 run's exactly.
 
-Why it survives a killed actor: Ray Data restarts actors (``max_restarts=-1``) and retries the
-batch that was in flight (``max_task_retries=-1``); a retried batch rewrites the same names with
+Why it survives a killed actor: Ray restarts the pool's actors (``max_restarts=-1``) and retries
+the batch that was in flight (``max_task_retries=-1``); a retried batch rewrites the same names with
 the same bytes through a temporary file and a rename, so every output ends written exactly once,
 and temporaries a killed actor left behind are removed when the job ends.
 """
@@ -56,7 +56,7 @@ class RayOptions:
 
 # ---- the actor ------------------------------------------------------------------------------
 class SegmentWorker:
-    """One loaded Segmenter in one Ray actor; ``__call__`` takes a batch of rows (Ray Data)."""
+    """One loaded Segmenter in one Ray actor; ``__call__`` takes a batch of rows as columns."""
 
     def __init__(self, model: dict, *, device: str = "cpu", precision: str | None = None,
                  threads: int | None = None, label_set: str | None = None, fmt: str | None = None,
@@ -64,17 +64,16 @@ class SegmentWorker:
                  out_marker: str | None = None):
         import ray
 
-        from .. import runtime
         from ..evaluation.evaluate import label_set_of_model
         from ..evaluation.predict import output_label_set
-        from .shipping import LocalModel, check_out_visible
+        from .shipping import check_out_visible, load_shipped
 
         if out_marker:
             check_out_visible(out_marker)
-        self.model = LocalModel(ray.get(model["ref"]))  # the driver's bytes, on this node's disk
-        self.segmenter = runtime.load(self.model.spec, device=device, precision=precision,
+        # the driver's bytes, loaded from this node's disk
+        self.segmenter = load_shipped(ray.get(model["ref"]), device=device, precision=precision,
                                       threads=threads, **(options or {}))
-        meta, where = self.segmenter.meta, self.model.origin
+        meta, where = self.segmenter.meta, str(self.segmenter.path)
         # predict renders with what single-process predict uses (any label set's palette)
         self.labels = (output_label_set(meta, fmt, where=where) if fmt and label_set is None
                        else label_set_of_model(meta, label_set, where=where))
@@ -162,10 +161,9 @@ def run_rows(model: str, rows: list[dict[str, Any]], opts: RayOptions, *, device
     """Stream ``rows`` through a pool of :class:`SegmentWorker` actors; yield result batches.
 
     ``rows`` hold absolute paths; the model is shipped as bytes; ``out`` (predict's folder) is
-    checked to be visible from every actor.  One progress bar (rows done); Ray Data's own bars
-    are off.  A CitysegError raised in an actor comes out here as the same one-line error.
+    checked to be visible from every actor.  One progress bar (rows done).  A CitysegError raised in an actor comes out here as the same one-line error.
     """
-    from . import placement
+    from . import placement, pool
     from .cluster import connect, job_progress
     from .shipping import out_marker, ship_model
 
@@ -174,36 +172,36 @@ def run_rows(model: str, rows: list[dict[str, Any]], opts: RayOptions, *, device
         return
     shipped = ship_model(model)  # a missing/unreadable model fails before any cluster starts
     ray = connect(opts.address, num_cpus=opts.num_cpus, verbose=opts.verbose)
-    import ray.data
-
     nodes = placement.nodes_of(ray)
-    shape = placement.plan(nodes, work=len(rows), actors=opts.actors, threads=opts.threads,
-                           cpus_per_actor=opts.cpus_per_actor, gpus_per_actor=opts.gpus_per_actor)
+    shape = placement.plan(nodes, work=math.ceil(len(rows) / opts.batch), actors=opts.actors,
+                           threads=opts.threads, cpus_per_actor=opts.cpus_per_actor,
+                           gpus_per_actor=opts.gpus_per_actor)
     placement.wait_placeable(ray, shape, nodes)
     if opts.gpus_per_actor > 0 and device == "cpu":
         device = "cuda"
-    batch = opts.batch
     marker = out_marker(out) if out is not None else None
+    actors: list[Any] = []
     try:
-        ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / batch)))
-        ds = ds.map_batches(
-            SegmentWorker, batch_size=batch, batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=shape.actors),
-            num_cpus=shape.cpus, num_gpus=shape.gpus or None,
-            fn_constructor_kwargs={"model": {"ref": ray.put(shipped)}, "device": device,
-                                   "precision": precision, "threads": shape.threads,
-                                   "label_set": label_set, "fmt": fmt, "want_labels": want_labels,
-                                   "options": options or {},
-                                   "out_marker": str(marker) if marker else None},
-        )  # a killed actor is replaced and its batch retried: Ray Data's actor pool defaults to
-        #    max_restarts=-1 and max_task_retries=-1 (tests/test_scale_ray.py kills one mid-job)
+        actors = pool.create_actors(
+            ray, SegmentWorker, shape.actors, cpus=shape.cpus, gpus=shape.gpus,
+            args=({"ref": ray.put(shipped)},),
+            kwargs={"device": device, "precision": precision, "threads": shape.threads,
+                    "label_set": label_set, "fmt": fmt, "want_labels": want_labels,
+                    "options": options or {}, "out_marker": str(marker) if marker else None})
+        chunks = (_columns(rows[i:i + opts.batch]) for i in range(0, len(rows), opts.batch))
         with job_progress(len(rows), desc, progress, unit="img", verbose=opts.verbose) as bar:
-            for res in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
+            for res in pool.run(ray, actors, chunks, lambda actor, chunk: actor.__call__.remote(chunk)):
                 bar.update(len(res["index"]))
                 yield res
     finally:
+        pool.kill(ray, actors)
         if marker is not None:
             marker.unlink(missing_ok=True)
+
+
+def _columns(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """A batch of rows as the columns ``SegmentWorker.__call__`` reads."""
+    return {key: np.asarray([r[key] for r in rows]) for key in rows[0]}
 
 
 def _sample_rows(samples, *, outs: list[str] | None = None,

@@ -27,13 +27,12 @@ class StreamWorker:
                  out_markers: list[str] | None = None):
         import ray
 
-        from .. import runtime
-        from .shipping import LocalModel, check_out_visible
+        from .shipping import check_out_visible, load_shipped
 
         for marker in out_markers or []:
             check_out_visible(marker)
-        self.model = LocalModel(ray.get(model["ref"]))  # the driver's bytes, on this node's disk
-        self.segmenter = runtime.load(self.model.spec, device=device, threads=threads)
+        # the driver's bytes, loaded from this node's disk
+        self.segmenter = load_shipped(ray.get(model["ref"]), device=device, threads=threads)
 
     def label_lut(self):
         from ..labels import get_label_set

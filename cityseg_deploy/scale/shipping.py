@@ -104,18 +104,26 @@ def ship_model(spec: str) -> ShippedModel:
     return ShippedModel(blobs, load_name, f"@{precision}" if precision else "", absolute(path))
 
 
-class LocalModel:
-    """An actor's copy of a shipped model on its own disk; removed when the actor ends."""
+def load_shipped(shipped: ShippedModel, **kwargs):
+    """In an actor: the Segmenter of a shipped model (``runtime.load`` keyword arguments).
 
-    def __init__(self, shipped: ShippedModel):
-        self.spec, self.folder = shipped.materialise()
-        self.origin = shipped.origin
+    The files are written to a private folder, loaded, and removed at once (every backend holds
+    the model in memory, or an open mapping, once loaded); messages and ``segmenter.path`` name
+    the driver's file, not the copy.
+    """
+    from .. import runtime
 
-    def close(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
-
-    def __del__(self):  # the actor process ends with the job; its copy goes with it
-        self.close()
+    spec, folder = shipped.materialise()
+    copy = str(Path(folder) / shipped.load_name)
+    try:
+        segmenter = runtime.load(spec, **kwargs)
+    except CitysegError as exc:
+        raise CitysegError(str(exc).replace(copy, shipped.origin).replace(folder, str(Path(shipped.origin).parent))
+                           ) from None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    segmenter.path = Path(shipped.origin)
+    return segmenter
 
 
 # ---- can the workers see --out? -----------------------------------------------------------------
