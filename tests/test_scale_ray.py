@@ -1,21 +1,34 @@
-"""Ray engine and Ray Serve against single-process truth, on one local 2-CPU Ray cluster.
+"""Ray engine and Ray Serve against single-process truth, on one two-node Ray cluster.
 
-Every Ray test lives in this module so the cluster starts once (session-scoped: ~20 s on two
-busy cores).  Truth is always the single-process command on the same artifact with the same
-thread count: same files and bytes for predict/segment, the same integer confusion matrices for
-eval/check, ``predict``'s file for a served image.
+Every Ray test lives in this module so the cluster starts once per session: a head and a second
+raylet on this machine (``ray start --head`` / ``ray start --address``), one CPU each, so a job
+must spread over nodes as on a real cluster; its workers run in a folder of their own (not the
+tests'), so a relative path means another folder there, as it did on a real cluster; with Ray's
+token auth on (Ray 2.60 enables it once ``~/.ray/auth_token`` exists).  Truth is always the
+single-process command on the same artifact with the same thread count: same files and bytes
+for predict/segment, the same integer confusion matrices for eval/check, ``predict``'s file for
+a served image.  Commands that must start their own private cluster, or be killed, run as
+subprocesses with a private TMPDIR (what they leave there is checked).
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# Ray reads RAY_AUTH_MODE once, when it is imported: the session cluster below uses token auth
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 ray = pytest.importorskip("ray", reason="the 'scale' extra (ray[data,serve]) is not installed")
 
@@ -25,17 +38,97 @@ from test_runtime_artifacts import make_checkpoint  # noqa: E402
 from test_video_support import write_clip  # noqa: E402
 
 
+def _short_tmp(prefix: str) -> Path:
+    """A folder with a short path (Ray's socket paths must stay under 108 bytes)."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
+def _processes_naming(text: str) -> dict[int, float]:
+    """{pid: start time} of processes whose command line names ``text``, and their descendants."""
+    import psutil
+
+    found: dict[int, float] = {}
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if text in " ".join(proc.info["cmdline"] or []):
+                for p in [proc, *proc.children(recursive=True)]:
+                    found[p.pid] = p.create_time()
+        except psutil.Error:
+            continue
+    return found
+
+
+def _alive(recorded: dict[int, float]) -> list[int]:
+    import psutil
+
+    alive = []
+    for pid, started in recorded.items():
+        try:
+            p = psutil.Process(pid)
+            if abs(p.create_time() - started) < 1e-3 and p.status() != psutil.STATUS_ZOMBIE:
+                alive.append(pid)
+        except psutil.Error:
+            continue
+    return alive
+
+
+def _env(**extra: str | None) -> dict[str, str]:
+    """This process's environment with the worktree importable; ``None`` removes a variable."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p))
+    for key, value in extra.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield ray
-    try:
-        from ray import serve
+    """Two 1-CPU nodes on this machine, joined by this process (in-process ``run([...])`` jobs
+    reuse the connection); torn down — every process of it — at the end of the session."""
+    from cityseg_deploy.scale.cluster import _token
+    from cityseg_deploy.scale.reaper import sweep
 
-        serve.shutdown()
-    except Exception:  # serve never started
-        pass
-    ray.shutdown()
+    base = _short_tmp("csr")
+    nodes_cwd = base / "nodes"  # where the raylets (and so the actors) run: not the tests' folders
+    nodes_cwd.mkdir()
+    if _token() is None:  # token auth needs one; a session file, not the user's ~/.ray
+        token = base / "token"
+        token.write_text(os.urandom(32).hex())
+        os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
+    port = _free_port()
+    env = _env(RAY_AUTH_MODE="token")
+    exe = str(Path(sys.executable).with_name("ray"))
+    exe = exe if Path(exe).exists() else shutil.which("ray") or "ray"
+    common = ["--num-cpus=1", "--disable-usage-stats"]
+    try:
+        for args in ([f"--head", f"--port={port}", f"--temp-dir={base / 't'}",
+                      "--include-dashboard=false", *common],
+                     [f"--address=127.0.0.1:{port}", *common]):
+            subprocess.run([exe, "start", *args], cwd=nodes_cwd, env=env, check=True,
+                           capture_output=True, timeout=300)
+        address = f"127.0.0.1:{port}"
+        ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+        deadline = time.monotonic() + 60
+        while len([n for n in ray.nodes() if n["Alive"]]) < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        yield {"address": address, "base": base}
+    finally:
+        if "ray.serve" in sys.modules and ray.is_initialized():
+            import logging
+
+            from ray import serve
+
+            logging.getLogger("ray.serve").setLevel(logging.ERROR)
+            try:
+                serve.shutdown()
+            except Exception:  # serve never started
+                pass
+        ray.shutdown()
+        sweep(_processes_naming(str(base)))
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -190,13 +283,13 @@ def test_without_the_extra_one_line_names_it(monkeypatch, models, synth_root, tm
 
 
 def _map_workers() -> list[int]:
-    """PIDs of Ray Data's actor processes (Ray titles them ``ray::MapWorker(...)``)."""
+    """PIDs of the batch engine's actor processes (Ray titles them ``ray::SegmentWorker...``)."""
     import psutil
 
     pids = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
         cmd = " ".join(proc.info["cmdline"] or [])
-        if "MapWorker" in cmd and "SegmentWorker" in cmd:
+        if cmd.startswith("ray::SegmentWorker"):
             pids.append(proc.info["pid"])
     return pids
 
@@ -230,15 +323,234 @@ def test_actor_killed_mid_job_every_output_exactly_once(ray_cluster, models, tmp
     assert killed[0] not in _map_workers()
 
 
+# ---- on a real cluster: placement, paths, private clusters, auth, cleanup (issue 26, 27) ---------
+def _in_thread(argv: list[str], timeout_s: float) -> int:
+    """``run(argv)`` that fails the test instead of hanging it (the default job once waited
+    forever for a 2-CPU actor no 1-CPU node could hold)."""
+    codes: list[int] = []
+    job = threading.Thread(target=lambda: codes.append(run(argv)), daemon=True)
+    job.start()
+    job.join(timeout_s)
+    assert codes, f"the job did not finish within {timeout_s:.0f} s: {argv}"
+    return codes[0]
+
+
+def test_default_job_spreads_over_two_one_cpu_nodes(ray_cluster, models, synth_root, tmp_path):
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    assert run(["predict", str(models["onnx"]), "--data", str(synth_root), "--out", str(local),
+                "--threads", "1", "--no-progress"]) == 0
+    assert _in_thread(["predict", str(models["onnx"]), "--data", str(synth_root), "--out", str(remote),
+                       "--no-progress", "--engine", "ray", "--address", ray_cluster["address"]], 240) == 0
+    assert _files(remote) == _files(local) and len(_files(local)) == 4
+
+
+def test_the_plan_follows_the_nodes():
+    from cityseg_deploy.errors import CitysegError
+    from cityseg_deploy.scale.placement import Node, plan
+
+    two = [Node(1.0, 0.0), Node(1.0, 0.0)]
+    assert (plan(two, work=100).actors, plan(two, work=100).cpus) == (2, 1.0)  # as many as fit
+    assert plan(two, work=1).actors == 1
+    assert plan([Node(8.0, 0.0), Node(4.0, 0.0)], work=100, threads=2).actors == 6
+    assert plan([Node(3.0, 0.0)], work=100, cpus_per_actor=1.5).actors == 2
+    with pytest.raises(CitysegError, match="no node"):
+        plan(two, work=10, cpus_per_actor=2)
+    with pytest.raises(CitysegError, match=r"asks for 3 actor\(s\) x 1 CPU.*holds 2"):
+        plan(two, work=10, actors=3)
+    assert plan(two, work=10, threads=4).cpus == 1.0  # an actor never asks more than a node has
+
+
+def test_what_no_node_can_hold_is_one_error_line(ray_cluster, models, synth_root, tmp_path, capsys):
+    for extra, words in ((["--cpus-per-actor", "2"], "2 nodes: 1, 1 CPUs"),
+                         (["--actors", "3"], "asks for 3 actor(s) x 1 CPU")):
+        code = _in_thread(["predict", str(models["onnx"]), "--data", str(synth_root), "--out",
+                           str(tmp_path / "o"), "--no-progress", "--engine", "ray", *extra], 120)
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("error: ") and words in err and len(err.splitlines()) == 1
+
+
+def test_a_job_the_busy_cluster_cannot_place_is_an_error(ray_cluster, models, synth_root, tmp_path,
+                                                         capsys, monkeypatch):
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from cityseg_deploy.scale import placement
+
+    monkeypatch.setattr(placement, "PLACEMENT_TIMEOUT_S", 2.0)
+    hold = placement_group([{"CPU": 1.0}, {"CPU": 1.0}], strategy="SPREAD")  # another job's CPUs
+    assert hold.wait(timeout_seconds=120)
+    try:
+        code = _in_thread(["predict", str(models["onnx"]), "--data", str(synth_root), "--out",
+                           str(tmp_path / "o"), "--no-progress", "--engine", "ray"], 120)
+    finally:
+        remove_placement_group(hold)
+    err = capsys.readouterr().err
+    assert code == 2 and "could not be placed within 2 s" in err and "2 nodes: 1, 1 CPUs" in err
+    assert "2 actor(s) x 1 CPU" in err and len(err.splitlines()) == 1
+
+
+def test_relative_paths_mean_the_drivers_folder(ray_cluster, models, synth_root, tmp_path, monkeypatch):
+    """The actors run in another folder (the raylets'): a relative model, data root and --out
+    are the driver's."""
+    local = tmp_path / "local"
+    assert run(["predict", str(models["onnx"]), "--data", str(synth_root), "--out", str(local),
+                "--threads", "1", "--no-progress"]) == 0
+    shutil.copy(models["onnx"], tmp_path / "m.onnx")
+    shutil.copytree(synth_root, tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    assert run(["predict", "m.onnx", "--data", "data", "--out", "rel", "--threads", "1",
+                "--no-progress", "--engine", "ray"]) == 0
+    assert _files(tmp_path / "rel") == _files(local)
+    assert not list((ray_cluster["base"] / "nodes").iterdir())  # nothing written where actors run
+
+
+def test_a_worker_that_cannot_see_out_fails_the_job_in_one_line(ray_cluster, models, synth_root, tmp_path,
+                                                               capsys, monkeypatch):
+    from cityseg_deploy.scale import shipping
+
+    # as on a node without the shared folder: the driver's marker is not there for the actors
+    monkeypatch.setattr(shipping, "out_marker", lambda out: out / ".cityseg-ray-visible-elsewhere")
+    code = run(["predict", str(models["onnx"]), "--data", str(synth_root), "--out", str(tmp_path / "o"),
+                "--no-progress", "--engine", "ray"])
+    out, err = capsys.readouterr()
+    assert code == 2 and err.startswith(f"error: --out {tmp_path / 'o'}: a Ray worker on node ")
+    assert "shared filesystem" in err and len(err.splitlines()) == 1
+    assert "Traceback" not in out + err and "(raylet)" not in out + err  # no 200 lines of it
+    assert not list((tmp_path / "o").glob("*.png"))
+
+
+def test_two_images_of_one_name_are_refused_as_single_process_does(ray_cluster, models, synth_root, tmp_path,
+                                                                   capsys):
+    root = tmp_path / "data"
+    shutil.copytree(synth_root, root)
+    for kind in ("leftImg8bit", "gtFine"):  # a second city holding the first city's names
+        val = root / kind / "val"
+        first = sorted(p for p in val.iterdir() if p.is_dir())[0]
+        shutil.copytree(first, val / "othertown")
+    errors = []
+    for extra in ([], ["--engine", "ray"]):
+        out = tmp_path / f"o{len(errors)}"
+        code = run(["predict", str(models["onnx"]), "--data", str(root), "--out", str(out),
+                    "--no-progress", *extra])
+        errors.append(capsys.readouterr().err)
+        assert code == 2 and not (out.exists() and list(out.iterdir()))
+    assert errors[0] == errors[1] and "--layout cities" in errors[0]
+    # and the fix the message names works on Ray too: one folder per city, single's bytes
+    for folder, extra in (("lc", []), ("rc", ["--engine", "ray"])):
+        assert run(["predict", str(models["onnx"]), "--data", str(root), "--out", str(tmp_path / folder),
+                    "--layout", "cities", "--threads", "1", "--no-progress", *extra]) == 0
+    for city in (tmp_path / "lc").iterdir():
+        assert _files(tmp_path / "rc" / city.name) == _files(city)
+
+
+def _cli(args: list[str], tmpdir: Path, **env: str | None) -> subprocess.Popen:
+    """``python -m cityseg_deploy ARGS`` with TMPDIR=``tmpdir`` (where a private cluster lives)."""
+    return subprocess.Popen([sys.executable, "-m", "cityseg_deploy", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=_env(TMPDIR=str(tmpdir), **env))
+
+
+def _folders(tmpdir: Path) -> list[Path]:
+    """Folders left in a TMPDIR (a session folder is one; a library's small state file is not)."""
+    return [p for p in tmpdir.iterdir() if p.is_dir()]
+
+
+def _jobs_seen() -> int:
+    from ray._private import state
+
+    return len(state.jobs())
+
+
+def test_without_address_a_private_cluster_quiet_and_cleaned_up(ray_cluster, models, synth_root, tmp_path):
+    """RAY_ADDRESS names the session cluster and ``ray start`` ran: still a private cluster
+    (the session cluster sees no new job), no logging.cc line, and its folder gone at exit."""
+    local, tmpdir = tmp_path / "local", _short_tmp("cst")
+    assert run(["predict", str(models["onnx"]), "--data", str(synth_root), "--out", str(local),
+                "--threads", "1", "--no-progress"]) == 0
+    try:
+        before = _jobs_seen()
+        proc = _cli(["predict", str(models["onnx"]), "--data", str(synth_root), "--out", str(tmp_path / "p"),
+                     "--threads", "1", "--no-progress", "--engine", "ray"], tmpdir,
+                    RAY_ADDRESS=ray_cluster["address"])
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        assert err == "" and out.startswith("wrote 4 labelIds PNGs")
+        assert _files(tmp_path / "p") == _files(local)
+        assert _jobs_seen() == before
+        assert _folders(tmpdir) == []  # the private cluster's session folder went with it
+        # --address auto joins the cluster RAY_ADDRESS names, on purpose; the token this machine
+        # holds is used without RAY_AUTH_MODE (as 'ray start' does)
+        proc = _cli(["predict", str(models["onnx"]), "--data", str(synth_root), "--out", str(tmp_path / "a"),
+                     "--threads", "1", "--no-progress", "--engine", "ray", "--address", "auto"], tmpdir,
+                    RAY_ADDRESS=ray_cluster["address"], RAY_AUTH_MODE=None)
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0 and err == "", err
+        assert _files(tmp_path / "a") == _files(local) and _jobs_seen() == before + 1
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def test_token_auth_is_one_fast_error_line_with_the_fix(ray_cluster, models, synth_root, tmp_path):
+    home = tmp_path / "home"  # a machine without the cluster's token
+    home.mkdir()
+    t = time.monotonic()
+    proc = _cli(["eval", str(models["onnx"]), "--data", str(synth_root), "--engine", "ray",
+                 "--address", ray_cluster["address"]], tmp_path, HOME=str(home), RAY_AUTH_MODE=None,
+                RAY_AUTH_TOKEN=None, RAY_AUTH_TOKEN_PATH=None)
+    out, err = proc.communicate(timeout=120)
+    took = time.monotonic() - t
+    assert proc.returncode == 2 and len(err.splitlines()) == 1, err
+    assert "requires token authentication" in err and "RAY_AUTH_MODE=token" in err and "auth_token" in err
+    assert took < 15, took  # Ray alone retried for 20 s, printing a warning a second
+
+
+def _wait_for(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
+def test_a_stopped_driver_leaves_no_process_and_no_folder(ray_cluster, models, tmp_path, how):
+    """Killed (SIGKILL: no cleanup of its own) or interrupted once (Ctrl-C stops the job): the
+    private cluster's processes (raylet, GCS, agents, actors) end, its folder goes."""
+    root = synthesize(tmp_path / "data", n_train=1, n_val=12, size=(64, 128), seed=5)
+    tmpdir, out = _short_tmp("csk"), tmp_path / "o"
+    try:
+        proc = _cli(["predict", str(models["slow"]), "--data", str(root), "--out", str(out), "--threads", "1",
+                     "--no-progress", "--engine", "ray"], tmpdir)
+        _wait_for(lambda: out.is_dir() and list(out.glob("*_leftImg8bit.png")) or proc.poll() is not None,
+                  300, "the first output")
+        assert proc.poll() is None, proc.communicate()[1]
+        cluster = _processes_naming(str(tmpdir))
+        assert len(cluster) >= 4, cluster  # gcs, raylet, agents, actors
+        if how == "SIGKILL":
+            proc.kill()
+        else:
+            proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        if how == "SIGINT":
+            assert proc.returncode == 130 and err.strip().splitlines()[-1] == "error: interrupted", err
+            assert len(list(out.glob("*_leftImg8bit.png"))) < 12  # it stopped the job
+        _wait_for(lambda: not _alive(cluster), 30, f"the cluster's processes to end: {_alive(cluster)}")
+        _wait_for(lambda: not _folders(tmpdir), 30, "the private cluster's folder to go")
+        if how == "SIGINT":
+            assert not list(out.glob(".*.tmp"))
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
 # ---- segment: one actor per stream ------------------------------------------------------------
-def test_segment_on_ray_equals_single_process_per_stream(ray_cluster, models, tmp_path, capsys):
+def test_segment_on_ray_equals_single_process_per_stream(ray_cluster, models, tmp_path, capsys, monkeypatch):
     clips = [write_clip(tmp_path / f"cam{k}.mp4", n=6 + 2 * k) for k in range(2)]
     for clip in clips:
         assert run(["segment", str(clip), "--model", str(models["onnx"]), "--threads", "1",
                     "--labels-dir", str(tmp_path / "local" / clip.stem), "--no-progress"]) == 0
-    args = ["segment", *map(str, clips), "--model", str(models["onnx"]), "--threads", "1",
-            "--labels-dir", str(tmp_path / "ray"), "--out", str(tmp_path / "ray.mp4"), "--no-progress",
-            "--engine", "ray"]
+    shutil.copy(models["onnx"], tmp_path / "m.onnx")
+    monkeypatch.chdir(tmp_path)  # relative sources, model and outputs: the driver's folder
+    args = ["segment", *(c.name for c in clips), "--model", "m.onnx", "--threads", "1",
+            "--labels-dir", "ray", "--out", "ray.mp4", "--no-progress", "--engine", "ray"]
     assert run(args) == 0
     out = capsys.readouterr().out
     for clip in clips:

@@ -101,12 +101,13 @@ def plan(nodes: list[Node], *, work: int, actors: int | None = None, threads: in
     return Plan(actors, cpus, gpus_per_actor, threads)
 
 
-def wait_placeable(ray: Any, shape: Plan, nodes: list[Node], timeout_s: float = PLACEMENT_TIMEOUT_S) -> None:
+def wait_placeable(ray: Any, shape: Plan, nodes: list[Node], timeout_s: float | None = None) -> None:
     """Reserve the job's bundles once (a placement group, released at once): an error naming the
     ask and the cluster if they cannot all be placed within ``timeout_s`` (other jobs hold the
     resources, or a node left)."""
     from ray.util.placement_group import placement_group, remove_placement_group
 
+    timeout_s = PLACEMENT_TIMEOUT_S if timeout_s is None else timeout_s
     bundle: dict[str, float] = {"CPU": shape.cpus}
     if shape.gpus:
         bundle["GPU"] = shape.gpus
