@@ -181,10 +181,12 @@ def run_rows(model: str, rows: list[dict[str, Any]], opts: RayOptions, *, device
         device = "cuda"
     marker = out_marker(out) if out is not None else None
     actors: list[Any] = []
+    # held here for the whole job: a restarted actor runs its constructor again and fetches it
+    model_ref = ray.put(shipped)
     try:
         actors = pool.create_actors(
             ray, SegmentWorker, shape.actors, cpus=shape.cpus, gpus=shape.gpus,
-            args=({"ref": ray.put(shipped)},),
+            args=({"ref": model_ref},),
             kwargs={"device": device, "precision": precision, "threads": shape.threads,
                     "label_set": label_set, "fmt": fmt, "want_labels": want_labels,
                     "options": options or {}, "out_marker": str(marker) if marker else None})
@@ -195,6 +197,7 @@ def run_rows(model: str, rows: list[dict[str, Any]], opts: RayOptions, *, device
                 yield res
     finally:
         pool.kill(ray, actors)
+        del model_ref
         if marker is not None:
             marker.unlink(missing_ok=True)
 

@@ -128,7 +128,7 @@ def ray_segment(specs: list[str], model: str, ray_opts: RayOptions, *, out: str 
         markers.append(out_marker(Path(folder)))
     worker = ray.remote(StreamWorker).options(
         num_cpus=shape.cpus, num_gpus=shape.gpus or None, max_restarts=-1, max_task_retries=-1)
-    model_ref = {"ref": ray.put(shipped)}
+    model_ref = {"ref": ray.put(shipped)}  # held for the job: a restarted actor fetches it again
     actors = [worker.remote(model_ref, device, shape.threads, [str(m) for m in markers])
               for _ in range(shape.actors)]
     results: list[dict] = []
