@@ -131,14 +131,14 @@ def _artifact_plan(cfg: QuickstartConfig) -> list[tuple[str, str, str]]:
 
 
 def step_export(cfg: QuickstartConfig, arch: str) -> dict[str, Any]:
+    from . import formats
     from .export import export
 
     ckpt = cfg.out / "runs" / arch / "best.pt"
     folder = cfg.out / "artifacts"
     artifacts: dict[str, dict[str, Any]] = {}
     for label, fmt, precision in _artifact_plan(cfg):
-        suffix = {"onnx": ".onnx", "aoti": ".pt2", "openvino": "_openvino_model"}[fmt]
-        out = folder / f"{arch}_{precision}{suffix}"
+        out = folder / f"{arch}_{precision}{formats.get(fmt).suffix}"
         try:
             result = export(ckpt, format=fmt, precision=precision, out=out,
                             calib_data=cfg.data, data=cfg.data, log=cfg.log)
