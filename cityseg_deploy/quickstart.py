@@ -516,11 +516,14 @@ def _pick_video_model(cfg: QuickstartConfig, state: State) -> dict[str, Any]:
 
 def quickstart(cfg: QuickstartConfig) -> Path:
     """Run every step (skipping finished ones) and return the report's path."""
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    if cfg.threads:
-        import torch
+    from .system.threads import torch_threads
 
-        torch.set_num_threads(cfg.threads)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    with torch_threads(cfg.threads):  # put back when done (system/threads.py)
+        return _run_steps(cfg)
+
+
+def _run_steps(cfg: QuickstartConfig) -> Path:
     state = State(cfg.out)
     start = time.perf_counter()
     _step(cfg, state, "data", "synthetic data set", lambda: step_data(cfg))

@@ -48,7 +48,8 @@ def bench_cmd(models, device, batch, size, warmup, iters, duration, threads, pre
     sizes = [parse_size(s) for s in size.split(",")] if size else [None]
     models = list(models)
     if backend == "auto":
-        models = [_auto_pick(models, device, _int_list(batch, "--batch")[0], sizes[0], auto_compile)]
+        models = [_auto_pick(models, device, _int_list(batch, "--batch")[0], sizes[0], auto_compile,
+                             threads)]
     report = benchmark(models, device=device, batches=_int_list(batch, "--batch"), sizes=sizes,
                        warmup=warmup, iters=iters if iters is not None else (None if duration else 20),
                        duration=duration, threads=threads, precision=precision, reference=reference,
@@ -64,12 +65,13 @@ def bench_cmd(models, device, batch, size, warmup, iters, duration, threads, pre
         click.echo(f"{len(failed)} of {len(report['results'])} rows failed (see the note column)", err=True)
 
 
-def _auto_pick(models: list[str], device: str, batch: int, size, compile: bool) -> dict:
+def _auto_pick(models: list[str], device: str, batch: int, size, compile: bool,
+               threads: int | None) -> dict:
     """Choose the runner for ``--backend auto`` and say which and why before the bench row."""
     from ..bench.auto import choose, default_candidates
 
     candidates = default_candidates(models[0], device, compile=compile, extra=models[1:])
-    choice = choose(candidates, device=device, size=size, batch=batch)
+    choice = choose(candidates, device=device, size=size, batch=batch, threads=threads)
     measured = ", ".join(f"{n}: {v if isinstance(v, str) else f'{v:.2f} ms'}" for n, v in choice.measured.items())
     click.echo(f"auto: {choice.candidate.name} — {choice.reason}"
                f"{' (cached measurement)' if choice.cached else ''}; measured: {measured}")

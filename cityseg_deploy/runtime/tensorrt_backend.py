@@ -115,3 +115,4 @@ class TensorRTSegmenter(Segmenter):
     def close(self) -> None:
         self.context = None
         self.engine = None
+        super().close()
