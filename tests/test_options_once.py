@@ -123,12 +123,12 @@ def test_export_job_fields_and_defaults_come_from_the_table():
 
 def test_precision_names_are_one_tuple():
     from cityseg_deploy import artifacts, precision
-    from cityseg_deploy.cli._options import PRECISION
+    from cityseg_deploy.cli.options import option
     from cityseg_deploy.runtime import base
 
     assert artifacts.PRECISIONS is precision.PRECISIONS is base.PRECISIONS
 
-    @PRECISION
+    @option("precision")
     def f(precision):  # pragma: no cover - only its option is read
         pass
 
