@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import CitysegError, first_line
+from ..lazy import lazy_import
 from ..system.threads import default_threads
 from ..models.checkpoint import ModelMeta
 from .base import Segmenter, artifact_metadata, check_precision, device_normaliser
@@ -25,12 +26,7 @@ ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor
 
 
 def _import_ort():
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise CitysegError("onnxruntime is not installed; pip install 'cityseg-deploy[cpu]' "
-                           "(or onnxruntime-gpu for CUDA)") from None
-    return ort
+    return lazy_import("onnxruntime")
 
 
 class OnnxRuntimeSegmenter(Segmenter):

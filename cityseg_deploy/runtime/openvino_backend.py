@@ -21,6 +21,7 @@ import numpy as np
 
 from ..artifacts import openvino_files
 from ..errors import CitysegError, first_line
+from ..lazy import lazy_import
 from ..system.machine import cpu_flags, has_native_bf16
 from ..system.threads import default_threads
 from ..models.checkpoint import ModelMeta
@@ -34,11 +35,7 @@ DEVICES = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU", "auto": "AUTO"}
 
 
 def _import_ov():
-    try:
-        import openvino as ov
-    except ImportError:
-        raise CitysegError("openvino is not installed; pip install 'cityseg-deploy[cpu]'") from None
-    return ov
+    return lazy_import("openvino")
 
 
 class OpenVINOSegmenter(Segmenter):
