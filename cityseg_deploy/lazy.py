@@ -21,14 +21,15 @@ INSTALL = {"onnxruntime": "pip install 'cityseg-deploy[cpu]' (or onnxruntime-gpu
            "matplotlib": "pip install matplotlib"}
 
 
-def lazy_import(name: str, *, hint: str | None = None) -> ModuleType:
-    """``importlib.import_module(name)``; a missing module is a CitysegError saying what to install."""
+def lazy_import(name: str, *, hint: str | None = None, message: str | None = None) -> ModuleType:
+    """``importlib.import_module(name)``; a missing module is a CitysegError saying what to
+    install (``hint``), or ``message`` as a whole."""
     try:
         return importlib.import_module(name)
     except ImportError:
         top = name.split(".")[0]
         how = hint or INSTALL.get(top, f"pip install {top}")
-        raise CitysegError(f"{top} is not installed; {how}") from None
+        raise CitysegError(message or f"{top} is not installed; {how}") from None
 
 
 __all__ = ["INSTALL", "lazy_import"]
