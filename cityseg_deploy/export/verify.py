@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import CitysegError
+from ..system.threads import default_threads, torch_threads
 from .images import for_job, job_batches, job_input
 from .job import ExportJob
 
@@ -116,7 +117,8 @@ def measure(job: ExportJob, seg: "Segmenter") -> dict[str, Any]:
             ref_labels = ref_out.argmax(1)
             stats.update(compare(ref_out.astype(np.float32), out, labels_out=False))
     else:
-        ref = torch_logits(job, images)
+        with torch_threads(default_threads()):  # full width: an open onnxruntime runner holds torch at 1
+            ref = torch_logits(job, images)
         ref_labels = ref.argmax(1)
         stats.update(compare(ref, out, labels_out=labels_out))
     if truth is not None:
