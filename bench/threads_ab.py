@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
              f"Machine: {machine_line(machine)}; available CPUs {available_cpus()}, default threads "
              f"{default_threads()}", "",
              f"`cityseg predict m_int8.onnx --images ({args.images} frames {size[0]}x{size[1]})` as a "
-             f"whole process (start-up included), {args.rounds} rounds, the settings interleaved (order reversed every other round).", "",
+             f"whole process (start-up included), {args.rounds} rounds, the settings interleaved "
+             "(order reversed every other round).", "",
              "| setting | median s | runs (s) | load average before each run |", "|---|---:|---|---|"]
     for n in settings:
         mine = [x for x in runs if x["setting"] == n]
