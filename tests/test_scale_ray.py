@@ -502,6 +502,27 @@ def test_token_auth_is_one_fast_error_line_with_the_fix(ray_cluster, models, syn
     assert took < 15, took  # Ray alone retried for 20 s, printing a warning a second
 
 
+def test_the_watchdog_ends_only_the_clusters_processes(tmp_path):
+    """The reaper records the driver's children that name the cluster's folder (and their
+    descendants) — never another child of the driver — and ends them."""
+    from cityseg_deploy.scale.reaper import cluster_processes, sweep
+
+    folder = str(tmp_path / "cityseg-ray-x")
+    nap = "import sys, time; time.sleep(120)"
+    ours = subprocess.Popen([sys.executable, "-c", nap, folder])
+    other = subprocess.Popen([sys.executable, "-c", nap, str(tmp_path / "elsewhere")])
+    try:
+        _wait_for(lambda: ours.pid in cluster_processes(os.getpid(), folder), 30, "the child to show")
+        found = cluster_processes(os.getpid(), folder)
+        assert other.pid not in found
+        assert sweep(found, grace_s=5) >= 1
+        assert ours.wait(timeout=30) is not None and other.poll() is None
+    finally:
+        for p in (ours, other):
+            p.kill()
+            p.wait()
+
+
 def _wait_for(predicate, timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
