@@ -24,7 +24,7 @@ from ._app import app
               help="largest dynamic batch one replica runs (>1 needs a batch-dynamic graph)")
 @click.option("--batch-wait-ms", type=click.FloatRange(min=0.0), default=5.0, show_default=True,
               help="how long a replica waits to fill a batch")
-@click.option("--max-queue", type=click.IntRange(min=0), default=64, show_default=True,
+@click.option("--max-queue", type=click.IntRange(min=1), default=64, show_default=True,
               help="images waiting for a replica beyond those running; more get 503 + Retry-After")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
               help="seconds per request (body, queue, model); then 504")

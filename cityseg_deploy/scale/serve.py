@@ -419,7 +419,7 @@ def build_app(model: str, name: str, board: Any, options: ServeOptions):
         actor["num_gpus"] = o.gpus_per_replica
     replica = serve.deployment(ModelReplica).options(
         name="Model", num_replicas=o.replicas, max_ongoing_requests=2 * o.max_batch,
-        max_queued_requests=o.max_queue, backpressure_config={"retry_after_s": o.retry_after_s},
+        max_queued_requests=o.max_queue,  # the ingress turns the BackPressureError into 503 + Retry-After
         graceful_shutdown_timeout_s=max(5.0, o.timeout_s),
         ray_actor_options=actor)
     ingress = serve.deployment(Ingress).options(
