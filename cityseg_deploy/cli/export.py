@@ -106,7 +106,15 @@ def _epilog() -> str:
 @export_options
 @click.option("--profile", default=None,
               help="export profile: a YAML path or a shipped name (smoke, cpu, edge, tensorrt; see export/)")
-def export_cmd(model: str, profile: str | None, **options) -> None:
+@click.option("--name", "triton_name", default=None, help="triton: model name in REPO [the file's stem]")
+@click.option("--instances", "triton_instances", type=click.IntRange(min=1), default=None,
+              help="triton: instance_group count [1]")
+@click.option("--overwrite", "triton_overwrite", is_flag=True, default=False,
+              help="triton: replace REPO/NAME if it exists")
+@click.option("--logits", "triton_logits", is_flag=True, default=False,
+              help="triton: float NCHW in, logits out (default: uint8 pixels in, labels out)")
+def export_cmd(model: str, profile: str | None, triton_name: str | None, triton_instances: int | None,
+               triton_overwrite: bool, triton_logits: bool, **options) -> None:
     """Export MODEL (a cityseg checkpoint) to ONNX, TensorRT, AOTInductor or OpenVINO.
 
     Precision lives in the exported graph (fp16 casts, int8 Q/DQ calibrated on --calib-data);
@@ -118,9 +126,14 @@ def export_cmd(model: str, profile: str | None, **options) -> None:
     given = {k: v for k, v in options.items() if v is not None}
     if "size" in given:
         given["size"] = parse_size(given["size"])
+    triton = {"name": triton_name, "instances": triton_instances, "overwrite": triton_overwrite or None,
+              "logits": triton_logits or None}
     if str(given.get("format", "")).lower() == "triton":
-        _export_triton(model, given)
+        _export_triton(model, given, {k: v for k, v in triton.items() if v is not None})
         return
+    stray = [f"--{k}" for k, v in triton.items() if v is not None]
+    if stray:
+        raise CitysegError(f"{', '.join(stray)} apply to --format triton only")
     jobs = read_profile(profile) if profile else [{}]
     if len(jobs) > 1 and "out" in given:
         raise CitysegError("--out names one file; a profile with several exports writes each next "
@@ -144,16 +157,17 @@ def export_cmd(model: str, profile: str | None, **options) -> None:
             click.echo(f"  {line}")
 
 
-def _export_triton(model: str, given: dict) -> None:
-    """``--format triton --out REPO``: a Triton model repository (``--batch``: max_batch_size)."""
+def _export_triton(model: str, given: dict, triton: dict) -> None:
+    """``--format triton --out REPO``: a Triton model repository (``--batch``: max_batch_size;
+    ``--name``, ``--instances``, ``--overwrite``, ``--logits``: see :func:`export_triton`)."""
     from ..export.triton import export_triton
 
     out = given.pop("out", None)
     if not out:
         raise CitysegError("--format triton writes a model repository: give --out REPO")
     given.pop("format", None)
-    max_batch, device = given.pop("batch", 8), given.pop("device", None)
-    folder = export_triton(model, out, max_batch=max_batch, device=device, log=click.echo, **given)
+    max_batch, device = given.pop("batch", None), given.pop("device", None)
+    folder = export_triton(model, out, max_batch=max_batch, device=device, log=click.echo, **triton, **given)
     click.echo(f"export success: triton → {folder}")
     click.echo("next:")
     click.echo(f"  docker run --rm -p 8000:8000 -p 8001:8001 -v {Path(out).resolve()}:/models "
