@@ -9,7 +9,8 @@ one 2-CPU Ray cluster (issue 26 targets):
    target c=16 ≥ 1.5× the requests/s of c=1, p99 reported, 0 errors (16 < the queue limit);
 2. models A and B side by side (two named applications, one HTTP port, routes ``/`` and
    ``/segB``), each under c=8: both answer, 0 errors;
-3. overload on B (``--max-queue 2``) at c=32: only 200s and 503s (with ``Retry-After``).
+3. overload on B (``--max-queue 8``: 16 in its replica + 8 waiting) at c=32: only 200s and 503s
+   (with ``Retry-After``).
 
 The CPUs are shared with other jobs on this machine: the load average is recorded before and
 after, and ratios measured in one run are what to read.
@@ -104,6 +105,28 @@ def build(folder: Path, n: int, size: tuple[int, int]) -> tuple[Path, Path]:
     return root, Path(res.path)
 
 
+def batch_counts(url: str) -> dict[int, float]:
+    """Model calls per batch size, summed over the application's replicas (from /v1/health);
+    key -1 holds the replicas' seconds in the model."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/v1/health", timeout=30) as resp:
+        doc = json.loads(resp.read())
+    out: dict[int, float] = {-1: 0.0}
+    for rep in doc["replicas"]:
+        out[-1] += float(rep["model_seconds"])
+        for size, n in rep["batch_counts"].items():
+            out[int(size)] = out.get(int(size), 0) + int(n)
+    return out
+
+
+def mean_batch(before: dict[int, float], after: dict[int, float]) -> float | None:
+    calls = {s: after.get(s, 0) - before.get(s, 0) for s in after if s > 0}
+    n = sum(calls.values())
+    return sum(s * c for s, c in calls.items()) / n if n else None
+
+
 def side_by_side(host: str, port: int, bodies: list[bytes], paths: list[str], clients: int,
                  duration: float) -> list[dict]:
     out: list[dict] = [{} for _ in paths]
@@ -132,6 +155,7 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=8)
     ap.add_argument("--batch-wait-ms", type=float, default=10.0)
     ap.add_argument("--cpus", type=float, default=1.0, help="CPUs (= threads) per replica")
+    ap.add_argument("--b-queue", type=int, default=8, help="--max-queue of model B (overloaded in phase 3)")
     ap.add_argument("--port", type=int, default=8765)
     ap.add_argument("--out", default=str(RESULTS / "serve_load"))
     args = ap.parse_args()
@@ -159,8 +183,15 @@ def main() -> None:
                       options=service.ServeOptions(max_queue=64, **common))
     host, port = "127.0.0.1", a.port
     closed_loop(host, port, bodies, 4, 3.0)  # warm-up (first batches, proxy routes)
-    alone = [closed_loop(host, port, bodies, c, args.duration) for c in (1, 16)]
-    b = service.start(str(model_b), name="segB", options=service.ServeOptions(max_queue=2, **common))
+    alone = []
+    for c in (1, 16):
+        before = batch_counts(a.url)
+        alone.append(closed_loop(host, port, bodies, c, args.duration))
+        after = batch_counts(a.url)
+        alone[-1]["mean_batch"] = mean_batch(before, after)
+        # the replica's share of the level's wall time spent in the model: near 1 = model-bound
+        alone[-1]["model_busy"] = (after[-1] - before[-1]) / alone[-1]["duration_s"]
+    b = service.start(str(model_b), name="segB", options=service.ServeOptions(max_queue=args.b_queue, **common))
     paths = ["/v1/segment", f"{b.route_prefix}/v1/segment"]
     closed_loop(host, port, bodies, 2, 3.0, paths[1])
     both = side_by_side(host, port, bodies, paths, 8, args.duration)
@@ -180,7 +211,7 @@ def main() -> None:
     doc = {"machine": machine_info(cpus), "load_average_before": load_before, "load_average_after": load_after,
            "shared_cpu_note": "the CPUs were shared with other helpers' jobs during the run",
            "model": "deeplabv3_small ONNX int8 (QDQ), batch-dynamic", "size": list(size),
-           "cpus_per_replica": args.cpus, "max_batch": args.max_batch, "batch_wait_ms": args.batch_wait_ms,
+           "cpus_per_replica": args.cpus, "b_max_queue": args.b_queue, "max_batch": args.max_batch, "batch_wait_ms": args.batch_wait_ms,
            "alone": alone, "side_by_side": both, "overload": overload, "c16_over_c1": ratio, "checks": checks}
     lines = [f"# cityseg serve under closed-loop load ({size[0]}x{size[1]} PNG, int8 DeepLabV3-small, "
              f"batch-dynamic)\n",
@@ -191,9 +222,11 @@ def main() -> None:
              "| phase | clients | requests | req/s | p50 (ms) | p95 (ms) | p99 (ms) | errors | 503 |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
              _row("A alone (max-queue 64)", c1), _row("A alone (max-queue 64)", c16),
-             _row("A beside B", both[0]), _row("B beside A (max-queue 2)", both[1]),
-             _row("B overloaded (max-queue 2)", overload),
-             f"\nc=16 / c=1 requests/s: **{ratio:.2f}x**.",
+             _row("A beside B", both[0]), _row(f"B beside A (max-queue {args.b_queue})", both[1]),
+             _row(f"B overloaded (max-queue {args.b_queue})", overload),
+             f"\nc=16 / c=1 requests/s: **{ratio:.2f}x**; mean images per model call: c=1 "
+             f"{c1['mean_batch'] or 0:.2f}, c=16 {c16['mean_batch'] or 0:.2f}; fraction of the time the "
+             f"replica was in the model: c=1 {c1['model_busy']:.2f}, c=16 {c16['model_busy']:.2f}.",
              "\nChecks: " + ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in checks.items())]
     write_record(args.out, doc, "\n".join(lines))
     print("\n".join(lines))

@@ -174,13 +174,23 @@ class Ingress:
         self.metrics = ServeMetrics(name)
         self.clients: dict[str, int] = {}
         self.queued = 0
+        self._first: dict[str, Any] = {}
 
     # -- replicas' reports
     async def _replicas(self) -> dict[str, dict[str, Any]]:
         try:
-            return await asyncio.wait_for(self.board.snapshot.remote(), timeout=5.0)
+            reps = await asyncio.wait_for(self.board.snapshot.remote(), timeout=5.0)
         except Exception:  # the board is gone (its serve process ended): say so, do not hang
             return {}
+        if reps:
+            self._first = next(iter(reps.values()))
+        return reps
+
+    async def _first_replica(self) -> dict[str, Any]:
+        """One replica's report (backend, precision) for answer headers; asked once, then kept."""
+        if not self._first:
+            await self._replicas()
+        return self._first
 
     async def health(self) -> dict[str, Any]:
         reps = await self._replicas()
@@ -312,7 +322,7 @@ class Ingress:
             image = await asyncio.to_thread(decode_upload, body)
             (labels,) = await self._segment([image], deadline)
             png = await asyncio.to_thread(encode_answer, labels, image, self.labels, fmt)
-            first = next(iter((await self._replicas()).values()), {})
+            first = await self._first_replica()
             return Response(png, media_type="image/png", headers={
                 "X-Model": self.file, "X-Precision": str(first.get("precision", "")),
                 "X-Backend": str(first.get("backend", "")), "X-Format": fmt})
@@ -331,7 +341,7 @@ class Ingress:
         if path.startswith("/v2/models/") and not (path == prefix or path.startswith(prefix + "/")):
             raise BadRequest(404, f"this server serves model {self.name!r} (GET {prefix})")
         if path in (prefix, prefix + "/versions/1"):
-            first = next(iter((await self._replicas()).values()), {})
+            first = await self._first_replica()
             return _json(200, kserve.model_metadata(self.name, str(first.get("backend", "unknown"))))
         if path in (prefix + "/ready", prefix + "/versions/1/ready"):
             ready = bool(await self._replicas())
@@ -484,7 +494,8 @@ def _plan(name: str, route_prefix: str | None, host: str, port: int | None,
                            f"under its own route prefix, or use another cluster")
     if name in apps:
         raise CitysegError(f"an application named {name!r} already serves on this cluster "
-                           f"(route {apps[name].get('route_prefix')}); choose another --name")
+                           f"(route {apps[name].get('route_prefix')}); choose another --name (if its "
+                           f"serve process was killed, remove it with: serve shutdown --address ...)")
     taken = {str(a.get("route_prefix")): n for n, a in apps.items() if a.get("route_prefix")}
     prefix = route_prefix or ("/" if "/" not in taken else f"/{name}")
     if prefix in taken:
