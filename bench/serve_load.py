@@ -16,6 +16,8 @@ The CPUs are shared with other jobs on this machine: the load average is recorde
 after, and ratios measured in one run are what to read.
 
     PYTHONPATH=. python bench/serve_load.py [--duration 20] [--size 256x512] [--max-batch 8]
+
+(``bench/results/serve_load.*`` are the earlier single-model version's record, issue 16.)
 """
 from __future__ import annotations
 
@@ -157,7 +159,7 @@ def main() -> None:
     ap.add_argument("--cpus", type=float, default=1.0, help="CPUs (= threads) per replica")
     ap.add_argument("--b-queue", type=int, default=8, help="--max-queue of model B (overloaded in phase 3)")
     ap.add_argument("--port", type=int, default=8765)
-    ap.add_argument("--out", default=str(RESULTS / "serve_load"))
+    ap.add_argument("--out", default=str(RESULTS / "serve_batching"))
     args = ap.parse_args()
     size = tuple(int(v) for v in args.size.split("x"))
 
