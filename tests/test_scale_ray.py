@@ -493,6 +493,24 @@ def test_metrics_count_requests_batches_and_queue(server, synth_root):
     assert samples[("cityseg_request_duration_seconds_count", (("model", "slow"), ("route", "segment")))] >= 1
 
 
+def test_per_client_limit_refuses_with_429_and_frees_on_release():
+    from types import SimpleNamespace
+
+    from cityseg_deploy.scale.serve import Ingress, Refused, ServeOptions
+    from cityseg_deploy.scale.serve_metrics import ServeMetrics
+
+    ing = Ingress.__new__(Ingress)  # the limit's bookkeeping only: no model, no cluster
+    ing.opts, ing.clients, ing.name, ing.metrics = ServeOptions(max_per_client=2), {}, "t", ServeMetrics("t")
+    one, two = (SimpleNamespace(client=SimpleNamespace(host=h)) for h in ("10.0.0.1", "10.0.0.2"))
+    held = [ing._client_slot(one), ing._client_slot(one)]
+    with pytest.raises(Refused) as err:
+        ing._client_slot(one)
+    assert err.value.status == 429 and int(err.value.headers["Retry-After"]) >= 1
+    ing._client_slot(two)  # another address is not limited by this one
+    ing._release(held[0])
+    ing._client_slot(one)  # a finished request frees its slot
+
+
 def test_static_graph_with_max_batch_is_refused_before_the_cluster(models, capsys):
     from cityseg_deploy.scale.serve import static_batch
 
