@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from ._app import app
+from .options import option, runner_options
 
 
 @app.command("serve")
@@ -36,16 +37,17 @@ from ._app import app
               help="largest request body accepted (413 above)")
 @click.option("--address", default=None,
               help="Ray cluster: auto | HOST:PORT | ray://HOST:PORT (default: start a local one)")
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="CPU threads per replica [its --cpus-per-replica]")
+@option("device")
+@option("threads")
+@option("runner_option")
 def serve_cmd(model, name, route_prefix, host, port, replicas, gpus_per_replica, cpus_per_replica, max_batch,
               batch_wait_ms, max_queue, timeout_s, body_timeout_s, max_per_client, max_body_mb, address,
-              device, threads) -> None:
+              device, threads, runner_option) -> None:
     """Serve MODEL over HTTP: POST /v1/segment (PNG/JPEG in, label PNG out), GET /v1/health,
     GET /metrics, and the KServe/Triton v2 routes (/v2/models/NAME/infer)."""
     from ..scale import require_ray
 
+    runner = runner_options(runner_option, model)  # a misspelt option fails before Ray starts
     require_ray("serve", serve=True)
     from ..scale.serve import ServeOptions, serve_until_signal, start
 
@@ -53,7 +55,7 @@ def serve_cmd(model, name, route_prefix, host, port, replicas, gpus_per_replica,
                            gpus_per_replica=gpus_per_replica, max_batch=max_batch, batch_wait_ms=batch_wait_ms,
                            device=device, threads=threads, max_body=int(max_body_mb * 1024 * 1024),
                            max_queue=max_queue, timeout_s=timeout_s, body_timeout_s=body_timeout_s,
-                           max_per_client=max_per_client)
+                           max_per_client=max_per_client, runner_options=runner)
     served = start(model, name=name, route_prefix=route_prefix, host=host, port=port, address=address,
                    options=options)
     url = served.url

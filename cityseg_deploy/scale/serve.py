@@ -28,7 +28,7 @@ import os
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -62,6 +62,7 @@ class ServeOptions:
     body_timeout_s: float = 10.0  # the body must arrive within this; then 408
     max_per_client: int = 64  # concurrent requests from one client address; then 429
     retry_after_s: float = 1.0
+    runner_options: dict[str, Any] = field(default_factory=dict)  # --runner-option: the replicas' runner
 
     def replica_threads(self) -> int | None:
         if self.threads:
@@ -107,10 +108,10 @@ class ModelReplica:
     """One model copy: a Segmenter with ``threads`` CPU threads; images batched by ``@serve.batch``."""
 
     def __init__(self, model: str, device: str, threads: int | None, max_batch: int, batch_wait_ms: float,
-                 board: Any):
+                 board: Any, runner_options: dict[str, Any] | None = None):
         from .. import runtime
 
-        self.segmenter = runtime.load(model, device=device, threads=threads)
+        self.segmenter = runtime.load(model, device=device, threads=threads, **(runner_options or {}))
         self.board, self.max_batch = board, int(max_batch)
         self.segment.set_max_batch_size(self.max_batch)
         self.segment.set_batch_wait_timeout_s(float(batch_wait_ms) / 1000.0)
@@ -435,7 +436,8 @@ def build_app(model: str, name: str, board: Any, options: ServeOptions):
     ingress = serve.deployment(Ingress).options(
         name="Ingress", num_replicas=1, max_ongoing_requests=max(1024, 4 * o.max_per_client),
         graceful_shutdown_timeout_s=max(5.0, o.timeout_s), ray_actor_options={"num_cpus": 0})
-    model_app = replica.bind(model, device, o.replica_threads(), o.max_batch, o.batch_wait_ms, board)
+    model_app = replica.bind(model, device, o.replica_threads(), o.max_batch, o.batch_wait_ms, board,
+                             dict(o.runner_options))
     return ingress.bind(model_app, name, model, board, asdict(o))
 
 
