@@ -865,7 +865,7 @@ def test_a_second_app_shares_the_port_and_sigterm_leaves_the_first_serving(serve
         text = log.read_text()
         assert "error: " in text and words in text and "Traceback" not in text, text[-1500:]
     proc, log = _start_serve(models["slow"], tmp_path / "second.log", "--name", "second", "--max-batch", "1",
-                             "--max-queue", "1", "--cpus-per-replica", "1")
+                             "--max-queue", "1", "--cpus-per-replica", "0.5")
     url2 = server["url"] + "/second"
     try:
         _wait_up(proc, log, url2)
