@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from ._app import app, parse_size
-from ..errors import CitysegError, first_line
+from ..errors import CitysegError, short_repr
 from ..export import format_table
 from ..export.formats import get_format
 from ..export.options import BY_NAME, OPTIONS, Option, check_applies, check_value, closest, share
@@ -40,23 +40,19 @@ def export_options(command):
 
 def _keys(where: str, mapping: dict) -> dict:
     if not all(isinstance(k, str) for k in mapping):
-        raise CitysegError(f"{where}: every key must be a name, got {sorted(map(repr, mapping))[:5]}")
+        raise CitysegError(f"{where}: every key must be a name, got {[short_repr(k) for k in list(mapping)[:5]]}")
     return {k.replace("-", "_"): v for k, v in mapping.items()}
 
 
 def read_profile(path: str) -> list[dict]:
     """A profile: common keys plus ``exports: [{format, precision, ...}, ...]``, every key known
     and of its type (a bad profile fails here, naming the key, before any export starts)."""
-    import yaml
-
     from ..resources import resolve
+    from ..yamlfile import read_yaml
 
     p = resolve("profile", path)  # a path, or a bare name of a shipped profile (smoke, cpu, ...)
     where = f"--profile {p}"
-    try:
-        doc = yaml.safe_load(p.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise CitysegError(f"{where}: not valid YAML ({first_line(exc)})") from None
+    doc = read_yaml(p, where)
     if doc is None:
         doc = {}
     if not isinstance(doc, dict):
