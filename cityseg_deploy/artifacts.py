@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CitysegError
-from .fileio import recover_swap, write_text_atomic
+from .fileio import recover_pair, recover_swap, write_text_atomic
 from .models.checkpoint import ModelMeta
 from .precision import PRECISIONS
 
@@ -42,6 +42,8 @@ def default_io(meta: ModelMeta, **overrides: Any) -> dict[str, Any]:
 def artifact_kind(path: str | os.PathLike) -> str:
     """``torch`` | ``onnx`` | ``tensorrt`` | ``aoti`` | ``openvino`` — or a CitysegError."""
     path = Path(path)
+    if KIND_BY_SUFFIX.get(path.suffix.lower()) in ("aoti", "tensorrt"):
+        recover_pair(path, sidecar_path(path))  # a package + sidecar swap a kill interrupted
     if not path.exists():  # an IR folder swap a kill interrupted: put the previous folder back
         recover_swap(path.parent if path.suffix.lower() == ".xml" else path)
     if path.is_dir():

@@ -14,6 +14,21 @@ PRECISION = click.option("--precision", type=click.Choice(PRECISIONS),
                                             "(or MODEL@bf16)")
 
 
+def _trust_code(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    if value:
+        from ..trust import allow_untrusted
+
+        allow_untrusted()  # each untrusted file is named in a warning line when it is loaded
+    return value
+
+
+# Every command that loads a model takes it (a flag like convert-weights' --trust-pickle; it sets
+# the process-wide switch in trust.py, so the command's own signature does not change).
+TRUST_CODE = click.option("--trust-code", is_flag=True, expose_value=False, callback=_trust_code,
+                          help="load .pt2 packages and TensorRT engines that this machine's "
+                               "'cityseg export' did not write (they run native code when loaded)")
+
+
 def _int_list(value: str | None, what: str) -> list[int]:
     if not value:
         return [1]

@@ -5,7 +5,7 @@ import click
 
 from ..errors import CitysegError
 from ._app import app, parse_size
-from ._options import DEVICE, PRECISION, THREADS, _int_list
+from ._options import DEVICE, PRECISION, THREADS, TRUST_CODE, _int_list
 
 
 @app.command("bench")
@@ -17,6 +17,7 @@ from ._options import DEVICE, PRECISION, THREADS, _int_list
 @click.option("--iters", type=int, default=None, help="timed iterations (default 20)")
 @click.option("--duration", type=float, default=None, help="time each row for S seconds instead")
 @THREADS
+@TRUST_CODE
 @PRECISION
 @click.option("--reference", default=None, help="row name the ratios refer to (default: first)")
 @click.option("--sgemm", is_flag=True, help="also measure sgemm GFLOP/s and report fractions of it")

@@ -5,7 +5,7 @@ import click
 
 from ._app import app
 from ._engine import engine_options, ray_options
-from ._options import DEVICE, SPLIT, THREADS
+from ._options import DEVICE, SPLIT, THREADS, TRUST_CODE
 
 
 @app.command("check")
@@ -19,6 +19,7 @@ from ._options import DEVICE, SPLIT, THREADS
 @click.option("--out", default=None, help="folder for Markdown/CSV tables, JSON and the delta plot")
 @DEVICE
 @THREADS
+@TRUST_CODE
 @click.option("--batch", type=int, default=1, show_default=True)
 @click.option("--logit-images", type=int, default=4, show_default=True,
               help="images over which logit error statistics are computed")

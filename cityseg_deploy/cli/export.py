@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from ._app import app, parse_size
+from ._options import TRUST_CODE
 from ..errors import CitysegError, short_repr
 from ..export import format_table
 from ..export.formats import get_format
@@ -102,6 +103,7 @@ def _epilog() -> str:
 @export_options
 @click.option("--profile", default=None,
               help="export profile: a YAML path or a shipped name (smoke, cpu, edge, tensorrt; see export/)")
+@TRUST_CODE
 def export_cmd(model: str, profile: str | None, **options) -> None:
     """Export MODEL (a cityseg checkpoint) to ONNX, TensorRT, AOTInductor or OpenVINO.
 

@@ -8,7 +8,7 @@ import click
 from ..errors import CitysegError
 from ._app import app
 from ._engine import engine_options, ray_options
-from ._options import DEVICE, PRECISION, SPLIT, THREADS
+from ._options import DEVICE, PRECISION, SPLIT, THREADS, TRUST_CODE
 
 
 @app.command("predict")
@@ -24,6 +24,7 @@ from ._options import DEVICE, PRECISION, SPLIT, THREADS
 @DEVICE
 @PRECISION
 @THREADS
+@TRUST_CODE
 @click.option("--batch", type=int, default=1, show_default=True)
 @click.option("--no-progress", is_flag=True)
 @click.option("--layout", type=click.Choice(["flat", "cities"]), default="flat", show_default=True,

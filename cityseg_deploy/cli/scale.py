@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from ._app import app
+from ._options import TRUST_CODE
 
 
 @app.command("serve")
@@ -24,6 +25,7 @@ from ._app import app
               help="Ray cluster: auto | HOST:PORT | ray://HOST:PORT (default: start a local one)")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads per replica")
+@TRUST_CODE
 def serve_cmd(model, host, port, replicas, gpus_per_replica, cpus_per_replica, max_batch, batch_wait_ms,
               max_body_mb, address, device, threads) -> None:
     """Serve MODEL over HTTP: POST /v1/segment (PNG/JPEG in, label PNG out), GET /v1/health."""

@@ -17,6 +17,7 @@ import click
 from ..errors import CitysegError
 from ._app import app
 from ._engine import engine_options, ray_options
+from ._options import TRUST_CODE
 
 
 def _load_segmenter(path: str, *, device: str, threads: int | None):
@@ -29,6 +30,7 @@ def _load_segmenter(path: str, *, device: str, threads: int | None):
 @app.command()
 @click.argument("source", nargs=-1, required=True)
 @click.option("--model", "model_path", required=True, help="Any artifact: .pt, .onnx, .engine, .pt2, OpenVINO IR.")
+@TRUST_CODE
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Annotated video (.mp4 mp4v, .avi MJPG, .mkv) at the source FPS.")
 @click.option("--labels-dir", type=click.Path(file_okay=False), default=None,

@@ -16,6 +16,7 @@ from typing import Any
 from ..artifacts import artifact_kind
 from ..errors import CitysegError
 from ..models.checkpoint import ModelMeta
+from ..trust import NATIVE_KINDS
 from .base import PRECISIONS, Segmenter, check_precision
 
 # artifact kind -> (module, class)
@@ -38,7 +39,7 @@ def backend_options(cls: type[Segmenter]) -> tuple[str, ...]:
     :func:`open_artifact`'s): the keyword parameters of its constructor (declared once, there)."""
     params = inspect.signature(cls.__init__).parameters.values()
     return tuple(p.name for p in params if p.kind is p.KEYWORD_ONLY
-                 and p.name not in ("device", "precision", "threads", "metadata"))
+                 and p.name not in ("device", "precision", "threads", "metadata", "trust_code"))
 
 
 def takes_option(spec: str | os.PathLike, name: str) -> bool:
@@ -69,7 +70,7 @@ def parse_model_spec(spec: str | os.PathLike) -> tuple[str, str | None]:
 
 
 def load(path: str | os.PathLike, *, device: str = "cpu", precision: str | None = None,
-         threads: int | None = None, **options: Any) -> Segmenter:
+         threads: int | None = None, trust_code: bool | None = None, **options: Any) -> Segmenter:
     """The ``Segmenter`` for any artifact (checkpoint, .onnx, engine, .pt2, OpenVINO IR).
 
     ``precision``: for a checkpoint fp32 | fp16 | bf16 (autocast); for OpenVINO fp32 | bf16
@@ -77,11 +78,15 @@ def load(path: str | os.PathLike, *, device: str = "cpu", precision: str | None 
     ``threads``: CPU threads.  ``options`` go to the backend (e.g. ``size=(H, W)``,
     ``compile=True``, ``cuda_graphs=True`` for torch; ``mode``/``streams`` for OpenVINO); one
     the backend does not take is a CitysegError naming it (:func:`backend_options` lists them).
+    ``trust_code``: for native-code artifacts (.pt2, TensorRT engines) not written by this
+    machine's export — True loads them anyway, None follows ``--trust-code`` (``trust.py``).
     """
     path, spec_precision = parse_model_spec(path)
     precision = check_precision(precision or spec_precision)
     kind = artifact_kind(Path(path))
     check_options(path, kind, options)
+    if kind in NATIVE_KINDS:
+        options["trust_code"] = trust_code
     return backend_class(kind)(Path(path), device=device, precision=precision, threads=threads,
                                **options)
 
