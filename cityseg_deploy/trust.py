@@ -84,8 +84,9 @@ def sha256_bytes(data: bytes) -> str:
 def record(path: str | os.PathLike, kind: str, data: bytes | None = None) -> str:
     """Add the file (or ``data``, the bytes about to be written there) to the trust list; its sha256.
 
-    Called by export for what it compiled or built; failures to write the list are a CitysegError
-    (an export whose package would then be refused should say so now).
+    Called by export for what it compiled or built.  A list that cannot be written (a read-only
+    home folder) is a warning line, not a failed export: the package is good, loading it will
+    just need ``--trust-code``.
     """
     data = Path(path).read_bytes() if data is None else data
     digest = sha256_bytes(data)
@@ -94,9 +95,9 @@ def record(path: str | os.PathLike, kind: str, data: bytes | None = None) -> str
     try:
         update_json_map(trust_file(), digest, entry)
     except OSError as exc:
-        raise CitysegError(f"{trust_file()}: cannot record {NATIVE_KINDS.get(kind, kind)} "
-                           f"in the trust list ({exc.strerror or type(exc).__name__}); set "
-                           f"{DATA_ENV} to a writable folder") from None
+        why = exc.strerror or type(exc).__name__
+        _warn(f"{trust_file()}: could not record {path} in the trust list ({why}); loading it "
+              f"will need --trust-code (or set {DATA_ENV} to a writable folder and export again)")
     return digest
 
 

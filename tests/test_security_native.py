@@ -266,3 +266,14 @@ def test_exported_package_loads_untrusted_copy_does_not(tmp_path, synth_root, ca
     assert run(["eval", str(copy), "--data", str(synth_root), "--no-progress"]) == 2
     assert "--trust-code" in error_line(capsys)
     assert run(["eval", str(res.path), "--data", str(synth_root), "--no-progress"]) == 0
+
+
+def test_unwritable_trust_list_is_a_warning_not_a_failed_export(tmp_path, monkeypatch, capsys):
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where the data folder should be")
+    monkeypatch.setenv(trust.DATA_ENV, str(blocked / "cityseg"))
+    pkg = _fake_package(tmp_path)
+    digest = trust.record(pkg, "aoti")
+    assert digest == trust.sha256_bytes(pkg.read_bytes()) and not trust.is_trusted(digest)
+    err = capsys.readouterr().err
+    assert err.startswith("warning: ") and "--trust-code" in err and err.count("\n") == 1

@@ -93,7 +93,8 @@ def load(path: str | os.PathLike, *, device: str = "cpu", precision: str | None 
 
 def open_artifact(path: str | os.PathLike, kind: str, *,
                   metadata: tuple[ModelMeta, dict[str, Any]] | None = None, device: str = "cpu",
-                  precision: str | None = None, threads: int | None = None, **options: Any) -> Segmenter:
+                  precision: str | None = None, threads: int | None = None,
+                  trust_code: bool | None = None, **options: Any) -> Segmenter:
     """The ``Segmenter`` :func:`load` would give for an artifact not (yet) under its final name.
 
     Why: export checks the file it wrote, at its temporary name, through the runner users get.
@@ -105,6 +106,8 @@ def open_artifact(path: str | os.PathLike, kind: str, *,
         raise CitysegError(f"{path}: open_artifact runs exported graphs "
                            f"({', '.join(k for k in BACKENDS if k != 'torch')}), not {kind!r}")
     check_options(path, kind, options)
+    if kind in NATIVE_KINDS:  # export checks what it just built: trust_code=True (verify.runner)
+        options["trust_code"] = trust_code
     return backend_class(kind)(Path(path), device=device, precision=check_precision(precision),
                                threads=threads, metadata=metadata, **options)
 
