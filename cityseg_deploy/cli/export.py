@@ -65,7 +65,7 @@ def read_profile(path: str) -> list[dict]:
     entries = [_keys(where, e) for e in entries]
     unknown = sorted((set(doc) | {k for e in entries for k in e}) - PROFILE_KEYS)
     if unknown:
-        raise CitysegError(f"{where}: unknown keys {unknown}{closest(unknown[0])} "
+        raise CitysegError(f"{where}: unknown keys {short_repr(unknown, 200)}{closest(unknown[0][:100])} "
                            f"(known: {sorted(PROFILE_KEYS)})")
     doc = _typed(where, doc)
     jobs = share([_typed(where, e) for e in entries], doc, over=False)
