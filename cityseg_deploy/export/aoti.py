@@ -2,8 +2,11 @@
 
 The package holds compiled kernels and weights: ``torch._inductor.aoti_load_package(path)`` runs it
 without the project's model code.  Compiled for the export device (CPU here; CUDA with
-``device="cuda"``); metadata in the sidecar ``<file>.pt2.json`` (artifacts.write_sidecar).
-Compilation invokes a C++ compiler: on 2 CPU cores expect ~1–2 min for a small preset.
+``device="cuda"``); metadata in the sidecar ``<file>.pt2.json``, swapped in with the package as one
+pair (``fileio.atomic_pair``).  Compilation invokes a C++ compiler in a child process
+(:func:`compile_package`): on 2 CPU cores expect ~1–2 min for a small preset.  The package's
+sha256 goes on this machine's trust list (``trust.py``): the runtime loads it without
+``--trust-code``.
 
 ``precision="fp16"|"bf16"`` (CUDA only) compiles the network in that dtype with channels_last
 weights — what tensor cores want; the package still takes the float32 NCHW input of the fp32 one
@@ -24,8 +27,8 @@ from ..artifacts import pack, sidecar_path
 from ..errors import CitysegError
 from ..fileio import atomic_pair, path_mb
 from ..isolate import ERROR_PREFIX, run_python
-from ..trust import record
 from ..system.timing import Timer
+from ..trust import record
 from .job import ExportJob
 from .result import ExportResult
 

@@ -8,7 +8,8 @@
 - ``set_memory_pool_limit(WORKSPACE, workspace_gb)``, ``builder_optimization_level`` and a timing
   cache file ``<engine>.timing.cache`` reused by later builds;
 - the engine file is a pure plan (loadable by trtexec/Triton); metadata goes to the sidecar
-  ``<engine>.json`` (artifacts.write_sidecar) with TensorRT, CUDA and GPU versions.
+  ``<engine>.json`` with TensorRT, CUDA and GPU versions, swapped in with the engine as one pair
+  (``fileio.atomic_pair``); the engine's sha256 goes on the trust list (``trust.py``).
 
 The graph passes the static operator check (trt_ops) before the builder runs.
 """

@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-import yaml
-
 from .. import resources
 from ..errors import CitysegError, short_repr
 from ..yamlfile import parse_yaml, read_yaml
