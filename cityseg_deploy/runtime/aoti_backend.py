@@ -17,12 +17,12 @@ import numpy as np
 
 from ..artifacts import sidecar_path
 from ..errors import CitysegError, first_line
+from ..system.threads import default_threads
 from ..models.checkpoint import ModelMeta
 from ..trust import read_trusted
-from .graph_check import check_pairing
 from .aoti_probe import probe
 from .base import Segmenter, artifact_metadata, check_precision
-from .graph_check import check_aoti_input, check_output
+from .graph_check import check_aoti_input, check_output, check_pairing
 
 
 class AOTISegmenter(Segmenter):
@@ -48,8 +48,7 @@ class AOTISegmenter(Segmenter):
             raise CitysegError(f"{path}: compiled for CUDA but no CUDA GPU is visible")
         super().__init__(path, meta, io, device=str(device), precision=io.get("precision", "fp32"),
                          threads=threads, size=size)
-        if threads:
-            torch.set_num_threads(int(threads))
+        self.hold_threads(threads or (default_threads() if wanted == "cpu" else None))
         data, digest = read_trusted(path, "aoti", trust_code=trust_code)  # before any dlopen
         check_pairing(path, io, digest)
         h, w = self.input_size
