@@ -21,7 +21,8 @@ import cv2
 import numpy as np
 
 from .errors import CitysegError
-from .native_logs import native_stderr
+from .images_header import check_bound, check_pixels
+from .native_logs import native_stderr, quiet_native
 
 
 def new_file_mode() -> int:
@@ -231,8 +232,10 @@ def _decode(path: Path, flags: int) -> np.ndarray:
     data = np.fromfile(str(path), dtype=np.uint8)
     if data.size == 0:
         raise CitysegError(f"{path}: empty file (0 bytes); re-create or remove it")
+    check_pixels(data, str(path))  # a decompression bomb stops here, before any decoding
     try:
-        image = cv2.imdecode(data, flags)
+        with quiet_native():
+            image = cv2.imdecode(data, flags)
     except cv2.error as exc:  # OpenCV asserts, e.g. a header claiming more than 2^30 pixels
         if "CV_IO_MAX_IMAGE_PIXELS" in str(exc):
             raise CitysegError(f"{path}: corrupt or unreadable image (its header claims more pixels "
@@ -272,7 +275,8 @@ _PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: 
 
 
 def png_header_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(H, W) from a PNG's header, after checking its signature, IHDR (with CRC) and final IEND.
+    """(H, W) from a PNG's header, after checking its signature, IHDR (with CRC), final IEND and
+    the pixel bound (``--max-pixels``).
 
     Why: reads 45 bytes per file, so a training run can check every train and val file before
     its first step instead of meeting an empty, truncated or non-PNG file an epoch later.  A
@@ -301,4 +305,4 @@ def png_header_size(path: str | os.PathLike) -> tuple[int, int]:
                            f"colour type {colour}); re-create or remove it")
     if tail != _IEND:
         raise CitysegError(f"{path}: truncated PNG (no IEND chunk at its end); re-create or remove it")
-    return height, width
+    return check_bound((height, width), str(path))

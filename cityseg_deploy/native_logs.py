@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import tempfile
+import threading
 from typing import Callable, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -41,6 +43,79 @@ def _captured_fd2() -> Iterator[list[str]]:
                 lines.extend(ln.strip() for ln in text.splitlines() if ln.strip())
     finally:
         os.close(saved)
+
+
+# Lines native libraries print on their own: libpng's default handlers ("libpng error: ...",
+# "libpng warning: ..."), OpenCV's logger ("[ WARN:0@6.6] ..."), FFmpeg's ("[mov,mp4 @ 0x55...]").
+_NATIVE_LINE = re.compile(r"^(libpng (error|warning)|libtiff|\[ ?(WARN|ERROR|INFO|DEBUG)[:\]]"
+                          r"|\[[\w ,.-]+ @ 0x[0-9a-fA-F]+\])")
+
+
+def is_native_line(line: str) -> bool:
+    """True for a line a native library (libpng, OpenCV's logger, FFmpeg) printed by itself."""
+    return bool(_NATIVE_LINE.match(line.strip()))
+
+
+_quiet_lock = threading.Lock()
+_quiet_depth = 0
+_quiet_saved = -1
+_quiet_sink = -1
+
+
+@contextlib.contextmanager
+def quiet_native() -> Iterator[None]:
+    """Keep what native code prints to fd 2 during the block off the terminal.
+
+    Why: OpenCV 5 builds let libpng print ``libpng error: ...`` itself, a raw line above our
+    ``error:`` line (the failure path re-runs the decode under :func:`native_stderr` to fold the
+    words into the message).  Cost: two ``dup2`` calls per block.  Blocks may overlap across
+    threads (fd 2 is process-wide: the first entrant redirects, the last restores); anything else
+    written to fd 2 meanwhile (a progress bar, a Python warning) is passed on when the last block
+    ends, only native libraries' own lines are dropped.
+    """
+    global _quiet_depth, _quiet_saved, _quiet_sink
+    with _quiet_lock:
+        if _quiet_depth == 0:
+            with contextlib.suppress(Exception):
+                sys.stderr.flush()
+            if _quiet_sink < 0:
+                _quiet_sink = _sink_fd()
+            _quiet_saved = os.dup(2)
+            os.dup2(_quiet_sink, 2)
+        _quiet_depth += 1
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet_depth -= 1
+            if _quiet_depth == 0:
+                with contextlib.suppress(Exception):
+                    sys.stderr.flush()
+                os.dup2(_quiet_saved, 2)
+                os.close(_quiet_saved)
+                _pass_on(_quiet_sink)
+
+
+def _sink_fd() -> int:
+    """An unlinked temporary file's descriptor (kept open for the process's life)."""
+    fd, name = tempfile.mkstemp(prefix="cityseg-native-")
+    os.unlink(name)
+    return fd
+
+
+def _pass_on(sink: int) -> None:
+    """Write what the sink caught, less native libraries' lines, to the real fd 2; empty it."""
+    size = os.lseek(sink, 0, os.SEEK_END)
+    if not size:
+        return
+    data = os.pread(sink, size, 0)
+    os.ftruncate(sink, 0)
+    os.lseek(sink, 0, os.SEEK_SET)
+    kept = [ln for ln in data.splitlines(keepends=True)
+            if not is_native_line(ln.decode("utf-8", "replace"))]
+    if kept:
+        with contextlib.suppress(OSError):
+            os.write(2, b"".join(kept))
 
 
 def _short(line: str) -> str:

@@ -24,3 +24,17 @@ def _int_list(value: str | None, what: str) -> list[int]:
     if not out or any(v < 1 for v in out):
         raise CitysegError(f"{what} {value!r}: values must be >= 1")
     return out
+
+
+def _set_max_pixels(_ctx: click.Context, _param: click.Parameter, value: int | None) -> None:
+    from ..images_header import set_max_pixels
+
+    set_max_pixels(value)
+
+
+#: every command that decodes images: the bound read from each image's header before decoding
+MAX_PIXELS = click.option(
+    "--max-pixels", type=click.IntRange(min=1), default=None, expose_value=False, is_eager=True,
+    callback=_set_max_pixels,
+    help="refuse an image whose header declares more pixels, before decoding it "
+         "(default 64000000; a decompression bomb stops here)")

@@ -5,10 +5,11 @@ import click
 
 from ._app import app
 from ._engine import engine_options, ray_options
-from ._options import DEVICE, SPLIT, THREADS
+from ._options import DEVICE, SPLIT, THREADS, MAX_PIXELS
 
 
 @app.command("check")
+@MAX_PIXELS
 @click.argument("baseline")
 @click.argument("candidates", nargs=-1, required=True)
 @click.option("--data", "data_root", required=True)

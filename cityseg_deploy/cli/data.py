@@ -8,6 +8,7 @@ from __future__ import annotations
 import click
 
 from ._app import app, parse_size
+from ._options import MAX_PIXELS
 
 
 @app.group()
@@ -40,6 +41,7 @@ def synth(out: str, n_train: int, n_val: int, size: str, seed: int) -> None:
 
 @data.command()
 @click.argument("root", type=click.Path())
+@MAX_PIXELS
 def check(root: str) -> None:
     """Audit ROOT: counts, sizes, unmatched files, class frequencies, every problem."""
     from ..data.check import check_dataset, format_report

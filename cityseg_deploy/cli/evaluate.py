@@ -6,10 +6,11 @@ import click
 from ..errors import CitysegError
 from ._app import app
 from ._engine import engine_options, ray_options
-from ._options import DEVICE, PRECISION, SPLIT, THREADS
+from ._options import DEVICE, PRECISION, SPLIT, THREADS, MAX_PIXELS
 
 
 @app.command("eval")
+@MAX_PIXELS
 @click.argument("model", required=False)
 @click.option("--data", "data_root", required=True, help="Cityscapes-layout root")
 @SPLIT

@@ -8,10 +8,11 @@ import click
 from ..errors import CitysegError
 from ._app import app
 from ._engine import engine_options, ray_options
-from ._options import DEVICE, PRECISION, SPLIT, THREADS
+from ._options import DEVICE, PRECISION, SPLIT, THREADS, MAX_PIXELS
 
 
 @app.command("predict")
+@MAX_PIXELS
 @click.argument("model")
 @click.option("--data", "data_root", default=None, help="Cityscapes-layout root (scored on the way)")
 @click.option("--images", default=None,

@@ -4,9 +4,11 @@ from __future__ import annotations
 import click
 
 from ._app import app
+from ._options import MAX_PIXELS
 
 
 @app.command("serve")
+@MAX_PIXELS
 @click.argument("model")
 @click.option("--host", default="127.0.0.1", show_default=True, help="address the HTTP proxy binds")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)

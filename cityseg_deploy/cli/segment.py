@@ -16,6 +16,7 @@ import click
 
 from ..errors import CitysegError
 from ._app import app
+from ._options import MAX_PIXELS
 from ._engine import engine_options, ray_options
 
 
@@ -27,6 +28,7 @@ def _load_segmenter(path: str, *, device: str, threads: int | None):
 
 
 @app.command()
+@MAX_PIXELS
 @click.argument("source", nargs=-1, required=True)
 @click.option("--model", "model_path", required=True, help="Any artifact: .pt, .onnx, .engine, .pt2, OpenVINO IR.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,

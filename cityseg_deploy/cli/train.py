@@ -10,9 +10,11 @@ import shlex
 import click
 
 from ._app import app
+from ._options import MAX_PIXELS
 
 
 @app.command()
+@MAX_PIXELS
 @click.option("--recipe", "recipe", required=True,
               help="recipe YAML path, or a name from training/ (e.g. unet_small)")
 @click.option("--data", "data_root", required=True, type=click.Path(),
