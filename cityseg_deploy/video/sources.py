@@ -256,17 +256,61 @@ def open_one(spec: str, *, reconnect: int = 5, fps: float | None = None,
     return VideoSource(str(path), reconnect=reconnect, capture_factory=capture_factory)
 
 
-def read_list(path: Path, *, what: str = "sources") -> list[str]:
+#: list files may name list files; deeper than this is refused (a generated chain, not a cycle)
+MAX_LIST_DEPTH = 16
+
+
+def _is_list(entry: str) -> bool:
+    return Path(entry).suffix.lower() in LIST_EXTS and Path(entry).is_file()
+
+
+def _list_lines(path: Path) -> list[str]:
+    """The list's lines as UTF-8 text; a file in another encoding names its first bad line."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CitysegError(f"{path}: cannot read the list file "
+                           f"({exc.strerror or type(exc).__name__})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise CitysegError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at column "
+                           f"{column}; a Latin-1 or other 8-bit file?); save the list as UTF-8") from None
+    return text.splitlines()
+
+
+def read_list(path: Path, *, what: str = "sources", _within: tuple[Path, ...] = ()) -> list[str]:
     """A list file's entries, one a line (``#`` comments and blank lines skipped); relative
-    paths are taken relative to the list file's folder, so a list travels with its files."""
-    lines = [ln.strip() for ln in path.read_text().splitlines()]
-    entries = [ln for ln in lines if ln and not ln.startswith("#")]
-    if not entries:
+    paths are taken relative to the list file's folder, so a list travels with its files.
+
+    An entry that is itself a list file is expanded in place; a list that names itself, or two
+    that name each other, is refused naming the file and line (it used to recurse until
+    ``RecursionError``).
+    """
+    path = Path(path)
+    here = path.resolve()
+    chain = (*_within, here)
+    lines = [ln.strip() for ln in _list_lines(path)]
+    numbered = [(i, ln) for i, ln in enumerate(lines, 1) if ln and not ln.startswith("#")]
+    if not numbered:
         raise CitysegError(f"{path}: list file names no {what}; put one per line")
-    specs = []
-    for entry in entries:
+    specs: list[str] = []
+    for lineno, entry in numbered:
         if not (URL_RE.match(entry) or re.fullmatch(r"\d+", entry) or Path(entry).is_absolute()):
             entry = str(path.parent / entry)
+        if _is_list(entry):
+            target = Path(entry).resolve()
+            if target in chain:
+                loop = " -> ".join(str(p) for p in chain[chain.index(target):]) + f" -> {target}"
+                raise CitysegError(f"{path}:{lineno}: names {entry}, a list file already being read "
+                                   f"({loop}); a list cannot include itself — remove that line")
+            if len(chain) >= MAX_LIST_DEPTH:
+                raise CitysegError(f"{path}:{lineno}: list files nested more than {MAX_LIST_DEPTH} "
+                                   f"deep; name the {what} directly")
+            specs.extend(read_list(Path(entry), what=what, _within=chain))
+            continue
         specs.append(entry)
     return specs
 
