@@ -7,6 +7,7 @@ job never leaves a half-written file under the final name.  Every image read goe
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -136,6 +137,60 @@ def _swap_dir_in(tmp: Path, final: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
+#: what a full or failing disk raises: no space, I/O error, quota exceeded
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EIO, errno.EDQUOT})
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def free_bytes(path: str | os.PathLike) -> int | None:
+    """Free bytes on the filesystem holding ``path`` (its nearest existing folder), or None."""
+    probe = Path(os.path.abspath(path))
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        return shutil.disk_usage(probe).free
+    except OSError:
+        return None
+
+
+def _mb(n: int | None) -> str:
+    return "unknown space" if n is None else f"{n / 1e6:.1f} MB"
+
+
+def storage_error(exc: BaseException, path: str | os.PathLike | None = None) -> CitysegError | None:
+    """The one-line error for a write that failed because the disk is full or failing, or None.
+
+    Why one function: a full disk ended export, predict, eval, train, segment, data synth and
+    bench in tracebacks (ENOSPC from Python's own writes, ``RuntimeError: ... file write failed``
+    from torch's C++ writer).  The message names the path and the space left, the two things a
+    user checks.  ``path`` is the output being written where the caller knows it; a C++ writer's
+    error (no errno) counts only when that filesystem is in fact (nearly) full.
+    """
+    os_err = next((e for e in _chain(exc) if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS),
+                  None)
+    if os_err is not None:
+        reason = os.strerror(os_err.errno)
+        path = path if path is not None else os_err.filename
+    else:  # torch's C++ writer: "basic_ios::clear: iostream error", "file write failed", ...
+        if path is None or not isinstance(exc, (OSError, RuntimeError)):
+            return None
+        if (free_bytes(path) or 0) >= 1 << 20:
+            return None
+        reason = os.strerror(errno.ENOSPC)
+    if path is None:
+        return CitysegError(f"cannot write ({reason}); {_mb(free_bytes(os.getcwd()))} free in "
+                            "the current folder's filesystem — free some space or write elsewhere")
+    return CitysegError(f"{path}: cannot write ({reason}); {_mb(free_bytes(path))} free on its "
+                        "filesystem — free some space or write elsewhere")
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``final``; rename it onto ``final`` only if the block succeeds.
@@ -166,11 +221,14 @@ def atomic_path(final: str | os.PathLike, *, is_dir: bool = False) -> Iterator[P
                 # mkstemp creates 0600; the artifact gets what open() would have given it.
                 os.chmod(tmp, final.stat().st_mode & 0o777 if final.is_file() else new_file_mode())
             os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+        full = storage_error(exc, final) if isinstance(exc, Exception) else None
+        if full is not None:  # after the temporary is gone, so the space it took is counted
+            raise full from None
         raise
 
 

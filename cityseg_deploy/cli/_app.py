@@ -95,6 +95,14 @@ def run(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("error: interrupted", err=True)
         return 130
+    except (OSError, RuntimeError) as exc:  # a full or failing disk, wherever the write was
+        from ..fileio import storage_error
+
+        full = storage_error(exc)
+        if full is None:
+            raise
+        _echo_error(f"error: {redact(str(full))}")
+        return 2
     return status if isinstance(status, int) else 0
 
 

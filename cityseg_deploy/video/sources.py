@@ -354,10 +354,66 @@ def parse_sources(spec: str, **kwargs: Any) -> list[Source]:
         sources = [open_one(s, **kwargs) for s in read_list(path, what="sources")]
     else:
         sources = [open_one(spec, **kwargs)]
-    seen: dict[str, int] = {}
-    for src in sources:
-        n = seen.get(src.stem, 0)
-        seen[src.stem] = n + 1
-        if n:
-            src.stem = f"{src.stem}_{n}"
+    unique_stems(sources)
     return sources
+
+
+def sources_of(specs: list[str] | tuple[str, ...], **kwargs: Any) -> list[Source]:
+    """Every SOURCE argument (each a source or a list file) → sources with unique output stems,
+    named across all arguments at once (``segment a/cam.avi b/cam.avi`` → ``a_cam``, ``b_cam``)."""
+    sources = [src for spec in specs for src in parse_sources(spec, **kwargs)]
+    unique_stems(sources)
+    return sources
+
+
+def _identity(src: Source) -> str:
+    """What makes a source itself: its absolute path, its URL without credentials, its camera."""
+    if isinstance(src, VideoSource):
+        if src.camera:
+            return f"camera:{src.target}"
+        if src.url:
+            return strip_userinfo(str(src.target))
+        return os.path.abspath(str(src.target))
+    return os.path.abspath(src.name) if not _is_glob(src.name) else src.name
+
+
+def _qualified(src: Source, identity: str, base: str) -> str:
+    """``<parent folder>_<stem>`` for a file or folder source; the stem itself otherwise."""
+    if isinstance(src, VideoSource) and (src.camera or src.url):
+        return base
+    parent = Path(identity).parent.name
+    parent = re.sub(r"[^A-Za-z0-9_-]+", "_", parent).strip("_")
+    return f"{parent}_{base}" if parent else base
+
+
+def unique_stems(sources: list[Source]) -> None:
+    """Give every source an output stem no other source has, derived from its path.
+
+    Why: several sources named ``cam`` wrote the same outputs, and the old counter suffix
+    (``cam_1``) collided with a real ``cam_1.avi``.  A stem shared by several sources becomes
+    ``<parent folder>_<stem>``; one still shared (``a/cam`` and ``a_cam``) gets 8 hex digits of
+    its path's SHA-1 — a name made from what the source is, never from the order it came in, so
+    no rename can land on another source's name.  The same source given twice is refused.
+    """
+    import hashlib
+    from collections import Counter
+
+    for src in sources:  # the stem the source came with, kept across calls
+        if not hasattr(src, "base_stem"):
+            src.base_stem = src.stem
+    ids = [_identity(s) for s in sources]
+    twice = [i for i, n in Counter(ids).items() if n > 1]
+    if twice:
+        raise CitysegError(f"{redact(twice[0])}: given more than once (directly or through a list "
+                           "file); its outputs would overwrite each other — name each source once")
+    names = [s.base_stem for s in sources]
+    shared = Counter(names)
+    names = [_qualified(s, i, n) if shared[n] > 1 else n for s, i, n in zip(sources, ids, names)]
+    shared = Counter(names)
+    names = [f"{n}-{hashlib.sha1(i.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
+             if shared[n] > 1 else n for i, n in zip(ids, names)]
+    clash = [n for n, c in Counter(names).items() if c > 1]
+    if clash:  # pragma: no cover - distinct paths whose hashes and names both coincide
+        raise CitysegError(f"sources: two would write outputs named {clash[0]!r}; rename one")
+    for src, name in zip(sources, names):
+        src.stem = name
