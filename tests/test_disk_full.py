@@ -177,3 +177,18 @@ def test_the_cli_edge_turns_a_storage_oserror_into_one_line(monkeypatch, capsys,
 def test_other_oserrors_are_not_reported_as_a_full_disk():
     assert fileio.storage_error(OSError(errno.ENOENT, "No such file", "x")) is None
     assert fileio.storage_error(RuntimeError("unexpected pos 64 vs 0")) is None  # no path known
+
+
+def test_aoti_export_without_room_is_refused_before_compiling(tmp_path, monkeypatch, ckpt, capsys):
+    """The package writer would abort the process (exit 134, no handler runs) on a full disk."""
+    from cityseg_deploy.export import aoti
+
+    compiled = []
+    monkeypatch.setattr(fileio, "free_bytes", lambda _p: 1_000_000)
+    monkeypatch.setattr("torch._inductor.aoti_compile_and_package",
+                        lambda *a, **k: compiled.append(1))
+    target = tmp_path / "m.pt2"
+    code = run(["export", str(ckpt), "--format", "aoti", "--out", str(target)])
+    err = capsys.readouterr().err
+    assert code == 2 and compiled == [] and not target.exists()
+    assert err.startswith(f"error: {target}: cannot write") and "1.0 MB free" in err, err
