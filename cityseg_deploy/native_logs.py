@@ -135,17 +135,21 @@ def native_stderr(call: Callable[[], T]) -> tuple[T | None, str]:
     """
     import cv2
 
-    logging = cv2.utils.logging
-    level = logging.getLogLevel()
+    # cv2.utils.logging exists from OpenCV 4.9 (the 4.8 floor run found it missing): without it
+    # the level stays as the environment set it, and only what the library prints anyway is kept
+    logging = getattr(getattr(cv2, "utils", None), "logging", None)
+    level = logging.getLogLevel() if logging is not None else None
     result: T | None = None
     with _captured_fd2() as lines:
-        logging.setLogLevel(logging.LOG_LEVEL_WARNING)
+        if logging is not None:
+            logging.setLogLevel(logging.LOG_LEVEL_WARNING)
         try:
             result = call()
         except Exception:  # noqa: BLE001 - the caller reports the failure; we only want the words
             result = None
         finally:
-            logging.setLogLevel(level)
+            if logging is not None:
+                logging.setLogLevel(level)
     said = "; ".join(dict.fromkeys(_short(ln) for ln in lines))
     return result, said[:200]
 
