@@ -50,8 +50,8 @@ def folder_lock(folder: str | os.PathLike, *, what: str, name: str = LOCK_NAME,
     """Hold ``folder/name`` locked for the block; refuse (one CitysegError) when another live
     process holds it.  Not for DDP's other ranks: only the process that writes takes it.
 
-    ``remove``: delete the lock file on release (export's per-artifact lock, so no hidden file
-    stays beside every artifact); a job that opened it in the instant before is then not
+    ``remove``: delete the lock file on release (no hidden file stays beside the run or the
+    artifact; a SIGKILLed job leaves it, harmless: the lock itself died with the job); a job that opened it in the instant before is then not
     excluded from one started just after — acceptable for an advisory lock against mistakes.
     """
     folder = Path(folder)

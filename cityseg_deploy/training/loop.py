@@ -694,7 +694,7 @@ def fit(recipe: Recipe | str | Path | dict, data_root: str | Path, out_dir: str 
     check_out_dir(plan.out_dir, resume=resume, overwrite=overwrite)
     with contextlib.ExitStack() as held:
         if int(os.environ.get("RANK", "0")) == 0:  # the writing rank holds the run folder
-            held.enter_context(folder_lock(plan.out_dir, what="train"))
+            held.enter_context(folder_lock(plan.out_dir, what="train", remove=True))
         return _fit_locked(plan, base_train, base_val, resume=resume, overwrite=overwrite,
                            progress=progress, say=say)
 
