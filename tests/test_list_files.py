@@ -78,3 +78,25 @@ def test_cli_prints_one_error_line(tmp_path, command, case):
     where = "m.txt:1: " if case == "pair" else "l.txt:1: "  # the line that closes the loop
     assert proc.returncode == 2 and err.count("\n") == 1 and err.startswith(f"error: {where}"), err
     assert not (tmp_path / "o").exists()
+
+
+def test_lists_naming_lists_many_times_over_are_bounded(tmp_path):
+    """The list-file billion laughs: 10 levels, each naming the next 10 times (10^10 entries)."""
+    import time
+
+    for i in range(10):
+        (tmp_path / f"b{i}.txt").write_text(f"b{i + 1}.txt\n" * 10 if i < 9 else "x.png\n" * 10)
+    start = time.perf_counter()
+    with pytest.raises(CitysegError, match="expand to more than"):
+        read_list(tmp_path / "b0.txt")
+    assert time.perf_counter() - start < 30
+
+
+def test_a_huge_list_file_is_refused_without_reading_it_all(tmp_path):
+    from cityseg_deploy.video import sources
+
+    path = tmp_path / "big.txt"
+    with open(path, "wb") as fh:
+        fh.truncate(sources.MAX_LIST_BYTES + 10)  # sparse: no disk used
+    with pytest.raises(CitysegError, match="a list file over"):
+        read_list(path)

@@ -258,6 +258,10 @@ def open_one(spec: str, *, reconnect: int = 5, fps: float | None = None,
 
 #: list files may name list files; deeper than this is refused (a generated chain, not a cycle)
 MAX_LIST_DEPTH = 16
+#: entries all lists of one argument may expand to (lists naming a list 10 times, 16 deep, would
+#: be 10^16: the list-file form of a billion-laughs bomb), and the largest list file read
+MAX_LIST_ENTRIES = 100_000
+MAX_LIST_BYTES = 16 << 20
 
 
 def _is_list(entry: str) -> bool:
@@ -267,10 +271,14 @@ def _is_list(entry: str) -> bool:
 def _list_lines(path: Path) -> list[str]:
     """The list's lines as UTF-8 text; a file in another encoding names its first bad line."""
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_LIST_BYTES + 1)
     except OSError as exc:
         raise CitysegError(f"{path}: cannot read the list file "
                            f"({exc.strerror or type(exc).__name__})") from None
+    if len(data) > MAX_LIST_BYTES:
+        raise CitysegError(f"{path}: a list file over {MAX_LIST_BYTES >> 20} MB; is it a list? "
+                           "split it, or name a folder or glob instead")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -281,7 +289,8 @@ def _list_lines(path: Path) -> list[str]:
     return text.splitlines()
 
 
-def read_list(path: Path, *, what: str = "sources", _within: tuple[Path, ...] = ()) -> list[str]:
+def read_list(path: Path, *, what: str = "sources", _within: tuple[Path, ...] = (),
+              _count: list[int] | None = None) -> list[str]:
     """A list file's entries, one a line (``#`` comments and blank lines skipped); relative
     paths are taken relative to the list file's folder, so a list travels with its files.
 
@@ -292,6 +301,7 @@ def read_list(path: Path, *, what: str = "sources", _within: tuple[Path, ...] = 
     path = Path(path)
     here = path.resolve()
     chain = (*_within, here)
+    count = [0] if _count is None else _count  # entries so far, across every nested list
     lines = [ln.strip() for ln in _list_lines(path)]
     numbered = [(i, ln) for i, ln in enumerate(lines, 1) if ln and not ln.startswith("#")]
     if not numbered:
@@ -309,8 +319,13 @@ def read_list(path: Path, *, what: str = "sources", _within: tuple[Path, ...] = 
             if len(chain) >= MAX_LIST_DEPTH:
                 raise CitysegError(f"{path}:{lineno}: list files nested more than {MAX_LIST_DEPTH} "
                                    f"deep; name the {what} directly")
-            specs.extend(read_list(Path(entry), what=what, _within=chain))
+            specs.extend(read_list(Path(entry), what=what, _within=chain, _count=count))
             continue
+        count[0] += 1
+        if count[0] > MAX_LIST_ENTRIES:
+            raise CitysegError(f"{path}:{lineno}: the list files expand to more than "
+                               f"{MAX_LIST_ENTRIES:,} entries (a list named many times over?); "
+                               f"name the {what} directly")
         specs.append(entry)
     return specs
 
