@@ -542,7 +542,10 @@ def test_video_without_a_frame_is_an_error(make, tmp_path, stand_in, capsys):
     code = run(["segment", str(src), "--model", "m.pt", "--out", str(tmp_path / "o.mp4"),
                 "--labels-dir", str(tmp_path / "labels")])
     assert code == 2
-    assert "no frame could be decoded" in error_line(capsys)
+    # OpenCV 5's FFmpeg opens the garbled file and decodes nothing; OpenCV 4.8's refuses to open
+    # it: both are one error line of ours (which one is the library's business, not the test's)
+    line = error_line(capsys)
+    assert "no frame could be decoded" in line or "cannot open as a video" in line, line
     assert not (tmp_path / "o.mp4").exists() and not (tmp_path / "labels").exists()
 
 

@@ -105,7 +105,7 @@ def test_read_rgb_and_read_label_refuse_the_bomb_without_decoding(bomb_bytes, tm
                           check=True)
     lines = proc.stdout.decode().split()
     assert lines[:4] == ["refused", "1", "refused", "1"], proc.stdout
-    assert int(lines[4]) < 400_000  # KiB: no 900 MB buffer was ever allocated
+    assert int(lines[4]) < 700_000  # KiB (imports take ~400 MB): no 900 MB buffer was allocated
     assert proc.stderr == b""
 
 
