@@ -74,15 +74,27 @@ def quiet_native() -> Iterator[None]:
     ends, only native libraries' own lines are dropped.
     """
     global _quiet_depth, _quiet_saved, _quiet_sink
+    redirected = True
     with _quiet_lock:
         if _quiet_depth == 0:
             with contextlib.suppress(Exception):
                 sys.stderr.flush()
-            if _quiet_sink < 0:
-                _quiet_sink = _sink_fd()
-            _quiet_saved = os.dup(2)
-            os.dup2(_quiet_sink, 2)
-        _quiet_depth += 1
+            try:
+                if _quiet_sink < 0:
+                    _quiet_sink = _sink_fd()
+                _quiet_saved = os.dup(2)
+                os.dup2(_quiet_sink, 2)
+            except OSError:  # no fd 2 (a daemon), no temp dir: decode without the redirect
+                if _quiet_saved >= 0:
+                    with contextlib.suppress(OSError):
+                        os.close(_quiet_saved)
+                _quiet_saved = -1
+                redirected = False
+        if redirected:
+            _quiet_depth += 1
+    if not redirected:
+        yield
+        return
     try:
         yield
     finally:
@@ -93,6 +105,7 @@ def quiet_native() -> Iterator[None]:
                     sys.stderr.flush()
                 os.dup2(_quiet_saved, 2)
                 os.close(_quiet_saved)
+                _quiet_saved = -1
                 _pass_on(_quiet_sink)
 
 
