@@ -7,7 +7,7 @@ HTTP service) asks :func:`check_pixels` first, which reads only the header: PNG'
 start-of-frame by hand (a few bytes each), other formats through Pillow's lazy ``Image.open``
 (which parses the header and decodes nothing).
 
-The bound is one number per process: ``--max-pixels`` (declared once in ``cli/_options.py``)
+The bound is one number per process: ``--max-pixels`` (the ``max_pixels`` row of ``cli/options.py``)
 sets it with :func:`set_max_pixels`, which also exports ``CITYSEG_MAX_PIXELS`` so worker
 processes (DataLoader, Ray actors started from this process) apply the same bound.
 """
