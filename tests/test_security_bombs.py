@@ -1,189 +1,186 @@
-"""Small files that describe enormous values end as one ``error:`` line, fast (issue 27 items 4, 5).
+"""Decompression bombs: an image's size is read from its header and bounded before decoding.
 
-A YAML alias repeats a node by reference and a pickle can share one list between many places, so
-1.5 KB describe 9^12 list items and 270 KB a 2^60-element nested list.  Loading either is instant;
-what used to hang was the first full walk (an error message's ``{value!r}``, ``dataclasses.asdict``,
-``json.dumps``).  Each case runs the real CLI in a child process under a memory limit and a
-timeout: a hang or a MemoryError fails the test instead of the machine.
+Issue 27 item 3: an 875 KB 30000x30000 PNG was decoded (~5.5 GB, 18 s) by every reader.  The
+bombs here are built without allocating their pixels (tests/support.py ``png_bomb``), and the
+generator itself is checked against OpenCV on small sizes (an independent decoder).
 """
 from __future__ import annotations
 
-import resource
+import json
+import struct
 import subprocess
 import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
-import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
-from cityseg_deploy.errors import CitysegError, short_repr
-from cityseg_deploy.models import ModelMeta, build_model, save_checkpoint
-from cityseg_deploy.models.checkpoint import MAX_META_NODES, check_plain
-from cityseg_deploy.yamlfile import parse_yaml
+from cityseg_deploy import fileio
+from cityseg_deploy.errors import CitysegError
+from cityseg_deploy.images_header import TooManyPixels, check_pixels, header_size
 
-MEMORY_LIMIT = 4 << 30  # torch's import maps ~1.5 GB; the bombs wanted far more than this
-TIMEOUT_S = 120  # the child imports torch on a loaded 2-core machine; a bomb never finishes
+from support import png_bomb
+
+BOMB = (30000, 30000)  # W, H: 900 MP, under 1 MB compressed
 
 
-def _cli(*argv: str) -> subprocess.CompletedProcess:
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
-
-    return subprocess.run([sys.executable, "-m", "cityseg_deploy", *map(str, argv)], capture_output=True,
-                          text=True, timeout=TIMEOUT_S, preexec_fn=limit)
+@pytest.fixture(scope="module")
+def bomb_bytes() -> bytes:
+    return png_bomb(*BOMB)
 
 
-def _one_error_line(proc: subprocess.CompletedProcess) -> str:
-    assert proc.returncode == 2, (proc.returncode, proc.stderr[-800:])
-    assert "Traceback" not in proc.stderr and "MemoryError" not in proc.stderr, proc.stderr[-800:]
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and len(lines[0]) < 600, proc.stderr[-800:]
-    return lines[0]
+def one_error(proc: subprocess.CompletedProcess) -> str:
+    """The one ``error:`` line of a failed run (progress bars aside), checked: exit 2, no
+    traceback, no line a native library printed by itself."""
+    err = proc.stderr.decode()
+    lines = [ln for ln in err.replace("\r", "\n").splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error: ")]
+    assert proc.returncode == 2 and len(errors) == 1 and lines[-1] == errors[0], err
+    assert "Traceback" not in err and "libpng" not in err.replace(errors[0], ""), err
+    return errors[0]
 
 
-def alias_bomb(levels: int = 24, width: int = 9) -> str:
-    """A flow list whose last item is ``width ** levels`` (9^24) strings by reference (about 1.4 KB)."""
-    items = ["&a0 [" + ", ".join(["lol"] * width) + "]"]
-    for k in range(1, levels):
-        items.append(f"&a{k} [" + ", ".join([f"*a{k - 1}"] * width) + "]")
-    return "[" + ", ".join(items) + "]"
+def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cityseg_deploy", *args], capture_output=True,
+                          timeout=timeout, check=False)
 
 
-def test_alias_bomb_is_about_a_kilobyte_and_refused_by_the_reader():
-    text = f"exports:\n  - format: onnx\n    opset: {alias_bomb()}\n"
-    assert 1000 < len(text) < 2000
-    with pytest.raises(CitysegError, match=r"x\.yaml: YAML aliases \(\*a0\) are not allowed .*line 3"):
-        parse_yaml(text, "x.yaml")
-    # A merge key is an alias too; anchors alone are harmless but nothing needs them either.
-    with pytest.raises(CitysegError, match="aliases"):
-        parse_yaml("base: &b {lr: 1}\nrun:\n  <<: *b\n", "x.yaml")
-    assert parse_yaml("a: &x 1\n", "x.yaml") == {"a": 1}
+@pytest.mark.parametrize("w,h", [(300, 200), (1500, 1), (2000, 1500)])
+def test_the_bomb_generator_makes_valid_pngs(w, h):
+    data = png_bomb(w, h)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert image is not None and image.shape == (h, w) and not image.any()
 
 
-@pytest.mark.parametrize("text, why", [
-    ("[" * 200 + "]" * 200, "nested more than"),
-    ("opset: " + "9" * 5000, "cannot read"),
-    ("opset: [1, 2\n", "not valid YAML"),
-])
-def test_other_pathological_yaml_is_one_error(text, why):
-    with pytest.raises(CitysegError, match=why):
-        parse_yaml(text, "p.yaml")
+def test_the_30000_square_bomb_is_small(bomb_bytes):
+    assert len(bomb_bytes) < 1_000_000
+    assert header_size(bomb_bytes) == (BOMB[1], BOMB[0])
 
 
-def test_profile_alias_bomb_is_one_error_line(tmp_path):
-    ckpt = tmp_path / "m.pt"
-    save_checkpoint(ckpt, build_model("unet_small"), ModelMeta.for_arch("unet_small", input_size=[64, 128]))
-    profile = tmp_path / "bomb.yaml"
-    profile.write_text(f"exports:\n  - format: onnx\n    opset: {alias_bomb()}\n")
-    line = _one_error_line(_cli("export", ckpt, "--profile", profile))
-    assert "bomb.yaml" in line and "aliases" in line, line
-    assert not (tmp_path / "m.onnx").exists()
+@pytest.mark.parametrize("ext", [".png", ".jpg", ".bmp", ".tiff", ".webp", ".ppm"])
+@pytest.mark.parametrize("shape", [(1, 1), (37, 53), (480, 640)])
+def test_header_size_equals_what_opencv_decodes(ext, shape):
+    rng = np.random.default_rng(shape[0])
+    image = rng.integers(0, 255, (*shape, 3), dtype=np.uint8)
+    ok, buf = cv2.imencode(ext, image)
+    assert ok
+    decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    assert header_size(buf.tobytes()) == decoded.shape[:2]
 
 
-def test_recipe_alias_bomb_is_one_error_line(tmp_path, synth_root):
-    recipe = tmp_path / "bomb.yaml"
-    recipe.write_text(f"model: unet_small\nepochs: 1\nbatch_size: 1\nlr: 0.001\ntrain_size: {alias_bomb()}\n")
-    line = _one_error_line(_cli("train", "--recipe", recipe, "--data", synth_root, "--out", tmp_path / "run"))
-    assert "bomb.yaml" in line and "aliases" in line, line
+def _jpeg_declaring(width: int, height: int, *, app_bytes: int = 0) -> bytes:
+    """A real small JPEG whose start-of-frame is patched to declare ``width`` x ``height``,
+    with an optional extra APP1 segment in front (EXIF is often tens of KB)."""
+    ok, buf = cv2.imencode(".jpg", np.zeros((16, 16, 3), np.uint8))
+    data = bytearray(buf.tobytes())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    if app_bytes:
+        seg = b"\xff\xe1" + struct.pack(">H", app_bytes + 2) + b"\0" * app_bytes
+        data[2:2] = seg
+    return bytes(data)
 
 
-def test_bounded_repr_of_a_bomb_value_is_short_and_quick():
-    """The values that reach messages without YAML (a --set value, a checkpoint field)."""
-    x: list = ["lol"]
-    for _ in range(60):
-        x = [x, x]
-    assert len(short_repr(x)) <= 80 and len(short_repr({"k": x}, 200)) <= 200
-    assert short_repr(10 ** 5000).endswith("...") or len(short_repr(10 ** 5000)) <= 80
+def test_a_jpeg_header_is_read_behind_large_segments():
+    assert header_size(_jpeg_declaring(65000, 60000, app_bytes=60000)) == (60000, 65000)
+    with pytest.raises(TooManyPixels, match="65000x60000"):
+        check_pixels(_jpeg_declaring(65000, 60000, app_bytes=60000), "x.jpg")
 
 
-def _shared_bomb(depth: int = 60) -> list:
-    x: list = [0]
-    for _ in range(depth):
-        x = [x, x]
-    return x
+def test_read_rgb_and_read_label_refuse_the_bomb_without_decoding(bomb_bytes, tmp_path):
+    path = tmp_path / "bomb.png"
+    path.write_bytes(bomb_bytes)
+    # a child process, so its peak memory is its own: decoding would take >= 900 MB
+    code = ("import resource, sys\n"
+            "from cityseg_deploy import fileio\n"
+            "from cityseg_deploy.errors import CitysegError\n"
+            "for read in (fileio.read_rgb, fileio.read_label):\n"
+            "    try:\n"
+            "        read(sys.argv[1]); print('decoded')\n"
+            "    except CitysegError as exc:\n"
+            "        print('refused', str(exc).count('30000x30000'))\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, timeout=120,
+                          check=True)
+    lines = proc.stdout.decode().split()
+    assert lines[:4] == ["refused", "1", "refused", "1"], proc.stdout
+    assert int(lines[4]) < 700_000  # KiB (imports take ~400 MB): no 900 MB buffer was allocated
+    assert proc.stderr == b""
 
 
-def _bomb_checkpoint(path: Path, field: str) -> Path:
-    """A real unet_small checkpoint whose metadata ``field`` holds a 2^60-element shared list."""
-    meta = ModelMeta.for_arch("unet_small", input_size=[64, 128])
-    save_checkpoint(path, build_model("unet_small"), meta)
-    plain_size = path.stat().st_size
-    payload = torch.load(path, weights_only=True)
-    if field == "arch_args":
-        payload["meta"]["arch_args"]["bomb"] = _shared_bomb()
-    else:
-        payload["meta"]["extra"] = {"val": _shared_bomb()}
-    torch.save(payload, path)
-    assert path.stat().st_size - plain_size < 10_000  # the bomb itself is a few KB
-    return path
+def test_predict_images_refuses_the_bomb_with_one_line(bomb_bytes, tmp_path):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(bomb_bytes)
+    proc = _cli("predict", "none.pt", "--images", str(folder), "--out", str(tmp_path / "o"))
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and err.count("\n") == 1 and err.startswith("error: "), err
+    assert "a.png" in err and "30000x30000" in err and "--max-pixels" in err
+    assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("field", ["arch_args", "extra"])
-@pytest.mark.parametrize("command", ["eval", "export"])
-def test_shared_reference_bomb_in_a_checkpoint_is_one_error_line(field, command, tmp_path, synth_root):
-    ckpt = _bomb_checkpoint(tmp_path / "bomb.pt", field)
-    argv = (["eval", ckpt, "--data", synth_root, "--no-progress"] if command == "eval"
-            else ["export", ckpt, "--format", "onnx", "--no-verify"])
-    line = _one_error_line(_cli(*argv))
-    assert "bomb.pt" in line and f"metadata field '{field}'" in line and "more than" in line, line
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bomb.pt"]
+def test_max_pixels_option_lowers_and_raises_the_bound(synth_root, tmp_path):
+    from cityseg_deploy.data import find_samples
+
+    image = find_samples(synth_root, "val")[0].image  # 64x128 = 8192 pixels
+    proc = _cli("predict", "none.pt", "--images", str(image), "--out", str(tmp_path / "o"),
+                "--max-pixels", "8191")
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and "8,191-pixel bound" in err and err.count("\n") == 1, err
+    # at the bound the header check passes and the job goes on to the (missing) model
+    proc = _cli("predict", "none.pt", "--images", str(image), "--out", str(tmp_path / "o"),
+                "--max-pixels", "8192")
+    assert proc.returncode == 2 and "pixel bound" not in proc.stderr.decode()
 
 
-def test_check_plain_counts_every_visit():
-    with pytest.raises(CitysegError, match="more than"):
-        check_plain(_shared_bomb(), "f.pt", "extra")
-    with pytest.raises(CitysegError, match="nested more than"):
-        deep: list = []
-        for _ in range(100):
-            deep = [deep]
-        check_plain(deep, "f.pt", "extra")
-    with pytest.raises(CitysegError, match="holds a Tensor"):
-        check_plain({"w": torch.zeros(1)}, "f.pt", "arch_args")
-    check_plain({"recipe": {"lr": 1e-3, "size": [64, 128], "name": "x" * 100}, "val": None},
-                "f.pt", "extra")
+def test_the_data_reader_refuses_a_bomb_before_the_first_step(synth_root, tmp_path, bomb_bytes):
+    import shutil
+
+    from cityseg_deploy.data import find_samples
+    from cityseg_deploy.data.cityscapes import CityscapesDataset
+
+    root = tmp_path / "root"
+    shutil.copytree(synth_root, root)
+    victim = find_samples(root, "train")[0].image
+    victim.write_bytes(bomb_bytes)
+    with pytest.raises(CitysegError, match="over the .*-pixel bound"):
+        dataset = CityscapesDataset(root, "train")
+        for i in range(len(dataset)):
+            dataset[i]
 
 
-plain = st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**63) | st.floats() | st.text(max_size=8),
-                     lambda kids: st.lists(kids, max_size=6)
-                     | st.dictionaries(st.text(max_size=8), kids, max_size=6), max_leaves=200)
+def test_eval_pred_dir_refuses_a_bomb_prediction(synth_root, tmp_path, bomb_bytes):
+    from cityseg_deploy.data import find_samples
+
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    for sample in find_samples(synth_root, "val"):
+        (preds / f"{sample.stem}_leftImg8bit.png").write_bytes(bomb_bytes)
+    proc = _cli("eval", "--pred-dir", str(preds), "--data", str(synth_root))
+    assert "30000x30000" in one_error(proc)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(value=plain, fanout=st.integers(1, 4), depth=st.integers(0, 40))
-def test_check_plain_accepts_or_refuses_generated_values(value, fanout, depth):
-    """Generated values, some wrapped in shared-reference towers: accepted, or one CitysegError."""
-    for _ in range(depth):
-        value = [value] * fanout
-    try:
-        check_plain(value, "f.pt", "extra")
-    except CitysegError as exc:
-        assert "metadata field 'extra'" in str(exc) and depth > 0, exc  # plain data alone passes
-    else:
-        assert depth <= 32 and fanout ** depth <= MAX_META_NODES
+def test_serve_decode_answers_413_before_decoding(bomb_bytes):
+    from cityseg_deploy.scale.codec import BadRequest, decode_upload
+
+    with pytest.raises(BadRequest) as info:
+        decode_upload(bomb_bytes)
+    assert info.value.status == 413 and "30000x30000" in info.value.message
+    with pytest.raises(BadRequest) as info:
+        decode_upload(_jpeg_declaring(20000, 20000))
+    assert info.value.status == 413
+    small = png_bomb(64, 32)
+    assert decode_upload(small).shape == (32, 64, 3)
+    with pytest.raises(BadRequest) as info:
+        decode_upload(small, max_pixels=100)
+    assert info.value.status == 413
 
 
-yaml_tokens = st.sampled_from(["&a ", "*a", "&b ", "*b", "[", "]", "{", "}", ": ", ", ", "\n", "  ", "- ",
-                               "exports", "format", "onnx", "opset", "model", "epochs", "lr", "1", "-3",
-                               "1e999", "9" * 30, "null", "true", "'x'", "\"\\u0000\"", "!!str ", "? ",
-                               "<<: ", "size", "rows", "name", "arch", "unet_small", "#", "\t", "\\"])
-
-
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                  HealthCheck.function_scoped_fixture])
-@given(text=st.lists(yaml_tokens, max_size=40).map("".join))
-def test_generated_yaml_is_read_or_refused_by_every_reader(text, tmp_path):
-    """Generated documents (aliases, merge keys, tags, odd scalars) through the profile, recipe
-    and suite readers: each returns, or raises CitysegError — no other exception."""
-    from cityseg_deploy.bench.suite import load_suite
-    from cityseg_deploy.cli.export import read_profile
-    from cityseg_deploy.training.recipe import load_recipe
-
-    path = tmp_path / "doc.yaml"
-    path.write_text(text)
-    for reader in (read_profile, load_recipe, load_suite):
-        try:
-            reader(str(path))
-        except CitysegError:
-            pass  # refused with one message: fine; any other exception fails the test
+def test_segment_image_folder_refuses_the_bomb(bomb_bytes, tmp_path):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(bomb_bytes)
+    proc = _cli("segment", str(folder), "--model", "none.pt", "--labels-dir", str(tmp_path / "l"))
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and err.count("\n") == 1 and "30000x30000" in err, err

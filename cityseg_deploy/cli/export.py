@@ -99,6 +99,7 @@ def _epilog() -> str:
 
 
 @app.command("export", epilog=_epilog())
+@option("max_pixels")
 @click.argument("model", type=click.Path())
 @export_options
 @click.option("--profile", default=None,

@@ -43,6 +43,12 @@ def _trust_code(ctx, param, value):
     return value
 
 
+def _max_pixels(ctx, param, value):
+    from ..images_header import set_max_pixels
+
+    set_max_pixels(value)
+
+
 @dataclass(frozen=True)
 class Shared:
     """One shared option: click declarations and keyword arguments, help included."""
@@ -73,6 +79,12 @@ SHARED: dict[str, Shared] = {
     "trust_code": Shared(("--trust-code",), "load .pt2 packages and TensorRT engines that this "
                          "machine's 'cityseg export' did not write (they run native code when loaded)",
                          {"is_flag": True, "expose_value": False, "callback": _trust_code}),
+    # every command that decodes images: the bound each image's header is checked against
+    # before decoding (images_header.py); set process-wide, so it takes no function parameter
+    "max_pixels": Shared(("--max-pixels",), "refuse an image whose header declares more pixels, "
+                         "before decoding it (default 64000000; a decompression bomb stops here)",
+                         {"type": click.IntRange(min=1), "default": None, "expose_value": False,
+                          "is_eager": True, "callback": _max_pixels}),
     "runner_option": Shared(("--runner-option", "runner_option"),
                             "KEY=VALUE for the model's runner (repeatable; e.g. cuda_graphs=true, "
                             "mode=throughput, streams=2); a name the backend does not take is refused",
