@@ -128,6 +128,7 @@ def bench_one(spec: str, *, device: str = "cpu", batch: int = 1, size: Sequence[
         row["backend"] = seg.backend
         row["precision"] = seg.precision
         row["detail"] = seg.describe()
+        row["runner"] = seg.runner()
         run_size = tuple(size) if size else tuple(seg.input_size)
         row["size"] = list(run_size)
         timer = StageTimer(device if cuda else "cpu")

@@ -54,6 +54,8 @@ def bench_cmd(models, device, batch, size, warmup, iters, duration, threads, pre
                        duration=duration, threads=threads, precision=precision, reference=reference,
                        sgemm=sgemm, progress=not no_progress, json_path=json_path, md_path=md_path,
                        plot_path=plot_path)
+    for line in runner_lines(report["results"]):
+        click.echo(line)
     click.echo(format_markdown(report))
     failed = [r for r in report["results"] if r["status"] != "ok"]
     if failed and len(failed) == len(report["results"]):
@@ -62,6 +64,17 @@ def bench_cmd(models, device, batch, size, warmup, iters, duration, threads, pre
                            f"{(failed[0].get('error') or 'unknown error').splitlines()[0]}")
     if failed:
         click.echo(f"{len(failed)} of {len(report['results'])} rows failed (see the note column)", err=True)
+
+
+def runner_lines(rows: list[dict]) -> list[str]:
+    """``runner: …`` once per model that ran (a batch or size sweep repeats the same runner)."""
+    seen: dict[str, str] = {}
+    for r in rows:
+        if r.get("runner") and r["model"] not in seen:
+            seen[r["model"]] = r["runner"]
+    if len(seen) == 1:
+        return [f"runner: {next(iter(seen.values()))}"]
+    return [f"runner ({model}): {runner}" for model, runner in seen.items()]
 
 
 def _auto_pick(models: list[str], device: str, batch: int, size, compile: bool) -> dict:

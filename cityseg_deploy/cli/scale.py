@@ -30,12 +30,15 @@ def serve_cmd(model, host, port, replicas, gpus_per_replica, cpus_per_replica, m
     from ..scale import require_ray
 
     require_ray("serve", serve=True)
-    from ..scale.serve import serve_until_signal, start
+    from ..scale.serve import serve_until_signal, service_runner, start
 
     url = start(model, host=host, port=port, address=address, replicas=replicas,
                 gpus_per_replica=gpus_per_replica, cpus_per_replica=cpus_per_replica,
                 max_batch=max_batch, batch_wait_ms=batch_wait_ms, device=device, threads=threads,
                 max_body=int(max_body_mb * 1024 * 1024))
+    runner = service_runner(url)
+    if runner:
+        click.echo(f"runner: {runner}")
     click.echo(f"serving {model} on {url}: POST {url}/v1/segment (Content-Type image/png|jpeg, "
                f"?format=labelIds|trainIds|color), GET {url}/v1/health; Ctrl-C or SIGTERM stops")
     click.get_current_context().exit(serve_until_signal(url, echo=click.echo))

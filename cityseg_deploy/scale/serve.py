@@ -65,6 +65,7 @@ class SegmentService:
         return {"status": "ok", "model": self.name, "backend": seg.backend, "precision": seg.precision,
                 "device": seg.device, "label_set": self.labels.name, "num_classes": seg.num_classes,
                 "classes": list(seg.meta.class_names), "input_size": list(seg.input_size),
+                "runner": seg.runner(),
                 "max_batch": self.max_batch, "max_body_bytes": self.max_body, "pid": os.getpid(),
                 "recent_batch_sizes": self.batches[-20:]}
 
@@ -145,6 +146,19 @@ def start(model: str, *, host: str = "127.0.0.1", port: int = 8000, address: str
         raise CitysegError(f"serve: could not start on {host}:{port} "
                            f"({str(exc).strip().splitlines()[-1][:200]})") from None
     return f"http://{host}:{port}"
+
+
+def service_runner(url: str, timeout: float = 10.0) -> str | None:
+    """The runner a replica loaded (from ``GET /v1/health``), for the serve command's runner
+    line; None when the health answer does not come (the server still serves)."""
+    import json
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/v1/health", timeout=timeout) as answer:
+            return json.loads(answer.read().decode()).get("runner")
+    except (OSError, ValueError):
+        return None
 
 
 def serve_until_signal(url: str, echo: Callable[[str], None] = print) -> int:
