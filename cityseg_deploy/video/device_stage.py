@@ -38,6 +38,9 @@ class HostStage:
     def __init__(self, segmenter: Any) -> None:
         self.segmenter = segmenter
 
+    def warm_up(self, batch: int) -> None:
+        """Nothing to prepare: the host runners have no capture step worth taking off the clock."""
+
     def submit(self, images: Sequence[np.ndarray]) -> np.ndarray:
         same = all(im.shape == images[0].shape for im in images)
         labels = self.segmenter.predict(np.stack(images) if same else list(images))
@@ -91,6 +94,13 @@ class TorchDeviceStage:
         self._next = 0
         if render is not None:
             self._lut = torch.from_numpy(np.ascontiguousarray(render.lut)).to(self.device)  # 256x3 BGR
+
+    def warm_up(self, batch: int) -> None:
+        """One blank batch at the model's size before the first frame: cuDNN's algorithm search
+        and the CUDA graph capture (seconds for a large network) happen here, not inside the
+        run's clock and not as a stall of the first frames."""
+        h, w = self.seg.input_size
+        self.collect(self.submit([np.zeros((h, w, 3), np.uint8)] * max(1, int(batch))))
 
     def submit(self, images: Sequence[np.ndarray]):
         torch = self.torch

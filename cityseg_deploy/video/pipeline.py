@@ -402,6 +402,7 @@ def run_source(source: Source, segmenter: SegmenterLike, *, out: str | os.PathLi
     bar = tqdm(total=_expected_frames(source, opts), unit="frame", desc=source.stem,
                disable=not opts.progress, leave=False)
     ok = False
+    stages.infer.warm_up(stages.batch)
     start = time.perf_counter()
     try:
         for t in threads:
