@@ -209,3 +209,24 @@ def test_torchrun_nccl_world_size_one(synth_root, tmp_path):
     assert ckpt["meta"]["extra"]["world_size"] == 1
     assert ckpt["train_state"]["step"] == 3  # 6 train images, batch 2
     assert all(t.device.type == "cpu" for t in ckpt["state_dict"].values())
+
+
+def test_segment_device_stage_on_cuda(ckpt, images):
+    """The GPU inference stage of segment (pinned upload, overlay on the device, two batches in
+    flight) gives predict()'s labels and the OpenCV renderer's frames."""
+    from cityseg_deploy.video import Renderer
+    from cityseg_deploy.video.device_stage import TorchDeviceStage, device_stage
+
+    seg = runtime.load(ckpt, device="cuda")
+    render = Renderer(seg.meta.palette, mode="overlay", alpha=0.5)
+    stage = device_stage(seg, render)
+    assert isinstance(stage, TorchDeviceStage) and stage.cuda
+    stage.warm_up(2)
+    frames = list(images)
+    a, b = stage.submit(frames[:2]), stage.submit(frames[2:])
+    (la, da), (lb, db) = stage.collect(a), stage.collect(b)
+    labels = np.concatenate([la, lb])
+    want = seg.predict(images)
+    assert (labels == want).mean() >= 0.99  # same runner, fp16; batches of 2 vs 4 may pick other kernels
+    for image, lab, drawn in zip(frames, labels, da + db):
+        assert np.abs(drawn.astype(int) - render(image, lab).astype(int)).max() <= 1
