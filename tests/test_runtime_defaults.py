@@ -118,3 +118,17 @@ def test_eval_prints_the_runner_and_keeps_it_in_json(ckpt, synth_root, tmp_path,
     doc = json.loads(js.read_text())
     assert doc["runner"].startswith("torch fp32 on cpu")
     assert f"runner: {doc['runner']}" in capsys.readouterr().out.splitlines()
+
+
+def test_segment_and_predict_print_the_runner(ckpt, synth_root, tmp_path, capsys):
+    from test_video_support import write_clip
+
+    clip = write_clip(tmp_path / "c.mp4", n=3)
+    assert run(["segment", str(clip), "--model", str(ckpt), "--threads", "1",
+                "--labels-dir", str(tmp_path / "labels")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("runner: torch fp32 on cpu")
+    assert "inference on host" in out[-1]
+    assert run(["predict", str(ckpt), "--data", str(synth_root), "--out", str(tmp_path / "p"),
+                "--threads", "1", "--no-progress"]) == 0
+    assert any(ln.startswith("runner: torch fp32 on cpu") for ln in capsys.readouterr().out.splitlines())
