@@ -525,6 +525,8 @@ def iter_results_summary(results: Iterable[SourceResult]) -> SourceResult:
         total.dropped += r.dropped
         total.wall_s += r.wall_s
         total.realtime = total.realtime or r.realtime
+        total.stage = total.stage or r.stage        # one runner for every source
+        total.encoder = total.encoder or r.encoder
         for k, v in r.seconds.items():
             total.seconds[k] += v
     return total
