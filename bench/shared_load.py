@@ -138,6 +138,7 @@ def machine() -> dict:
     info = machine_info()
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"cpu": info.get("cpu"), "cpu_flags": info.get("cpu_flags"), "cpus_usable": cpus,
+            "note": "the cityseg CLI sets OMP_WAIT_POLICY=PASSIVE itself where the environment does not",
             "cpu_count": os.cpu_count(), "versions": info.get("versions"),
             "thread_env": {k: os.environ[k] for k in THREAD_ENV if k in os.environ}}
 
@@ -161,6 +162,7 @@ def summarise(rounds: list[dict]) -> dict:
 def markdown(doc: dict) -> str:
     m, s = doc["machine"], doc["summary"]
     lines = [f"# Shared-machine benchmark ({m['cpu']}, {m['cpus_usable']} usable CPUs)", "",
+             f"Code: {doc['setup'].get('code') or 'this checkout'}.", "",
              f"CPU flags: {' '.join(m['cpu_flags'] or [])}", "",
              f"Load: {doc['setup']['busy']} busy {doc['setup']['busy_kind']} processes; "
              f"thread environment: {m['thread_env'] or 'none set'}; commands run with cityseg's "
@@ -181,6 +183,12 @@ def markdown(doc: dict) -> str:
               f"| ort int8 / torch speed ratio, loaded vs quiet | {100 * f['backend_ratio_change']:+.1f} % | "
               f"within ±{100 * t['backend_ratio_change']:.0f} % | {'pass' if ok['backend_ratio_change'] else 'FAIL'} |",
               "", f"Runners: `{doc['rounds'][0]['runner_torch']}`, `{doc['rounds'][0]['runner_ort']}`.", ""]
+    quiet_load = [r["load_before"] for r in doc["rounds"] if r["condition"] == "quiet"]
+    if quiet_load and max(quiet_load) > m["cpus_usable"]:
+        lines += [f"**Background load**: the 1-min load average before the quiet measurements was "
+                  f"{min(quiet_load):.1f}–{max(quiet_load):.1f} on {m['cpus_usable']} CPUs (other jobs on "
+                  "this machine): 'quiet' was not quiet, and the loaded/quiet figures measure the "
+                  f"{doc['setup']['busy']} added processes against that background, not against an idle machine.", ""]
     return "\n".join(lines)
 
 
@@ -193,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-size", default="64x128")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--out", type=Path, default=RESULTS / "shared_load")
+    ap.add_argument("--label", default=None, help="which code ran (recorded in the title block)")
     args = ap.parse_args(argv)
     size = tuple(int(v) for v in args.size.split("x"))
     train_size = tuple(int(v) for v in args.train_size.split("x"))
@@ -212,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"round {r} {cond}: torch {row['torch_ms']:.1f} ms, ort int8 {row['ort_int8_ms']:.1f} ms, "
                       f"train epoch {row['train_epoch_s']:.2f} s, load {row['load_before']:.2f} → "
                       f"{row['load_after']:.2f}", flush=True)
-    doc = {"machine": machine(), "setup": {"busy": args.busy, "busy_kind": args.busy_kind,
+    doc = {"machine": machine(), "setup": {"code": args.label, "busy": args.busy, "busy_kind": args.busy_kind,
                                            "size": list(size), "train_size": list(train_size),
                                            "iters": args.iters, "model": "deeplabv3_small (random init)",
                                            "train_recipe": "unet_small, 8 images, batch 4, 1 epoch"},
