@@ -132,3 +132,21 @@ def test_segment_and_predict_print_the_runner(ckpt, synth_root, tmp_path, capsys
     assert run(["predict", str(ckpt), "--data", str(synth_root), "--out", str(tmp_path / "p"),
                 "--threads", "1", "--no-progress"]) == 0
     assert any(ln.startswith("runner: torch fp32 on cpu") for ln in capsys.readouterr().out.splitlines())
+
+
+@pytest.mark.parametrize("policy,spinning", [("PASSIVE", False), ("ACTIVE", True)])
+def test_onnxruntime_pool_follows_the_openmp_wait_policy(ckpt, tmp_path, monkeypatch, policy, spinning):
+    """Under OMP_WAIT_POLICY=PASSIVE (the CLI's default) onnxruntime's pool sleeps too; its
+    spinning cost the int8 runner 2.8x on a loaded 2-CPU machine (bench/results/)."""
+    from cityseg_deploy.export import export
+
+    onnx = export(ckpt, format="onnx", out=tmp_path / "m.onnx", verify=False, log=None).path
+    monkeypatch.setenv("OMP_WAIT_POLICY", policy)
+    with runtime.load(onnx, threads=1) as seg:
+        try:
+            entry = seg.session_options.get_session_config_entry("session.intra_op.allow_spinning")
+        except RuntimeError:  # not set: onnxruntime's default, which spins
+            entry = None
+        assert (entry == "0") is (not spinning)
+        assert seg.describe()["spinning"] is spinning
+        assert seg.runner() == "onnxruntime fp32 on cpu (1 threads)"

@@ -4,25 +4,27 @@ from __future__ import annotations
 import click
 
 from ..errors import CitysegError
-from ._app import app, parse_size
-from ._options import DEVICE, PRECISION, THREADS, _int_list
+from ._app import app
+from .options import option, runner_options
 
 
 @app.command("bench")
 @click.argument("models", nargs=-1)
-@DEVICE
-@click.option("--batch", "batch", default="1", show_default=True, help="N or N,N,...")
-@click.option("--size", "size", default=None, help="HxW or HxW,HxW (default: each model's size)")
+@option("device")
+@option("batches")
+@option("sizes")
 @click.option("--warmup", type=int, default=3, show_default=True)
 @click.option("--iters", type=int, default=None, help="timed iterations (default 20)")
 @click.option("--duration", type=float, default=None, help="time each row for S seconds instead")
-@THREADS
-@PRECISION
+@option("threads")
+@option("precision")
+@option("runner_option")
 @click.option("--reference", default=None, help="row name the ratios refer to (default: first)")
 @click.option("--sgemm", is_flag=True, help="also measure sgemm GFLOP/s and report fractions of it")
-@click.option("--json", "json_path", default=None)
-@click.option("--md", "md_path", default=None)
-@click.option("--plot", "plot_path", default=None)
+@option("json")
+@option("md")
+@click.option("--plot", "plot_path", default=None, metavar="FILE",
+              help="write a latency/throughput chart here (PNG; needs matplotlib)")
 @click.option("--suite", default=None,
               help="run a YAML suite instead of MODELS: a path or a shipped name (cpu_backends; see bench/)")
 @click.option("--backend", type=click.Choice(["as-given", "auto"]), default="as-given", show_default=True,
@@ -31,8 +33,9 @@ from ._options import DEVICE, PRECISION, THREADS, _int_list
 @click.option("--auto-compile", is_flag=True, help="with --backend auto: also try torch.compile (30-60 s once)")
 @click.option("--auto-refresh", is_flag=True, help="with --backend auto: measure again instead of using the cache")
 @click.option("--no-progress", is_flag=True)
-def bench_cmd(models, device, batch, size, warmup, iters, duration, threads, precision, reference,
-              sgemm, json_path, md_path, plot_path, suite, backend, auto_compile, auto_refresh, no_progress):
+def bench_cmd(models, device, batches, sizes, warmup, iters, duration, threads, precision,
+              runner_option, reference, sgemm, json_path, md_path, plot_path, suite, backend,
+              auto_compile, auto_refresh, no_progress):
     """Latency per stage, throughput and memory of MODEL artifacts (MODEL@bf16 for a precision)."""
     from ..bench.benchmark import benchmark, format_markdown
 
@@ -46,13 +49,18 @@ def bench_cmd(models, device, batch, size, warmup, iters, duration, threads, pre
         raise CitysegError("give MODEL artifacts to bench (or --suite FILE)")
     if iters is not None and duration is not None:
         raise CitysegError("--iters and --duration exclude each other; give one")
-    sizes = [parse_size(s) for s in size.split(",")] if size else [None]
+    options = runner_options(runner_option, *models)
     models = list(models)
     if backend == "auto":
+        if options:
+            raise CitysegError("--runner-option with --backend auto: auto chooses the runner options "
+                               "itself; bench the artifact as given to set them")
         timing = dict(warmup=warmup, iters=iters if iters is not None else 20)
-        models = [_auto_pick(models, device, _int_list(batch, "--batch")[0], sizes[0], auto_compile,
+        models = [_auto_pick(models, device, batches[0], sizes[0], auto_compile, threads,
                              refresh=auto_refresh, timing=None if duration else timing)]
-    report = benchmark(models, device=device, batches=_int_list(batch, "--batch"), sizes=sizes,
+    elif options:
+        models = [{"model": m, "options": options} for m in models]
+    report = benchmark(models, device=device, batches=batches, sizes=sizes,
                        warmup=warmup, iters=iters if iters is not None else (None if duration else 20),
                        duration=duration, threads=threads, precision=precision, reference=reference,
                        sgemm=sgemm, progress=not no_progress, json_path=json_path, md_path=md_path,
@@ -64,6 +72,9 @@ def bench_cmd(models, device, batch, size, warmup, iters, duration, threads, pre
         if note:
             click.echo(note, err=True)
     click.echo(format_markdown(report))
+    for path in (json_path, md_path, plot_path):
+        if path:
+            click.echo(f"wrote {path}")
     failed = [r for r in report["results"] if r["status"] != "ok"]
     if failed and len(failed) == len(report["results"]):
         # Nothing measured: a bad input (missing, corrupt or refused file), not a slow backend.
@@ -98,8 +109,8 @@ def auto_row_note(rows: list[dict]) -> str | None:
             f"(an earlier process: other load on the machine then or now); --auto-refresh measures again")
 
 
-def _auto_pick(models: list[str], device: str, batch: int, size, compile: bool, *,
-               refresh: bool = False, timing: dict | None = None) -> dict:
+def _auto_pick(models: list[str], device: str, batch: int, size, compile: bool,
+               threads: int | None, *, refresh: bool = False, timing: dict | None = None) -> dict:
     """Choose the runner for ``--backend auto`` and say which and why before the bench row.
 
     The bench row of the winner *is* its measurement from the choice (same warm-up and
@@ -111,7 +122,8 @@ def _auto_pick(models: list[str], device: str, batch: int, size, compile: bool, 
     from ..bench.auto import choose, default_candidates
 
     candidates = default_candidates(models[0], device, compile=compile, extra=models[1:])
-    choice = choose(candidates, device=device, size=size, batch=batch, refresh=refresh, **(timing or {}))
+    choice = choose(candidates, device=device, size=size, batch=batch, threads=threads,
+                    refresh=refresh, **(timing or {}))
     measured = ", ".join(f"{n}: {v if isinstance(v, str) else f'{v:.2f} ms'}" for n, v in choice.measured.items())
     click.echo(f"auto: {choice.candidate.name} — {choice.reason}"
                f"{' (cached measurement)' if choice.cached else ''}; measured: {measured}")

@@ -14,6 +14,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import CitysegError, first_line
+from ..lazy import lazy_import
+from ..system.threads import default_threads, spinning_allowed
 from ..models.checkpoint import ModelMeta
 from .base import Segmenter, artifact_metadata, check_precision, device_normaliser
 from ..graphs.ort_int8 import onnxruntime_cpu_graph
@@ -24,12 +26,7 @@ ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor
 
 
 def _import_ort():
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise CitysegError("onnxruntime is not installed; pip install 'cityseg-deploy[cpu]' "
-                           "(or onnxruntime-gpu for CUDA)") from None
-    return ort
+    return lazy_import("onnxruntime")
 
 
 class OnnxRuntimeSegmenter(Segmenter):
@@ -54,9 +51,15 @@ class OnnxRuntimeSegmenter(Segmenter):
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
-        if threads:
-            so.intra_op_num_threads = int(threads)
+        self.pool_threads = None
+        if threads or not str(device).startswith("cuda"):  # default: the CPUs this process may use
+            so.intra_op_num_threads = self.pool_threads = int(threads or default_threads())
             so.inter_op_num_threads = 1
+        self.spinning = spinning_allowed()
+        if not self.spinning:  # the pool sleeps between operators, as OpenMP's do (system/threads.py)
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        self.session_options = so
         available = ort.get_available_providers()
         self.cuda = str(device).startswith("cuda")
         if providers is None:
@@ -100,6 +103,8 @@ class OnnxRuntimeSegmenter(Segmenter):
         super().__init__(path, meta, io, device=str(device), precision=io.get("precision", "fp32"),
                          threads=threads, size=size)
         self.cuda_graph = bool(cuda_graph) and self.cuda
+        if not self.cuda:
+            self.hold_threads(1)  # torch idle beside onnxruntime's pool (system/threads.py)
         self._static: dict[tuple, tuple] = {}
         if self.cuda:
             import torch
@@ -112,6 +117,8 @@ class OnnxRuntimeSegmenter(Segmenter):
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         d["providers"] = self.session.get_providers()
+        d["threads"] = self.pool_threads
+        d["spinning"] = self.spinning
         d["cuda_graph"] = self.cuda_graph
         if self.int8_rewrite:
             d["int8_rewrite"] = dict(self.int8_rewrite)
@@ -183,3 +190,4 @@ class OnnxRuntimeSegmenter(Segmenter):
     def close(self) -> None:
         self._static.clear()
         self.session = None
+        super().close()
