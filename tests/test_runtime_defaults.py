@@ -99,7 +99,8 @@ def test_cpu_runner_line_names_what_runs(ckpt):
     with runtime.load(ckpt, device="cpu", threads=1) as seg:
         d = seg.describe()
         assert (d["precision"], d["cuda_graphs"], d["default_precision"]) == ("fp32", False, True)
-        assert seg.runner() == f"torch fp32 on cpu ({torch.get_num_threads()} threads)"
+        n = torch.get_num_threads()  # held at 1 while the runner is open (threads=1)
+        assert n == 1 and seg.runner() == "torch fp32 on cpu (1 thread)"
 
 
 def test_bench_prints_the_runner_and_keeps_it_in_json(ckpt, tmp_path, capsys):
@@ -149,4 +150,4 @@ def test_onnxruntime_pool_follows_the_openmp_wait_policy(ckpt, tmp_path, monkeyp
             entry = None
         assert (entry == "0") is (not spinning)
         assert seg.describe()["spinning"] is spinning
-        assert seg.runner() == "onnxruntime fp32 on cpu (1 threads)"
+        assert seg.runner() == "onnxruntime fp32 on cpu (1 thread)"

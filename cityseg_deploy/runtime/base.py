@@ -173,7 +173,8 @@ def describe_runner(d: dict[str, Any]) -> str:
     where = d.get("ov_device") or device
     gpu = device.startswith("cuda") or str(where).upper().startswith("GPU")
     threads = d.get("threads")
-    shown = "threads n/a" if gpu else (f"{threads} threads" if threads else "default threads")
+    shown = ("threads n/a" if gpu else f"{threads} thread{'' if threads == 1 else 's'}" if threads
+             else "default threads")
     line = f"{' '.join(words)} on {where} ({shown})"
     if d.get("fallback"):
         line += f"; {d['fallback']}"
