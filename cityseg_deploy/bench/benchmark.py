@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import CitysegError, first_line
 from ..fileio import path_mb, write_text_atomic
+from ..runtime.base import describe_runner
 from ..runtime.openvino_backend import PlainOpenVINO
 from ..system.machine import load_average, machine_info, machine_line
 from ..system.threads import torch_threads
@@ -129,7 +130,7 @@ def bench_one(spec: str, *, device: str = "cpu", batch: int = 1, size: Sequence[
         row["backend"] = seg.backend
         row["precision"] = seg.precision
         row["detail"] = seg.describe()
-        row["runner"] = seg.runner()
+        row["runner"] = describe_runner(row["detail"])  # bench's own runners (plain OpenVINO) too
         run_size = tuple(size) if size else tuple(seg.input_size)
         row["size"] = list(run_size)
         timer = StageTimer(device if cuda else "cpu")
