@@ -8,6 +8,7 @@ from .options import option, runner_options
 
 
 @app.command("serve")
+@option("max_pixels")
 @click.argument("model")
 @click.option("--name", default=None,
               help="application and v2 model name (default: the model file's stem); one per model on a cluster")
