@@ -67,6 +67,9 @@ def check_cmd(baseline, candidates, data_root, split, json_path, max_miou_drop, 
                    batch=batch, max_miou_drop=max_miou_drop, out=out, json_path=json_path,
                    logit_images=logit_images, progress=not no_progress, emulate_bf16=emulate_bf16,
                    baseline_size=baseline_size, engine=engine, runner_options=options)
+    for doc in [report.get("baseline") or {}] + list(report.get("candidates") or []):
+        if doc.get("runner"):
+            click.echo(f"runner ({doc.get('model')}): {doc['runner']}")
     click.echo(report["markdown"])
     if out:
         click.echo(f"wrote tables, check.json and check_delta.png to {out}")

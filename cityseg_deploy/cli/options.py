@@ -19,7 +19,7 @@ from typing import Any, Callable
 import click
 
 from ..errors import CitysegError
-from ..precision import PRECISIONS
+from ..precision import RUN_PRECISIONS
 from ._app import parse_size
 
 
@@ -67,7 +67,7 @@ SHARED: dict[str, Shared] = {
     "batches": Shared(("--batch", "batches"), "images per inference call: N, or N,N,... for a row each",
                       {"default": "1", "show_default": True, "callback": _batches}),
     "precision": Shared(("--precision",), "run precision where the backend chooses it (or MODEL@bf16)",
-                        {"type": click.Choice(PRECISIONS), "default": None}),
+                        {"type": click.Choice(RUN_PRECISIONS), "default": None}),
     "size": Shared(("--size",), "size HxW (height x width)",
                    {"default": None, "metavar": "HxW", "callback": _size}),
     "sizes": Shared(("--size", "sizes"), "input HxW, or HxW,HxW,... for a row each (default: each "

@@ -90,6 +90,10 @@ def segment(source: tuple[str, ...], model_path: str, out: str | None, labels_di
     sources[0].open()  # fail on an unopenable source before paying for the model
     window = Window() if show else None
     segmenter = _load_segmenter(model_path, device=device, threads=threads, **options)
+    from ..runtime.base import runner_of
+
+    if runner_of(segmenter):
+        click.echo(f"runner: {runner_of(segmenter)}")
     label_lut = None
     if label_format == "labelIds":
         from ..labels import LABEL_SETS
