@@ -28,6 +28,7 @@ def _load_segmenter(path: str, *, device: str, threads: int | None, **options):
 
 
 @app.command()
+@option("max_pixels")
 @click.argument("source", nargs=-1, required=True)
 @click.option("--model", "model_path", required=True, help="Any artifact: .pt, .onnx, .engine, .pt2, OpenVINO IR.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
@@ -41,6 +42,7 @@ def _load_segmenter(path: str, *, device: str, threads: int | None, **options):
 @option("batch")
 @option("device")
 @option("threads")
+@option("trust_code")
 @option("runner_option")
 @click.option("--mode", type=click.Choice(["overlay", "side-by-side", "mask"]), default="overlay",
               show_default=True)
@@ -65,7 +67,7 @@ def segment(source: tuple[str, ...], model_path: str, out: str | None, labels_di
     """Segment SOURCE: a video file, image folder or glob, camera index (0), rtsp/rtmp/http URL,
     or a .txt/.streams list of those (processed one after another; with --engine ray, all at
     once, one Ray actor per stream)."""
-    from ..video import PipelineOptions, Window, parse_sources, run_sources
+    from ..video import PipelineOptions, Window, run_sources, sources_of
     from ..video.pipeline import check_outputs, iter_results_summary, output_paths
 
     if out is None and labels_dir is None and not show:
@@ -83,11 +85,15 @@ def segment(source: tuple[str, ...], model_path: str, out: str | None, labels_di
                                       realtime=realtime, mode=mode, alpha=alpha,
                                       label_format=label_format, fourcc=fourcc))
         return
-    sources = [s for spec in source for s in parse_sources(spec, reconnect=reconnect)]
+    sources = sources_of(source, reconnect=reconnect)  # unique, path-derived output names
     check_outputs(output_paths(sources, out, labels_dir), overwrite=overwrite)  # before any work
     sources[0].open()  # fail on an unopenable source before paying for the model
     window = Window() if show else None
     segmenter = _load_segmenter(model_path, device=device, threads=threads, **options)
+    from ..runtime.base import runner_of
+
+    if runner_of(segmenter):
+        click.echo(f"runner: {runner_of(segmenter)}")
     label_lut = None
     if label_format == "labelIds":
         from ..labels import LABEL_SETS
