@@ -554,8 +554,8 @@ def test_a_stopped_driver_leaves_no_process_and_no_folder(ray_cluster, models, t
         if how == "SIGINT":
             assert proc.returncode == 130 and err.strip().splitlines()[-1] == "error: interrupted", err
             assert len(list(out.glob("*_leftImg8bit.png"))) < 12  # it stopped the job
-        _wait_for(lambda: not _alive(cluster), 30, f"the cluster's processes to end: {_alive(cluster)}")
-        _wait_for(lambda: not _folders(tmpdir), 30, "the private cluster's folder to go")
+        _wait_for(lambda: not _alive(cluster), 60, f"the cluster's processes to end: {_alive(cluster)}")
+        _wait_for(lambda: not _folders(tmpdir), 60, "the private cluster's folder to go")
         if how == "SIGINT":
             assert not list(out.glob(".*.tmp"))
     finally:
