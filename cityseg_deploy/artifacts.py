@@ -45,6 +45,10 @@ def artifact_kind(path: str | os.PathLike) -> str:
     if not path.exists():  # an IR folder swap a kill interrupted: put the previous folder back
         recover_swap(path.parent if path.suffix.lower() == ".xml" else path)
     if path.is_dir():
+        from .deploy import is_deploy_folder, resolve
+
+        if is_deploy_folder(path):  # cityseg optimize's folder: the kind of the artifact it chose
+            return resolve(path, quiet=True).kind
         if path.name.endswith("_openvino_model") or any(path.glob("*.xml")):
             return "openvino"
         raise CitysegError(f"{path}: a folder, but not an OpenVINO IR folder (no .xml inside)")
@@ -155,7 +159,9 @@ def write_sidecar(path: str | os.PathLike, meta: ModelMeta, io: dict[str, Any]) 
 def read_artifact_meta(path: str | os.PathLike, kind: str | None = None) -> tuple[ModelMeta, dict[str, Any]]:
     """The metadata of any artifact, wherever its kind keeps it (``kind``: for a file not under
     its final name, such as an export's temporary, whose suffix does not say it)."""
-    path = Path(path)
+    from .deploy import artifact_of
+
+    path = artifact_of(path)  # a deploy folder: its chosen artifact
     kind = kind or artifact_kind(path)
     if kind == "torch":
         from .models.checkpoint import read_meta

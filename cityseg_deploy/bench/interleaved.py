@@ -1,0 +1,98 @@
+"""Time several runners round-robin: one whole run of each per round, in a rotating order.
+
+Why: on a machine shared with other jobs, runners timed one block after another see different
+background loads (the same suite gave onnxruntime int8 1.35x and then 2.89x torch eager —
+bench/results/cpu_backends_interleaved.md).  Interleaving puts every runner under the same load;
+rotating the order each round cancels what running right after another runner costs (a thread
+pool still spinning, caches).  Each runner is loaded once through :func:`runtime.load` (the same
+runner every command uses) and timed end to end, uint8 image in → labels out.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..errors import CitysegError, first_line
+from ..system.timing import StageTimer
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One runner to time: a model spec (path or deploy folder), its precision and options."""
+
+    name: str
+    spec: str
+    precision: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def _stats(ms: Sequence[float]) -> dict[str, float]:
+    a = np.asarray(ms, dtype=np.float64)
+    return {"min": float(a.min()), "median": float(np.median(a)), "mean": float(a.mean()),
+            "p90": float(np.percentile(a, 90)), "max": float(a.max())}
+
+
+def time_interleaved(entries: Sequence[Entry], *, device: str = "cpu", threads: int | None = None,
+                     rounds: int = 20, warmup: int = 3, batch: int = 1,
+                     size: Sequence[int] | None = None,
+                     on_round: Callable[[int], None] | None = None) -> dict[str, dict[str, Any]]:
+    """``{name: {"status": "ok"|"failed", "error", "backend", "precision", "latency_ms"
+    {min, median, mean, p90, max}, "rounds"}}``; a runner that fails to load or run is a failed
+    row with its reason and the others go on."""
+    from .. import runtime
+    from .benchmark import _images
+
+    if rounds < 1 or warmup < 0:
+        raise CitysegError(f"rounds {rounds}, warmup {warmup}: need at least one round")
+    rows: dict[str, dict[str, Any]] = {}
+    loaded: list[tuple[Entry, Any]] = []
+    images = None
+    cuda = str(device).startswith("cuda")
+    try:
+        for e in entries:
+            row: dict[str, Any] = {"status": "failed", "error": None, "backend": None,
+                                   "precision": e.precision, "latency_ms": None, "rounds": 0}
+            rows[e.name] = row
+            try:
+                options = dict(e.options, size=tuple(size)) if size else dict(e.options)
+                seg = runtime.load(e.spec, device=device, precision=e.precision, threads=threads,
+                                   **options)
+                row.update(backend=seg.backend, precision=seg.precision)
+                if images is None:
+                    images = _images(int(batch), tuple(size) if size else tuple(seg.input_size))
+                for _ in range(int(warmup)):
+                    seg.run(images)
+                loaded.append((e, seg))
+            except Exception as exc:  # one runner failing must not sink the others
+                row["error"] = (first_line(exc, 300) if isinstance(exc, CitysegError)
+                                else f"{type(exc).__name__}: {first_line(exc, 300)}")
+        times: dict[str, list[float]] = {e.name: [] for e, _ in loaded}
+        for r in range(int(rounds)):
+            k = r % max(1, len(loaded))
+            for e, seg in loaded[k:] + loaded[:k]:
+                timer = StageTimer(device if cuda else "cpu")
+                timer.begin()
+                try:
+                    seg.run(images, timer=timer)
+                except Exception as exc:
+                    rows[e.name]["error"] = f"{type(exc).__name__}: {first_line(exc, 300)}"
+                    continue
+                times[e.name].append(timer.step())
+            if on_round is not None:
+                on_round(r)
+        for e, _ in loaded:
+            ms = times[e.name]
+            if ms and rows[e.name]["error"] is None:
+                rows[e.name].update(status="ok", latency_ms=_stats(ms), rounds=len(ms))
+    finally:
+        for _, seg in loaded:
+            try:
+                seg.close()
+            except Exception:
+                pass
+    return rows
+
+
+__all__ = ["Entry", "time_interleaved"]
