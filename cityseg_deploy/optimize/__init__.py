@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 from ..errors import CitysegError, first_line
 from .candidates import BASELINE, Candidate, candidates_for
 from .pick import pick as apply_rule
-from .record import State, data_digest, digest, write_deploy_folder
+from .record import State, data_digest, digest, make_record, write_deploy_folder
 
 DEFAULT_MAX_DROP = 0.5
 SUFFIX = {"onnx": ".onnx", "openvino": "_openvino_model", "trt": ".engine", "aoti": ".pt2"}
@@ -126,42 +126,24 @@ def optimize(checkpoint: str | os.PathLike, data: str | os.PathLike, *, device: 
     table = [dict(rows[c.slug]) for c in chosen]
     verdict = apply_rule(table, baseline=base_name, max_drop=max_drop)
     winner = next(c for c in chosen if c.name == verdict.name)
-    refused_names = {r["name"] for r in verdict.refused}
-    for row in table:
-        if row["name"] in refused_names:
-            row["refused"] = next(r["reason"] for r in verdict.refused if r["name"] == row["name"])
-    base_ms = (rows[chosen[0].slug].get("latency_ms") or {}).get("median")
-    for row in table:
-        ms = (row.get("latency_ms") or {}).get("median")
-        row["speedup"] = round(base_ms / ms, 3) if ms and base_ms else None
     source = artifacts.get(winner.slug, checkpoint)
     name = (checkpoint.name if winner.format is None
             else f"{checkpoint.stem}_{winner.slug}{SUFFIX[winner.format]}")
-    record = {
-        "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "source": {"checkpoint": str(checkpoint.resolve()), "sha256": base_key["checkpoint"],
-                   "arch": meta.arch, "label_set": meta.label_set, "num_classes": meta.num_classes,
-                   "input_size": list(meta.input_size)},
-        "data": {"root": str(data.resolve()), "split": "val", "images": len(samples)},
-        "device": device, "max_drop": max_drop,
-        "machine": here, "threads": threads, "load_average": {"start": load_start, "end": load_average()},
-        "timing": {"method": "interleaved round-robin, end to end (uint8 in, labels out)",
-                   "rounds": rounds, "warmup": warmup, "batch": 1, "size": list(meta.input_size)},
-        "baseline": {"name": base_name, "miou": rows[chosen[0].slug].get("miou"),
-                     "per_pixel": rows[chosen[0].slug].get("per_pixel"),
-                     "median_ms": base_ms},
-        "candidates": table,
-        "refused": verdict.refused,
-        "pick": {"name": winner.name, "slug": winner.slug, "kind": winner.format or "torch",
-                 "precision": winner.precision or (winner.export_precision if winner.format else None),
-                 "options": dict(winner.options), "threads": threads,
-                 "device": "cuda" if device.startswith("cuda") else "cpu",
-                 "median_ms": verdict.median_ms, "drop_pts": round(verdict.drop_pts, 3),
-                 "speedup": round(base_ms / verdict.median_ms, 3) if base_ms and verdict.median_ms else None,
-                 "why": verdict.why},
-    }
-    if record["pick"]["kind"] in ("onnx", "trt"):
-        record["pick"]["precision"] = None  # baked into the graph; the runner reads it there
+    kind = winner.format or "torch"
+    record = make_record(
+        source={"checkpoint": str(checkpoint.resolve()), "sha256": base_key["checkpoint"],
+                "arch": meta.arch, "label_set": meta.label_set, "num_classes": meta.num_classes,
+                "input_size": list(meta.input_size)},
+        data={"root": str(data.resolve()), "split": "val", "images": len(samples)},
+        device=device, max_drop=max_drop, threads=threads,
+        timing={"method": "interleaved round-robin, end to end (uint8 in, labels out)",
+                "rounds": rounds, "warmup": warmup, "batch": 1, "size": list(meta.input_size)},
+        candidates=table, verdict=verdict,
+        # precision baked into an ONNX graph / engine: the runner reads it there
+        winner={"name": winner.name, "slug": winner.slug, "kind": kind,
+                "precision": None if kind in ("onnx", "trt") else winner.precision,
+                "options": dict(winner.options)},
+        load_average={"start": load_start, "end": load_average()})
     record["pick"]["artifact"] = name
     write_deploy_folder(out, record, source, name)
     record["path"] = str(out / "deploy.json")

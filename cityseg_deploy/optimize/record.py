@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,46 @@ def sidecars(path: Path) -> list[Path]:
     return [side] if path.is_file() and side.is_file() else []
 
 
+def make_record(*, source: dict[str, Any], data: dict[str, Any], device: str, max_drop: float,
+                threads: int | None, timing: dict[str, Any], candidates: list[dict[str, Any]],
+                verdict: Any, winner: dict[str, Any], load_average: dict[str, Any] | None = None
+                ) -> dict[str, Any]:
+    """The deploy record (docs/INTERFACES.md) from the candidates' rows and the rule's verdict.
+
+    Why one builder: ``cityseg optimize`` and the quickstart's "which artifact to deploy" write
+    the same record, which every command then reads through :mod:`cityseg_deploy.deploy`.
+    ``winner``: ``{"name", "slug", "kind", "precision", "options"}`` of the picked candidate.
+    """
+    from ..system.machine import fingerprint
+
+    by_name = {r["name"]: r for r in candidates}
+    base = candidates[0]
+    base_ms = (base.get("latency_ms") or {}).get("median")
+    refused = {r["name"]: r["reason"] for r in verdict.refused}
+    for row in candidates:
+        ms = (row.get("latency_ms") or {}).get("median")
+        row["speedup"] = round(base_ms / ms, 3) if ms and base_ms else None
+        if row["name"] in refused:
+            row["refused"] = refused[row["name"]]
+    cuda = str(device).startswith("cuda")
+    return {
+        "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "source": source, "data": data, "device": device, "max_drop": max_drop,
+        "machine": fingerprint(), "threads": threads, "load_average": load_average,
+        "timing": timing,
+        "baseline": {"name": base["name"], "miou": base.get("miou"), "per_pixel": base.get("per_pixel"),
+                     "median_ms": base_ms},
+        "candidates": candidates,
+        "refused": verdict.refused,
+        "pick": {**winner, "threads": threads, "device": "cuda" if cuda else "cpu",
+                 "median_ms": verdict.median_ms, "drop_pts": round(verdict.drop_pts, 3),
+                 "speedup": (round(base_ms / verdict.median_ms, 3)
+                             if base_ms and verdict.median_ms else None),
+                 "delta_miou_pts": by_name.get(verdict.name, {}).get("delta_miou_pts"),
+                 "why": verdict.why},
+    }
+
+
 def write_deploy_folder(out: Path, record: dict[str, Any], source: Path, name: str) -> Path:
     """Put ``source`` into ``out`` as ``name`` and write ``out/deploy.json`` = ``record``.
 
@@ -131,4 +172,4 @@ def write_deploy_folder(out: Path, record: dict[str, Any], source: Path, name: s
     return out / RECORD
 
 
-__all__ = ["State", "data_digest", "digest", "write_deploy_folder"]
+__all__ = ["State", "data_digest", "digest", "make_record", "write_deploy_folder"]
