@@ -9,6 +9,7 @@ runner every command uses) and timed end to end, uint8 image in → labels out.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -36,11 +37,16 @@ def _stats(ms: Sequence[float]) -> dict[str, float]:
 
 def time_interleaved(entries: Sequence[Entry], *, device: str = "cpu", threads: int | None = None,
                      rounds: int = 20, warmup: int = 3, batch: int = 1,
-                     size: Sequence[int] | None = None,
+                     size: Sequence[int] | None = None, budget_s: float | None = None,
+                     min_rounds: int = 5,
                      on_round: Callable[[int], None] | None = None) -> dict[str, dict[str, Any]]:
     """``{name: {"status": "ok"|"failed", "error", "backend", "precision", "latency_ms"
     {min, median, mean, p90, max}, "rounds"}}``; a runner that fails to load or run is a failed
-    row with its reason and the others go on."""
+    row with its reason and the others go on.
+
+    ``budget_s``: stop after the round that passes this many seconds of timing, once
+    ``min_rounds`` are done (a slow network on a CPU: 9 runners x 20 rounds x 1 s each is long,
+    and every round already compares all runners under one load)."""
     from .. import runtime
     from .benchmark import _images
 
@@ -69,6 +75,7 @@ def time_interleaved(entries: Sequence[Entry], *, device: str = "cpu", threads: 
                 row["error"] = (first_line(exc, 300) if isinstance(exc, CitysegError)
                                 else f"{type(exc).__name__}: {first_line(exc, 300)}")
         times: dict[str, list[float]] = {e.name: [] for e, _ in loaded}
+        start = time.perf_counter()
         for r in range(int(rounds)):
             k = r % max(1, len(loaded))
             for e, seg in loaded[k:] + loaded[:k]:
@@ -82,6 +89,8 @@ def time_interleaved(entries: Sequence[Entry], *, device: str = "cpu", threads: 
                 times[e.name].append(timer.step())
             if on_round is not None:
                 on_round(r)
+            if budget_s is not None and r + 1 >= min_rounds and time.perf_counter() - start > budget_s:
+                break
         for e, _ in loaded:
             ms = times[e.name]
             if ms and rows[e.name]["error"] is None:

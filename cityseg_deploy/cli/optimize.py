@@ -21,9 +21,12 @@ from ._options import THREADS
 @click.option("--candidates", default=None,
               help="comma-separated candidate names to try (default: every one that fits the device)")
 @click.option("--rounds", type=click.IntRange(min=1), default=20, show_default=True,
-              help="interleaved timing rounds")
+              help="interleaved timing rounds (each runs every candidate once)")
+@click.option("--time-budget", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="seconds of timing after which no new round starts (5 rounds at least)")
 @click.option("--no-progress", is_flag=True)
-def optimize_cmd(checkpoint, data, device, max_drop, out, threads, candidates, rounds, no_progress):
+def optimize_cmd(checkpoint, data, device, max_drop, out, threads, candidates, rounds, time_budget,
+                 no_progress):
     """Export every runner that fits DEVICE, check each against torch fp32 on the val split,
     time them interleaved, and write OUT/deploy.json beside the fastest within --max-drop.
     OUT then works as MODEL in every command."""
@@ -31,7 +34,7 @@ def optimize_cmd(checkpoint, data, device, max_drop, out, threads, candidates, r
 
     only = [c.strip() for c in candidates.split(",") if c.strip()] if candidates else None
     record = optimize(checkpoint, data, device=device, max_drop=max_drop, out=out, threads=threads,
-                      candidates=only, rounds=rounds, progress=not no_progress, log=click.echo)
+                      candidates=only, rounds=rounds, budget_s=time_budget, progress=not no_progress, log=click.echo)
     for line in summary_lines(record):
         click.echo(line)
     pick = record["pick"]

@@ -81,12 +81,13 @@ def _validate(checkpoint: Path, data: Path, device: str, max_drop: float, out: P
 def optimize(checkpoint: str | os.PathLike, data: str | os.PathLike, *, device: str = "cpu",
              max_drop: float = DEFAULT_MAX_DROP, out: str | os.PathLike | None = None,
              threads: int | None = None, candidates: Sequence[str] | None = None,
-             rounds: int = 20, warmup: int = 3, progress: bool = True,
+             rounds: int = 20, warmup: int = 3, budget_s: float | None = 30.0, progress: bool = True,
              log: Callable[[str], None] = print) -> dict[str, Any]:
     """Export, check, time and pick; returns the deploy record written to ``out/deploy.json``.
 
     ``candidates``: slugs of :mod:`.candidates` to try (default: all of the device's; the
-    torch fp32 baseline always runs).  ``rounds``/``warmup``: the interleaved timing.
+    torch fp32 baseline always runs).  ``rounds``/``warmup``: the interleaved timing, which stops
+    early (after 5 rounds at least) once it has taken ``budget_s`` seconds.
     """
     from ..models.checkpoint import file_sha256
     from ..system.machine import fingerprint, load_average
@@ -118,7 +119,7 @@ def optimize(checkpoint: str | os.PathLike, data: str | os.PathLike, *, device: 
         artifacts = _export_all(runnable, checkpoint, data, work, state, keys, rows, bar, log)
         checked = _check_all(runnable, checkpoint, data, device, threads, state, keys, rows,
                              artifacts, bar)
-        _time_all(checked, artifacts, device, threads, rounds, warmup, state, keys, rows, bar)
+        _time_all(checked, artifacts, device, threads, (rounds, warmup, budget_s), state, keys, rows, bar)
     finally:
         if bar is not None:
             bar.close()
@@ -137,7 +138,8 @@ def optimize(checkpoint: str | os.PathLike, data: str | os.PathLike, *, device: 
         data={"root": str(data.resolve()), "split": "val", "images": len(samples)},
         device=device, max_drop=max_drop, threads=threads,
         timing={"method": "interleaved round-robin, end to end (uint8 in, labels out)",
-                "rounds": rounds, "warmup": warmup, "batch": 1, "size": list(meta.input_size)},
+                "rounds": rounds, "warmup": warmup, "budget_s": budget_s, "batch": 1,
+                "size": list(meta.input_size)},
         candidates=table, verdict=verdict,
         # precision baked into an ONNX graph / engine: the runner reads it there
         winner={"name": winner.name, "slug": winner.slug, "kind": kind,
@@ -276,18 +278,20 @@ def _run_checks(base: Candidate, pending: list[Candidate], checkpoint: Path, dat
 
 
 def _time_all(checked: list[Candidate], artifacts: dict[str, Path], device: str, threads: int | None,
-              rounds: int, warmup: int, state: State, keys: dict[str, str], rows: dict[str, dict],
-              bar) -> None:
+              timing: tuple[int, int, float | None], state: State, keys: dict[str, str],
+              rows: dict[str, dict], bar) -> None:
     """Time every checked candidate in one interleaved run (reused when none of them changed)."""
     from ..bench.interleaved import Entry, time_interleaved
 
+    rounds, warmup, budget_s = timing
     _step(bar, f"time {len(checked)} runner(s), {rounds} interleaved rounds")
     key = digest({"candidates": sorted(keys[c.slug] for c in checked), "threads": threads,
-                  "rounds": rounds, "warmup": warmup})
+                  "rounds": rounds, "warmup": warmup, "budget_s": budget_s})
     timed = state.timing(key)
     if timed is None:
         entries = [Entry(c.name, str(artifacts[c.slug]), c.precision, dict(c.options)) for c in checked]
-        timed = time_interleaved(entries, device=device, threads=threads, rounds=rounds, warmup=warmup)
+        timed = time_interleaved(entries, device=device, threads=threads, rounds=rounds, warmup=warmup,
+                                 budget_s=budget_s, min_rounds=min(5, rounds))
         state.put_timing(key, timed)
     for c in checked:
         t = timed.get(c.name) or {"status": "failed", "error": "not timed"}
