@@ -148,3 +148,6 @@ def test_missing_inputs_are_one_error_line(ckpt, synth_root, tmp_path, capsys):
     assert "none.pt" in error_line(capsys)
     assert run(["optimize", str(ckpt), "--data", str(tmp_path / "nodata"), "--out", str(tmp_path / "o")]) == 2
     assert "nodata" in error_line(capsys)
+    (tmp_path / "file").write_text("x")
+    assert run(["optimize", str(ckpt), "--data", str(synth_root), "--out", str(tmp_path / "file" / "d")]) == 2
+    assert "is a file" in error_line(capsys)

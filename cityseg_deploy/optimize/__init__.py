@@ -75,6 +75,13 @@ def _validate(checkpoint: Path, data: Path, device: str, max_drop: float, out: P
     samples = find_samples(data, "val")
     if out.exists() and not out.is_dir():
         raise CitysegError(f"--out {out}: an existing file; optimize writes a folder")
+    parent = out
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise CitysegError(f"--out {out}: {parent} is a file, not a folder; choose a path in a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CitysegError(f"--out {out}: cannot write in {parent} (permission denied)")
     return meta, samples
 
 
