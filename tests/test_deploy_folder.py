@@ -140,3 +140,15 @@ def test_a_record_for_the_other_device_is_one_error_line(exported, tmp_path, syn
     folder = make_folder(tmp_path / "gpu", exported["onnx"], device="cuda")
     assert run(["eval", str(folder), "--data", str(synth_root)]) == 2
     assert "--device cuda" in error_line(capsys)
+
+
+def test_a_checkpoint_deploy_folder_is_a_baseline_that_runs_at_the_candidates_size(exported, synth_root,
+                                                                                   tmp_path):
+    from cityseg_deploy.evaluation.check import check
+    from cityseg_deploy.export import export
+
+    folder = make_folder(tmp_path / "pt", exported["ckpt"], kind="torch")
+    small = export(exported["ckpt"], format="onnx", out=tmp_path / "s.onnx", size=(32, 64), log=None,
+                   verify=False).path
+    report = check(folder, [small], synth_root, progress=False)
+    assert report["sizes"]["baseline_ran_at"] == [32, 64] and report["candidates"][0]["agreement"] > 0.9
