@@ -121,12 +121,25 @@ def optimize(checkpoint: str | os.PathLike, data: str | os.PathLike, *, device: 
         else:
             runnable.append(c)
     load_start = load_average()
+    cpu_start = time.process_time()
     bar = _bar(len([c for c in runnable if c.format]) + 2, progress)
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[stage] = round(now - clock, 2)
+        clock = now
+
     try:
         artifacts = _export_all(runnable, checkpoint, data, work, state, keys, rows, bar, log)
+        lap("export")
         checked = _check_all(runnable, checkpoint, data, device, threads, state, keys, rows,
                              artifacts, bar)
+        lap("check")
         _time_all(checked, artifacts, device, threads, (rounds, warmup, budget_s), state, keys, rows, bar)
+        lap("timing")
     finally:
         if bar is not None:
             bar.close()
@@ -153,6 +166,8 @@ def optimize(checkpoint: str | os.PathLike, data: str | os.PathLike, *, device: 
                 "precision": None if kind in ("onnx", "trt") else winner.precision,
                 "options": dict(winner.options)},
         load_average={"start": load_start, "end": load_average()})
+    record["seconds"] = {**seconds, "total": round(sum(seconds.values()), 2),
+                         "cpu": round(time.process_time() - cpu_start, 2)}
     record["pick"]["artifact"] = name
     write_deploy_folder(out, record, source, name)
     record["path"] = str(out / "deploy.json")
