@@ -151,3 +151,16 @@ def test_missing_inputs_are_one_error_line(ckpt, synth_root, tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     assert run(["optimize", str(ckpt), "--data", str(synth_root), "--out", str(tmp_path / "file" / "d")]) == 2
     assert "is a file" in error_line(capsys)
+
+
+def test_interleaved_timing_keeps_going_past_a_runner_that_fails(ckpt, tmp_path):
+    from cityseg_deploy.bench.interleaved import Entry, time_interleaved
+
+    rows = time_interleaved([Entry("torch", str(ckpt)), Entry("gone", str(tmp_path / "gone.onnx")),
+                             Entry("torch again", str(ckpt), options={"fuse_bn": False})],
+                            rounds=3, warmup=0, threads=1)
+    assert rows["gone"]["status"] == "failed" and "gone.onnx" in rows["gone"]["error"]
+    for name in ("torch", "torch again"):
+        assert rows[name]["status"] == "ok" and rows[name]["rounds"] == 3
+        lat = rows[name]["latency_ms"]
+        assert 0 < lat["min"] <= lat["median"] <= lat["max"]
