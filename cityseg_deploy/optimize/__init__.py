@@ -16,36 +16,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..errors import CitysegError, first_line
-from .candidates import BASELINE, Candidate, candidates_for
+from ..errors import CitysegError
+from .candidates import candidates_for
 from .pick import pick as apply_rule
 from .record import State, data_digest, digest, make_record, write_deploy_folder
+from .steps import SUFFIX, check_all, export_all, progress_bar, time_all
 
 DEFAULT_MAX_DROP = 0.5
-SUFFIX = {"onnx": ".onnx", "openvino": "_openvino_model", "trt": ".engine", "aoti": ".pt2"}
-
-
-class _CandidateRunners:
-    """The ``engine`` :func:`check` loads its models through: each load gets the runner options
-    of the next candidate (specs alone cannot say ``cuda_graphs=True``), in check's order."""
-
-    def __init__(self, options: Sequence[dict[str, Any]]):
-        self.queue = [dict(o) for o in options]
-
-    def load(self, spec: str, *, device: str, threads: int | None, **options: Any):
-        from .. import runtime
-
-        return runtime.load(spec, device=device, threads=threads, **{**self.queue.pop(0), **options})
-
-    @staticmethod
-    def run_split(*args: Any, **kwargs: Any):
-        from ..evaluation.evaluate import run_split
-
-        return run_split(*args, **kwargs)
-
-
-def _spec(path: Path | str, precision: str | None) -> str:
-    return f"{path}@{precision}" if precision else str(path)
 
 
 def _validate(checkpoint: Path, data: Path, device: str, max_drop: float, out: Path):
@@ -122,7 +99,7 @@ def optimize(checkpoint: str | os.PathLike, data: str | os.PathLike, *, device: 
             runnable.append(c)
     load_start = load_average()
     cpu_start = time.process_time()
-    bar = _bar(len([c for c in runnable if c.format]) + 2, progress)
+    bar = progress_bar(len([c for c in runnable if c.format]) + 2, progress)
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -133,12 +110,12 @@ def optimize(checkpoint: str | os.PathLike, data: str | os.PathLike, *, device: 
         clock = now
 
     try:
-        artifacts = _export_all(runnable, checkpoint, data, work, state, keys, rows, bar, log)
+        artifacts = export_all(runnable, checkpoint, data, work, state, keys, rows, bar, log)
         lap("export")
-        checked = _check_all(runnable, checkpoint, data, device, threads, state, keys, rows,
+        checked = check_all(runnable, checkpoint, data, device, threads, state, keys, rows,
                              artifacts, bar)
         lap("check")
-        _time_all(checked, artifacts, device, threads, (rounds, warmup, budget_s), state, keys, rows, bar)
+        time_all(checked, artifacts, device, threads, (rounds, warmup, budget_s), state, keys, rows, bar)
         lap("timing")
     finally:
         if bar is not None:
@@ -172,157 +149,6 @@ def optimize(checkpoint: str | os.PathLike, data: str | os.PathLike, *, device: 
     write_deploy_folder(out, record, source, name)
     record["path"] = str(out / "deploy.json")
     return record
-
-
-def _bar(total: int, progress: bool):
-    if not progress:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc="optimize", unit="step", dynamic_ncols=True)
-
-
-def _step(bar, text: str) -> None:
-    if bar is not None:
-        bar.set_postfix_str(text)
-
-
-def _done(bar) -> None:
-    if bar is not None:
-        bar.update(1)
-
-
-def _export_all(runnable: list[Candidate], checkpoint: Path, data: Path, work: Path, state: State,
-                keys: dict[str, str], rows: dict[str, dict], bar, log) -> dict[str, Path]:
-    """Export every candidate that needs it (cached ones reused); their artifact paths."""
-    from ..export import export
-    from ..fileio import path_mb
-
-    artifacts: dict[str, Path] = {}
-    for c in runnable:
-        if c.format is None:
-            artifacts[c.slug] = checkpoint
-            continue
-        _step(bar, f"export {c.name}")
-        done = state.get(c.slug, keys[c.slug], "export")
-        if done is None:
-            target = work / f"{c.slug}{SUFFIX[c.format]}"
-            start = time.perf_counter()
-            try:
-                result = export(checkpoint, format=c.format, precision=c.export_precision, out=target,
-                                calib_data=data, verify=False, log=None, **c.export_options)
-                done = {"artifact": str(result.path), "seconds": round(time.perf_counter() - start, 2),
-                        "size_mb": path_mb(result.path)}
-            except Exception as exc:  # one format failing must not sink the others
-                done = {"error": first_line(exc, 300) if isinstance(exc, CitysegError)
-                        else f"{type(exc).__name__}: {first_line(exc, 300)}"}
-            state.put(c.slug, keys[c.slug], "export", done)
-        else:
-            done = {**done, "reused": True}
-        rows[c.slug]["export"] = done
-        if "error" in done:
-            rows[c.slug].update(status="failed", reason=f"export: {done['error']}")
-        else:
-            artifacts[c.slug] = Path(done["artifact"])
-        _done(bar)
-    return artifacts
-
-
-def _check_all(runnable: list[Candidate], checkpoint: Path, data: Path, device: str,
-               threads: int | None, state: State, keys: dict[str, str], rows: dict[str, dict],
-               artifacts: dict[str, Path], bar) -> list[Candidate]:
-    """Check the candidates not checked before against the baseline; the ones with a score."""
-    base = runnable[0]
-    exported = [c for c in runnable[1:] if c.slug in artifacts]
-    pending = [c for c in exported if state.get(c.slug, keys[c.slug], "check") is None]
-    _step(bar, f"check {len(pending)} candidate(s) on val")
-    if pending or state.get(base.slug, keys[base.slug], "check") is None:
-        _run_checks(base, pending, checkpoint, data, device, threads, state, keys, rows, artifacts)
-    checked = []
-    for c in [base, *exported]:
-        result = state.get(c.slug, keys[c.slug], "check")
-        if result is None:
-            continue
-        rows[c.slug].update(result)
-        if "error" in result:
-            rows[c.slug].update(status="failed", reason=f"check: {result['error']}")
-        else:
-            checked.append(c)
-    _done(bar)
-    return checked
-
-
-def _run_checks(base: Candidate, pending: list[Candidate], checkpoint: Path, data: Path, device: str,
-                threads: int | None, state: State, keys: dict[str, str], rows: dict[str, dict],
-                artifacts: dict[str, Path]) -> None:
-    """One :func:`check` over the baseline and ``pending``; a candidate that breaks it is checked
-    alone so that the others still get their scores."""
-    from ..evaluation.check import check
-
-    def run(group: list[Candidate]) -> dict:
-        specs = [_spec(artifacts[c.slug], c.precision) for c in group]
-        engine = _CandidateRunners([base.options] + [c.options for c in group])
-        return check(_spec(checkpoint, base.precision), specs or [_spec(checkpoint, base.precision)],
-                     data, device=device, threads=threads, progress=False, engine=engine)
-
-    def store_base(report: dict) -> None:
-        b = report["baseline"]
-        state.put(base.slug, keys[base.slug], "check",
-                  {"miou": b["miou"], "per_pixel": b["per_pixel"], "delta_miou_pts": 0.0, "agreement": 1.0})
-
-    def store(c: Candidate, doc: dict) -> None:
-        err = doc.get("logit_error") or {}
-        state.put(c.slug, keys[c.slug], "check",
-                  {"miou": doc["miou"], "per_pixel": doc["per_pixel"],
-                   "delta_miou_pts": round(100 * doc["delta"]["miou"], 4),
-                   "agreement": doc["agreement"], "logit_max_abs": err.get("max_abs"),
-                   "backend": doc.get("backend")})
-
-    try:
-        report = run(pending)
-    except CitysegError:
-        if not pending:
-            raise  # the baseline itself cannot run on this data: one error line
-        report = None
-    if report is not None:
-        store_base(report)
-        for c, doc in zip(pending, report["candidates"]):
-            store(c, doc)
-        return
-    for c in pending:
-        try:
-            report = run([c])
-        except Exception as exc:
-            state.put(c.slug, keys[c.slug], "check", {"error": first_line(exc, 300)})
-            continue
-        store_base(report)
-        store(c, report["candidates"][0])
-
-
-def _time_all(checked: list[Candidate], artifacts: dict[str, Path], device: str, threads: int | None,
-              timing: tuple[int, int, float | None], state: State, keys: dict[str, str],
-              rows: dict[str, dict], bar) -> None:
-    """Time every checked candidate in one interleaved run (reused when none of them changed)."""
-    from ..bench.interleaved import Entry, time_interleaved
-
-    rounds, warmup, budget_s = timing
-    _step(bar, f"time {len(checked)} runner(s), {rounds} interleaved rounds")
-    key = digest({"candidates": sorted(keys[c.slug] for c in checked), "threads": threads,
-                  "rounds": rounds, "warmup": warmup, "budget_s": budget_s})
-    timed = state.timing(key)
-    if timed is None:
-        entries = [Entry(c.name, str(artifacts[c.slug]), c.precision, dict(c.options)) for c in checked]
-        timed = time_interleaved(entries, device=device, threads=threads, rounds=rounds, warmup=warmup,
-                                 budget_s=budget_s, min_rounds=min(5, rounds))
-        state.put_timing(key, timed)
-    for c in checked:
-        t = timed.get(c.name) or {"status": "failed", "error": "not timed"}
-        if t.get("status") == "ok":
-            rows[c.slug].update(status="ok", latency_ms=t["latency_ms"], backend=t.get("backend"),
-                                run_precision=t.get("precision"), rounds=t.get("rounds"))
-        else:
-            rows[c.slug].update(status="failed", reason=f"timing: {t.get('error')}")
-    _done(bar)
 
 
 def _ratio(value: float | None) -> str:
