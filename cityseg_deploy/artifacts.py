@@ -20,16 +20,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+from . import formats
 from .errors import CitysegError
 from .fileio import recover_swap, write_text_atomic
 from .models.checkpoint import ModelMeta
 from .precision import PRECISIONS
 
 ONNX_META_KEY = "cityseg"
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
-
-KIND_BY_SUFFIX = {".pt": "torch", ".pth": "torch", ".onnx": "onnx", ".pt2": "aoti", ".xml": "openvino",
-                  **{s: "tensorrt" for s in ENGINE_SUFFIXES}}
 
 
 def default_io(meta: ModelMeta, **overrides: Any) -> dict[str, Any]:
@@ -40,25 +37,31 @@ def default_io(meta: ModelMeta, **overrides: Any) -> dict[str, Any]:
 
 
 def artifact_kind(path: str | os.PathLike) -> str:
-    """``torch`` | ``onnx`` | ``tensorrt`` | ``aoti`` | ``openvino`` — or a CitysegError."""
+    """``torch`` | ``onnx`` | ``tensorrt`` | ``aoti`` | ``openvino`` (a format name, formats.py)
+    — or a CitysegError."""
     path = Path(path)
+    by_suffix = formats.kind_by_suffix()
+    folders = [f for f in formats.runnable() if f.folder]
     if not path.exists():  # an IR folder swap a kill interrupted: put the previous folder back
-        recover_swap(path.parent if path.suffix.lower() == ".xml" else path)
+        in_folder = any(by_suffix.get(path.suffix.lower()) == f.name for f in folders)
+        recover_swap(path.parent if in_folder else path)
     if path.is_dir():
         from .deploy import is_deploy_folder, resolve
 
         if is_deploy_folder(path):  # cityseg optimize's folder: the kind of the artifact it chose
             return resolve(path, quiet=True).kind
-        if path.name.endswith("_openvino_model") or any(path.glob("*.xml")):
-            return "openvino"
+        for fmt in folders:
+            if path.name.endswith(fmt.folder) or any(path.glob(f"*{fmt.suffixes[0]}")):
+                return fmt.name
         raise CitysegError(f"{path}: a folder, but not an OpenVINO IR folder (no .xml inside)")
     if not path.exists():
         raise CitysegError(f"{path}: no such file or folder")
-    kind = KIND_BY_SUFFIX.get(path.suffix.lower())
+    kind = by_suffix.get(path.suffix.lower())
     if kind is None:
-        known = ", ".join(sorted(KIND_BY_SUFFIX)) + ", <name>_openvino_model/"
+        known = ", ".join(sorted(by_suffix)) + "".join(f", <name>{f.folder}/" for f in folders)
         raise CitysegError(f"{path}: unknown artifact kind {path.suffix!r}; cityseg reads {known}")
     return kind
+
 
 
 def sidecar_path(path: str | os.PathLike) -> Path:
@@ -163,12 +166,13 @@ def read_artifact_meta(path: str | os.PathLike, kind: str | None = None) -> tupl
 
     path = artifact_of(path)  # a deploy folder: its chosen artifact
     kind = kind or artifact_kind(path)
-    if kind == "torch":
+    place = formats.get(kind).metadata
+    if place == "checkpoint":
         from .models.checkpoint import read_meta
 
         meta = read_meta(path)
         return meta, default_io(meta)
-    if kind == "onnx":
+    if place == "onnx":
         import onnx
 
         try:
@@ -180,7 +184,7 @@ def read_artifact_meta(path: str | os.PathLike, kind: str | None = None) -> tupl
             raise CitysegError(f"{path}: ONNX file without cityseg metadata; export it with "
                                f"'cityseg export CKPT --format onnx'")
         return unpack(props[ONNX_META_KEY], str(path))
-    if kind == "openvino":
+    if place == "folder":
         xml, binary, meta_file = openvino_files(path)
         for needed in (xml, binary, meta_file):
             if not needed.is_file():

@@ -131,14 +131,14 @@ def _artifact_plan(cfg: QuickstartConfig) -> list[tuple[str, str, str]]:
 
 
 def step_export(cfg: QuickstartConfig, arch: str) -> dict[str, Any]:
+    from . import formats
     from .export import export
 
     ckpt = cfg.out / "runs" / arch / "best.pt"
     folder = cfg.out / "artifacts"
     artifacts: dict[str, dict[str, Any]] = {}
     for label, fmt, precision in _artifact_plan(cfg):
-        suffix = {"onnx": ".onnx", "aoti": ".pt2", "openvino": "_openvino_model"}[fmt]
-        out = folder / f"{arch}_{precision}{suffix}"
+        out = folder / f"{arch}_{precision}{formats.get(fmt).suffix}"
         try:
             result = export(ckpt, format=fmt, precision=precision, out=out,
                             calib_data=cfg.data, data=cfg.data, log=cfg.log)
@@ -565,11 +565,14 @@ def _pick_video_model(cfg: QuickstartConfig, state: State) -> dict[str, Any]:
 
 def quickstart(cfg: QuickstartConfig) -> Path:
     """Run every step (skipping finished ones) and return the report's path."""
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    if cfg.threads:
-        import torch
+    from .system.threads import torch_threads
 
-        torch.set_num_threads(cfg.threads)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    with torch_threads(cfg.threads):  # put back when done (system/threads.py)
+        return _run_steps(cfg)
+
+
+def _run_steps(cfg: QuickstartConfig) -> Path:
     state = State(cfg.out)
     start = time.perf_counter()
     _step(cfg, state, "data", "synthetic data set", lambda: step_data(cfg))

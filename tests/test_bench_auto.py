@@ -105,3 +105,30 @@ def test_cli_bench_auto_measures_checkpoint_and_onnx(ckpt, tmp_path, capsys):
     assert run(["bench", str(ckpt), str(onnx), "--backend", "auto", "--iters", "2", "--warmup", "1",
                 "--no-progress"]) == 0
     assert "(cached measurement)" in capsys.readouterr().out
+
+
+def test_cli_auto_times_candidates_at_the_threads_asked_and_keys_the_cache_by_them(ckpt, monkeypatch,
+                                                                                     capsys):
+    """``bench --backend auto --threads 1``: each candidate is timed with 1 thread (the flag used
+    to be dropped: candidates ran on every core) and a 2-thread pick is a different cache entry."""
+    import cityseg_deploy.bench.benchmark as benchmark_module
+
+    seen: list[tuple] = []
+
+    def fake_bench_one(spec, *, label=None, threads=None, **kwargs):
+        seen.append((label, threads, torch.get_num_threads()))
+        return {"model": label, "status": "ok", "latency_ms": {"median": 1.0}, "backend": "torch",
+                "precision": "fp32", "batch": 1, "size": list(SIZE)}
+
+    monkeypatch.setattr(benchmark_module, "bench_one", fake_bench_one)
+    monkeypatch.setattr(benchmark_module, "benchmark",
+                        lambda models, **kw: {"machine": {}, "results": [{"status": "ok"}]})
+    monkeypatch.setattr(benchmark_module, "format_markdown", lambda report: "")
+    before = torch.get_num_threads()
+    other = 1 if before != 1 else 2
+    for threads in (other, other):
+        run(["bench", str(ckpt), "--backend", "auto", "--threads", str(threads), "--no-progress"])
+    assert seen == [("torch m.pt", other, other)]  # measured once at the asked count, then cached
+    assert torch.get_num_threads() == before  # put back after the measurement
+    run(["bench", str(ckpt), "--backend", "auto", "--no-progress"])
+    assert len(seen) == 2 and seen[1][1] is None  # another thread count: measured again

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from cityseg_deploy.export.images import for_job
 from cityseg_deploy.export.job import ExportJob
 from cityseg_deploy.export.graph import exporter_reason
 from cityseg_deploy.models.checkpoint import ModelMeta
@@ -16,12 +17,12 @@ def _job(**kw) -> ExportJob:
 
 
 def test_val_images_borrowed_from_calib_data_say_so(synth_root):
-    _, labels, where = _job(calib_data=synth_root).images("val", 2, labels=True)
+    _, labels, where = for_job(_job(calib_data=synth_root), "val", 2, labels=True)
     assert labels is not None and where == f"2 val images of {synth_root} (the val split of --calib-data)"
-    _, _, where = _job(data=synth_root).images("train", 2)
+    _, _, where = for_job(_job(data=synth_root), "train", 2)
     assert where.endswith("(the train split of --data)")
     # Each root where it belongs: nothing to add.
-    _, _, where = _job(data=synth_root, calib_data=synth_root).images("val", 2)
+    _, _, where = for_job(_job(data=synth_root, calib_data=synth_root), "val", 2)
     assert where == f"2 val images of {synth_root}"
 
 

@@ -164,3 +164,46 @@ def test_interleaved_timing_keeps_going_past_a_runner_that_fails(ckpt, tmp_path)
         assert rows[name]["status"] == "ok" and rows[name]["rounds"] == 3
         lat = rows[name]["latency_ms"]
         assert 0 < lat["min"] <= lat["median"] <= lat["max"]
+
+
+def test_interleaved_timing_runs_torch_at_its_own_width_beside_onnxruntime(ckpt, tmp_path, monkeypatch):
+    """An onnxruntime runner holds torch at 1 thread while open; the torch runner loaded before
+    it must still be timed at the width it set for itself (here 2), and torch's count is put back."""
+    import torch
+
+    from cityseg_deploy.bench import interleaved
+    from cityseg_deploy.export import export
+
+    onnx = export(ckpt, format="onnx", out=tmp_path / "m.onnx", log=None, verify=False).path
+    seen: dict[str, list[int]] = {"torch": [], "onnxruntime": []}
+    real = interleaved.StageTimer
+
+    class Spy(real):
+        def begin(self):
+            seen.setdefault(self._who, []).append(torch.get_num_threads())
+            super().begin()
+
+    before = torch.get_num_threads()
+    loaded = []
+    from cityseg_deploy import runtime
+
+    real_load = runtime.load
+
+    def load(*a, **k):
+        seg = real_load(*a, **k)
+        loaded.append(seg)
+        return seg
+
+    monkeypatch.setattr(runtime, "load", load)
+
+    def timer(device):
+        t = Spy(device)
+        t._who = loaded[order.pop(0)].backend
+        return t
+
+    order = [0, 1, 1, 0]  # rounds rotate: torch, onnx | onnx, torch
+    monkeypatch.setattr(interleaved, "StageTimer", timer)
+    interleaved.time_interleaved([interleaved.Entry("torch", str(ckpt)), interleaved.Entry("onnx", str(onnx))],
+                                 rounds=2, warmup=0, threads=2)
+    assert seen["torch"] == [2, 2] and seen["onnxruntime"] == [1, 1]
+    assert torch.get_num_threads() == before

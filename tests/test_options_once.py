@@ -49,9 +49,9 @@ def test_check_emulate_bf16_with_an_onnx_candidate(arts, synth_root, tmp_path, n
 # ---- export: options that do not apply ------------------------------------------------------
 @pytest.mark.parametrize("argv, fragment", [
     (["--workspace", "2"], "--workspace applies to --format trt only"),
-    (["--device", "cuda"], "--device applies to --format aoti only"),
+    (["--device", "cuda"], "--device applies to --format aoti or triton only"),
     (["--calib-images", "4"], "--calib-images applies to --precision int8 only"),
-    (["--format", "aoti", "--opset", "17"], "--opset applies to --format onnx, trt or openvino only"),
+    (["--format", "aoti", "--opset", "17"], "--opset applies to --format onnx, trt, openvino or triton only"),
 ])
 def test_option_for_another_format_is_refused(ckpt, argv, fragment, capsys):
     before = files(ckpt.parent)
@@ -100,7 +100,7 @@ def test_help_lists_every_declared_option_and_the_format_table():
     for opt in OPTIONS:
         assert (opt.flag if opt.cli else opt.name) in text, opt.name
     for fmt in FORMATS:
-        assert f"| {fmt.name} | {', '.join(fmt.aliases) or '-'} | {fmt.suffix} |" in text
+        assert f"| {fmt.cli} | {', '.join(fmt.other_names) or '-'} | {fmt.suffix or 'REPO/<name>/'} |" in text
 
 
 def test_docs_format_table_is_the_derived_one():
@@ -123,12 +123,12 @@ def test_export_job_fields_and_defaults_come_from_the_table():
 
 def test_precision_names_are_one_tuple():
     from cityseg_deploy import artifacts, precision
-    from cityseg_deploy.cli._options import PRECISION
+    from cityseg_deploy.cli.options import option
     from cityseg_deploy.runtime import base
 
     assert artifacts.PRECISIONS is precision.PRECISIONS is base.PRECISIONS
 
-    @PRECISION
+    @option("precision")
     def f(precision):  # pragma: no cover - only its option is read
         pass
 

@@ -6,7 +6,9 @@ onnxruntime NHWC + CUDA graph 3.47 ms; NCHW loses for U-Net but ties for DeepLab
 bench/results/gpu_models_h200.md).  Each candidate is timed end to end (uint8 image in, labels
 out) with the project's own ``bench_one``; the result is cached per machine, model file, shape
 and batch, so the measurement is paid once.  The cache is a JSON file (no code): a missing,
-unreadable or stale entry only means measuring again.
+unreadable or stale entry only means measuring again.  Candidates are timed at the thread count
+asked for (``--threads``), and the cache is keyed by it: the fastest runner on 1 thread need not
+be the fastest on 16.
 """
 from __future__ import annotations
 
@@ -85,13 +87,13 @@ def _file_id(path: Path) -> str:
 
 
 def cache_key(candidates: Sequence[Candidate], device: str, size: Sequence[int] | None,
-              batch: int) -> str:
+              batch: int, threads: int | None = None) -> str:
     from ..system.machine import machine_info
 
     info = machine_info()
     where = (info.get("gpu") or {}).get("name") if str(device).startswith("cuda") else info.get("cpu")
     parts = {"device": str(device), "where": where, "size": list(size) if size else None,
-             "batch": int(batch), "versions": info.get("versions"),
+             "batch": int(batch), "threads": threads, "versions": info.get("versions"),
              "candidates": [(c.name, c.spec, c.precision, sorted(c.options.items()),
                              _file_id(Path(c.spec))) for c in candidates]}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
@@ -106,25 +108,29 @@ def _read_cache(path: Path) -> dict[str, Any]:
 
 
 def choose(candidates: Sequence[Candidate], *, device: str, size: Sequence[int] | None = None,
-           batch: int = 1, warmup: int = 5, iters: int = 20, refresh: bool = False,
-           measure: Callable[..., dict[str, Any]] | None = None) -> Choice:
-    """The candidate with the lowest median end-to-end latency, from the cache or measured now."""
+           batch: int = 1, threads: int | None = None, warmup: int = 5, iters: int = 20,
+           refresh: bool = False, measure: Callable[..., dict[str, Any]] | None = None) -> Choice:
+    """The candidate with the lowest median end-to-end latency, from the cache or measured now
+    (timed with torch and each runner at ``threads``; None = the default)."""
+    from ..system.threads import torch_threads
+
     if not candidates:
         raise CitysegError("--backend auto: no runner to choose from")
     by_name = {c.name: c for c in candidates}
     store = cache_path()
-    key = cache_key(candidates, device, size, batch)
+    key = cache_key(candidates, device, size, batch, threads)
     entry = None if refresh else _read_cache(store).get(key)
     if isinstance(entry, dict) and entry.get("pick") in by_name and isinstance(entry.get("measured"), dict):
         return Choice(by_name[entry["pick"]], entry.get("reason", ""), entry["measured"], cached=True)
     if measure is None:
         from .benchmark import bench_one as measure
     measured: dict[str, float | str] = {}
-    for c in candidates:
-        row = measure(c.spec, device=device, batch=batch, size=size, warmup=warmup, iters=iters,
-                      precision=c.precision, label=c.name, options=dict(c.options))
-        measured[c.name] = (round(row["latency_ms"]["median"], 3) if row.get("status") == "ok"
-                            else f"failed: {row.get('error')}")
+    with torch_threads(threads):
+        for c in candidates:
+            row = measure(c.spec, device=device, batch=batch, size=size, warmup=warmup, iters=iters,
+                          threads=threads, precision=c.precision, label=c.name, options=dict(c.options))
+            measured[c.name] = (round(row["latency_ms"]["median"], 3) if row.get("status") == "ok"
+                                else f"failed: {row.get('error')}")
     timed = {n: v for n, v in measured.items() if isinstance(v, float)}
     if not timed:
         raise CitysegError("--backend auto: every candidate failed (" +

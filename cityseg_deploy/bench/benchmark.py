@@ -24,6 +24,7 @@ from ..errors import CitysegError, first_line
 from ..fileio import path_mb, write_text_atomic
 from ..runtime.openvino_backend import PlainOpenVINO
 from ..system.machine import load_average, machine_info, machine_line
+from ..system.threads import torch_threads
 from ..system.timing import StageTimer
 
 STAGES = ("preprocess", "h2d", "compute", "d2h", "postprocess", "end_to_end")
@@ -274,10 +275,15 @@ def benchmark(models: Sequence, *, device: str = "cpu", batches: Sequence[int] =
     """Measure every model (path, ``path@precision`` or a dict with ``model``, ``label``,
     ``precision``, ``runner``, ``options``, ``group``) at every batch x size; returns the bench
     JSON dict.  Ratios refer to ``reference`` or to the first row of the same ``group``."""
-    import torch
+    with torch_threads(threads):  # set for the run, put back after it (system/threads.py)
+        return _benchmark(models, device=device, batches=batches, sizes=sizes, warmup=warmup,
+                          iters=iters, duration=duration, threads=threads, precision=precision,
+                          reference=reference, sgemm=sgemm, progress=progress, json_path=json_path,
+                          md_path=md_path, plot_path=plot_path, title=title)
 
-    if threads:
-        torch.set_num_threads(int(threads))
+
+def _benchmark(models, *, device, batches, sizes, warmup, iters, duration, threads, precision,
+               reference, sgemm, progress, json_path, md_path, plot_path, title) -> dict:
     machine = machine_info(threads)
     entries = [_parse_entry(m) for m in models]
     if not entries:

@@ -14,10 +14,9 @@ def sgemm_gflops(n: int = 2048, *, device: str = "cpu", seconds: float = 1.0,
     """GFLOP/s of ``n x n @ n x n`` float32 matmuls, best of repeated runs for ~``seconds``."""
     import torch
 
-    old = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
+    from ..system.threads import torch_threads
+
+    with torch_threads(threads):
         a = torch.randn(n, n, device=device)
         b = torch.randn(n, n, device=device)
         c = torch.empty(n, n, device=device)
@@ -33,5 +32,3 @@ def sgemm_gflops(n: int = 2048, *, device: str = "cpu", seconds: float = 1.0,
             best = min(best, time.perf_counter() - t0)
             reps += 1
         return 2.0 * n ** 3 / best / 1e9
-    finally:
-        torch.set_num_threads(old)

@@ -52,8 +52,12 @@ def time_interleaved(entries: Sequence[Entry], *, device: str = "cpu", threads: 
 
     if rounds < 1 or warmup < 0:
         raise CitysegError(f"rounds {rounds}, warmup {warmup}: need at least one round")
+    import torch
+
     rows: dict[str, dict[str, Any]] = {}
     loaded: list[tuple[Entry, Any]] = []
+    width: dict[str, int] = {}  # torch's pool as each runner set it at load (alone, it would keep it)
+    torch_before = torch.get_num_threads()
     images = None
     cuda = str(device).startswith("cuda")
     try:
@@ -65,6 +69,7 @@ def time_interleaved(entries: Sequence[Entry], *, device: str = "cpu", threads: 
                 options = dict(e.options, size=tuple(size)) if size else dict(e.options)
                 seg = runtime.load(e.spec, device=device, precision=e.precision, threads=threads,
                                    **options)
+                width[e.name] = torch.get_num_threads()
                 row.update(backend=seg.backend, precision=seg.precision)
                 if images is None:
                     images = _images(int(batch), tuple(size) if size else tuple(seg.input_size))
@@ -79,6 +84,11 @@ def time_interleaved(entries: Sequence[Entry], *, device: str = "cpu", threads: 
         for r in range(int(rounds)):
             k = r % max(1, len(loaded))
             for e, seg in loaded[k:] + loaded[:k]:
+                # every runner under the thread settings it has alone: an onnxruntime or OpenVINO
+                # runner holds torch at 1 thread while open (system/threads.py), which would
+                # otherwise time the torch runner loaded before it at one thread
+                if torch.get_num_threads() != width[e.name]:
+                    torch.set_num_threads(width[e.name])
                 timer = StageTimer(device if cuda else "cpu")
                 timer.begin()
                 try:
@@ -96,11 +106,12 @@ def time_interleaved(entries: Sequence[Entry], *, device: str = "cpu", threads: 
             if ms and rows[e.name]["error"] is None:
                 rows[e.name].update(status="ok", latency_ms=_stats(ms), rounds=len(ms))
     finally:
-        for _, seg in loaded:
+        for _, seg in reversed(loaded):  # each runner restores what the one before it set
             try:
                 seg.close()
             except Exception:
                 pass
+        torch.set_num_threads(torch_before)
     return rows
 
 

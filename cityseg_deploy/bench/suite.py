@@ -141,8 +141,7 @@ def prepare(suite: dict[str, Any], work: Path, log=_log) -> dict[str, Path]:
     for name, a in arts.items():
         log(f"export {name}: {a}")
         result = export(ckpt, format=a["format"], precision=a.get("precision", "fp32"),
-                        out=work / a.get("out", f"{spec['arch']}_{name}" + (
-                            "_openvino_model" if a["format"] == "openvino" else ".onnx")),
+                        out=_target(work, spec, name, a),
                         calib_data=calib if a.get("precision") == "int8" else None,
                         verify=bool(a.get("verify", False)), log=lambda *_: None,
                         **(a.get("options") or {})) if not _exists(work, spec, name, a) else None
@@ -151,7 +150,10 @@ def prepare(suite: dict[str, Any], work: Path, log=_log) -> dict[str, Path]:
 
 
 def _target(work: Path, spec: dict, name: str, a: dict) -> Path:
-    return work / a.get("out", f"{spec['arch']}_{name}" + ("_openvino_model" if a["format"] == "openvino" else ".onnx"))
+    """Where artifact ``name`` of the suite goes: its ``out``, else ``<arch>_<name><format's suffix>``."""
+    from ..formats import get
+
+    return work / a.get("out", f"{spec['arch']}_{name}{get(a['format']).suffix}")
 
 
 def _exists(work: Path, spec: dict, name: str, a: dict) -> bool:

@@ -5,21 +5,23 @@ import click
 
 from ._app import app
 from ._engine import engine_options, ray_options
-from ._options import DEVICE, SPLIT, THREADS
+from .options import option, runner_options
 
 
 @app.command("check")
 @click.argument("baseline")
 @click.argument("candidates", nargs=-1, required=True)
-@click.option("--data", "data_root", required=True)
-@SPLIT
-@click.option("--json", "json_path", default=None)
+@click.option("--data", "data_root", required=True,
+              help="Cityscapes-layout root whose --split every model is scored on")
+@option("split")
+@option("json")
 @click.option("--max-miou-drop", type=float, default=None,
               help="gate: exit 1 when a candidate's mIoU is more than PTS points below the baseline")
 @click.option("--out", default=None, help="folder for Markdown/CSV tables, JSON and the delta plot")
-@DEVICE
-@THREADS
-@click.option("--batch", type=int, default=1, show_default=True)
+@option("device")
+@option("threads")
+@option("batch")
+@option("runner_option")
 @click.option("--logit-images", type=int, default=4, show_default=True,
               help="images over which logit error statistics are computed")
 @click.option("--emulate-bf16", is_flag=True,
@@ -39,11 +41,12 @@ from ._options import DEVICE, SPLIT, THREADS
 @click.option("--no-progress", is_flag=True)
 @engine_options
 def check_cmd(baseline, candidates, data_root, split, json_path, max_miou_drop, out, device, threads,
-              batch, logit_images, emulate_bf16, baseline_size, layerwise, layerwise_images, top, no_progress,
+              batch, runner_option, logit_images, emulate_bf16, baseline_size, layerwise, layerwise_images, top, no_progress,
               **engine_kw):
     """Accuracy of CANDIDATE artifacts vs BASELINE: deltas, agreement, logit error, gate."""
     from ..evaluation.check import check
 
+    options = runner_options(runner_option, baseline, *candidates)
     if layerwise:
         from ..evaluation.layerwise import run_cli
 
@@ -54,13 +57,14 @@ def check_cmd(baseline, candidates, data_root, split, json_path, max_miou_drop, 
     ray = ray_options(engine_kw, batch=batch, threads=threads)
     engine = None
     if ray is not None:
+        _local_only(options)
         from ..scale.ray_batch import RayEngine
 
         engine = RayEngine(ray)
     report = check(baseline, candidates, data_root, split=split, device=device, threads=threads,
                    batch=batch, max_miou_drop=max_miou_drop, out=out, json_path=json_path,
                    logit_images=logit_images, progress=not no_progress, emulate_bf16=emulate_bf16,
-                   baseline_size=baseline_size, engine=engine)
+                   baseline_size=baseline_size, engine=engine, runner_options=options)
     click.echo(report["markdown"])
     if out:
         click.echo(f"wrote tables, check.json and check_delta.png to {out}")
@@ -69,3 +73,11 @@ def check_cmd(baseline, candidates, data_root, split, json_path, max_miou_drop, 
         for failure in gate["failures"]:
             click.echo(f"check failed: {failure}", err=True)
         click.get_current_context().exit(1)
+
+
+def _local_only(options: dict) -> None:
+    if options:
+        from ..errors import CitysegError
+
+        raise CitysegError("--runner-option applies to --engine local (Ray actors load the model "
+                           "with its defaults)")

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import click
 
-from ._app import app, parse_size
+from ._app import app
+from .options import option
 
 
 @app.group()
@@ -21,7 +22,7 @@ def data() -> None:
               help="training images to synthesise")
 @click.option("--val", "n_val", type=click.IntRange(min=0), default=10, show_default=True,
               help="validation images to synthesise")
-@click.option("--size", default="256x512", show_default=True, help="image size HxW")
+@option("size", default="256x512", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True,
               help="random seed (same seed, same bytes)")
 def synth(out: str, n_train: int, n_val: int, size: str, seed: int) -> None:
@@ -30,7 +31,7 @@ def synth(out: str, n_train: int, n_val: int, size: str, seed: int) -> None:
 
     from ..data.synth import synthesize
 
-    hw = parse_size(size)
+    hw = size
     with tqdm(total=n_train + n_val, unit="img", desc="synth", leave=False) as bar:
         root = synthesize(out, n_train=n_train, n_val=n_val, size=hw, seed=seed,
                           progress=bar.update)

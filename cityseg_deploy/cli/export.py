@@ -1,4 +1,4 @@
-"""``cityseg export MODEL --format onnx|trt|aoti|openvino [--precision ...]`` (DESIGN.md's CLI).
+"""``cityseg export MODEL --format onnx|trt|aoti|openvino|triton [--precision ...]`` (DESIGN.md's CLI).
 
 Thin: parse, call :func:`cityseg_deploy.export.export` once per requested artifact (one, or the
 list of a ``--profile`` YAML), print a success line per artifact and the next commands.
@@ -107,20 +107,17 @@ def _epilog() -> str:
 @click.option("--profile", default=None,
               help="export profile: a YAML path or a shipped name (smoke, cpu, edge, tensorrt; see export/)")
 def export_cmd(model: str, profile: str | None, **options) -> None:
-    """Export MODEL (a cityseg checkpoint) to ONNX, TensorRT, AOTInductor or OpenVINO.
+    """Export MODEL (a cityseg checkpoint) to ONNX, TensorRT, AOTInductor, OpenVINO or a Triton
+    model repository.
 
     Precision lives in the exported graph (fp16 casts, int8 Q/DQ calibrated on --calib-data);
     every artifact is checked against PyTorch and carries the model's metadata.
     """
-    from ..artifacts import artifact_kind, sidecar_path
-    from ..export import export, next_commands
+    from ..export import export
 
     given = {k: v for k, v in options.items() if v is not None}
     if "size" in given:
         given["size"] = parse_size(given["size"])
-    if str(given.get("format", "")).lower() == "triton":
-        _export_triton(model, given)
-        return
     jobs = read_profile(profile) if profile else [{}]
     if len(jobs) > 1 and "out" in given:
         raise CitysegError("--out names one file; a profile with several exports writes each next "
@@ -130,31 +127,37 @@ def export_cmd(model: str, profile: str | None, **options) -> None:
         kwargs.setdefault("format", "onnx")
         result = export(model, log=click.echo, **kwargs)
         for r in result.intermediates + [result]:
-            click.echo(f"export success: {r.format} {r.precision} → {r.path} "
-                       f"({r.seconds:.1f} s, {r.size_mb:.1f} MB)")
-            side = sidecar_path(r.path)
-            if artifact_kind(Path(r.path)) in ("aoti", "tensorrt") and side.is_file():
-                click.echo(f"  metadata: {side} (classes, palette, normalisation, io; keep it next "
-                           f"to {Path(r.path).name})")
+            _echo_success(r)
         results.append(result)
     click.echo("next:")
     root = given.get("data") or given.get("calib_data") or jobs[0].get("data")
     for r in results:
-        for line in next_commands(r, model, root):
+        for line in _next_lines(r, model, root):
             click.echo(f"  {line}")
 
 
-def _export_triton(model: str, given: dict) -> None:
-    """``--format triton --out REPO``: a Triton model repository (``--batch``: max_batch_size)."""
-    from ..export.triton import export_triton
+def _echo_success(r) -> None:
+    """``export success: ...`` and, for a format whose metadata is a sidecar, where it is."""
+    from .. import formats
+    from ..artifacts import artifact_kind, sidecar_path
 
-    out = given.pop("out", None)
-    if not out:
-        raise CitysegError("--format triton writes a model repository: give --out REPO")
-    given.pop("format", None)
-    max_batch, device = given.pop("batch", 8), given.pop("device", None)
-    folder = export_triton(model, out, max_batch=max_batch, device=device, log=click.echo, **given)
-    click.echo(f"export success: triton → {folder}")
-    click.echo("next:")
-    click.echo(f"  docker run --rm -p 8000:8000 -p 8001:8001 -v {Path(out).resolve()}:/models "
-               f"nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models")
+    if formats.get(r.format).metadata == "repository":
+        click.echo(f"export success: {r.format} → {r.path}")
+        return
+    click.echo(f"export success: {r.format} {r.precision} → {r.path} "
+               f"({r.seconds:.1f} s, {r.size_mb:.1f} MB)")
+    side = sidecar_path(r.path)
+    if formats.get(artifact_kind(Path(r.path))).metadata == "sidecar" and side.is_file():
+        click.echo(f"  metadata: {side} (classes, palette, normalisation, io; keep it next "
+                   f"to {Path(r.path).name})")
+
+
+def _next_lines(r, model: str, root) -> list[str]:
+    from .. import formats
+    from ..export import next_commands
+
+    if formats.get(r.format).metadata == "repository":  # a Triton repository: serve it
+        repo = Path(r.path).parent.resolve()
+        return [f"docker run --rm -p 8000:8000 -p 8001:8001 -v {repo}:/models "
+                f"nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models"]
+    return next_commands(r, model, root)

@@ -8,17 +8,17 @@ from pathlib import Path
 
 import click
 
-from ._app import app, parse_size
+from ._app import app
+from .options import option
 
 
 @app.command("models")
-@click.option("--size", default=None, metavar="HxW",
-              help="count GFLOPs at this input size (default: each model's own input size)")
+@option("size", show_default="each model's own input size")
 def models_cmd(size: str | None) -> None:
     """List the architectures: family, parameters, GFLOPs, label set, input size."""
     from ..models.flops import all_model_stats, format_table
 
-    click.echo(format_table(all_model_stats(size=parse_size(size))))
+    click.echo(format_table(all_model_stats(size=size)))
 
 
 @app.command("convert-weights")

@@ -5,19 +5,19 @@ from __future__ import annotations
 import click
 
 from ._app import app
-from ._options import THREADS
+from .options import option
 
 
 @app.command("optimize")
 @click.argument("checkpoint", type=click.Path())
 @click.option("--data", required=True, type=click.Path(),
               help="Cityscapes root: train split calibrates int8, val split scores every candidate")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda: the candidates that fit it")
+@option("device")
 @click.option("--max-drop", type=float, default=0.5, show_default=True,
               help="mIoU points a candidate may lose against torch fp32 and still be picked")
 @click.option("--out", default=None, type=click.Path(),
               help="deploy folder to write (deploy.json + the chosen artifact) [CKPT_deploy/]")
-@THREADS
+@option("threads")
 @click.option("--candidates", default=None,
               help="comma-separated candidate names to try (default: every one that fits the device)")
 @click.option("--rounds", type=click.IntRange(min=1), default=20, show_default=True,

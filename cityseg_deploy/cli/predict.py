@@ -8,7 +8,7 @@ import click
 from ..errors import CitysegError
 from ._app import app
 from ._engine import engine_options, ray_options
-from ._options import DEVICE, PRECISION, SPLIT, THREADS
+from .options import option, runner_options
 
 
 @app.command("predict")
@@ -17,35 +17,41 @@ from ._options import DEVICE, PRECISION, SPLIT, THREADS
 @click.option("--images", default=None,
               help="any frames instead: a folder (not recursive), a glob or a .txt list; "
                    "writes OUT/<stem>.png, no score")
-@SPLIT
+@option("split")
 @click.option("--out", required=True, help="output folder for the PNGs")
 @click.option("--format", "fmt", type=click.Choice(["labelIds", "trainIds", "color", "overlay"]),
               default="labelIds", show_default=True)
-@DEVICE
-@PRECISION
-@THREADS
-@click.option("--batch", type=int, default=1, show_default=True)
+@option("device")
+@option("precision")
+@option("threads")
+@option("batch")
+@option("runner_option")
 @click.option("--no-progress", is_flag=True)
 @click.option("--layout", type=click.Choice(["flat", "cities"]), default="flat", show_default=True,
               help="flat: OUT/<stem>_leftImg8bit.png; cities: OUT/<city>/... (official layout; "
                    "needed when two cities hold the same image name)")
 @engine_options
 @click.option("--overwrite", is_flag=True, help="--engine ray: redo outputs that are already complete")
-def predict_cmd(model, data_root, images, split, out, fmt, device, precision, threads, batch, no_progress,
-                layout, overwrite, **engine_kw):
+def predict_cmd(model, data_root, images, split, out, fmt, device, precision, threads, batch,
+                runner_option, no_progress, layout, overwrite, **engine_kw):
     """Write one PNG per image of a split (labelIds = the official submission format) or of
     any folder of frames (--images)."""
     from ..evaluation import predict_split
 
     if (data_root is None) == (images is None):
         raise CitysegError("give either --data ROOT or --images DIR|GLOB|LIST (not both, not neither)")
+    options = runner_options(runner_option, model)
     ray = ray_options(engine_kw, batch=batch, threads=threads)
+    if options and ray is not None:
+        raise CitysegError("--runner-option applies to --engine local (Ray actors load the model "
+                           "with its defaults)")
     if images is not None:
         if layout != "flat":  # frames have no city: the option would be silently ignored
             raise CitysegError("--layout cities needs --data (the official layout's city folders); "
                                "--images writes OUT/<stem>.png")
         _predict_images(model, images, out, ray, fmt=fmt, device=device, precision=precision,
-                        threads=threads, batch=batch, progress=not no_progress, overwrite=overwrite)
+                        threads=threads, batch=batch, progress=not no_progress, overwrite=overwrite,
+                        options=options)
         return
     if ray is not None:
         from ..scale.ray_batch import ray_predict
@@ -63,7 +69,7 @@ def predict_cmd(model, data_root, images, split, out, fmt, device, precision, th
     else:
         res = predict_split(model, data_root, out, split=split, fmt=fmt, device=device,
                             precision=precision, threads=threads, batch=batch, progress=not no_progress,
-                            layout=layout)
+                            layout=layout, **options)
         if res["metrics"] is None:  # a model of another label set (coco21, custom2): nothing to score
             click.echo(f"wrote {res['written']} {fmt} PNGs to {res['out']} (not scored: the model's "
                        "label set is not a Cityscapes one)")
@@ -73,7 +79,7 @@ def predict_cmd(model, data_root, images, split, out, fmt, device, precision, th
 
 
 def _predict_images(model, images, out, ray, *, fmt, device, precision, threads, batch, progress,
-                    overwrite) -> None:
+                    overwrite, options) -> None:
     """``predict --images`` on this process or (``ray`` not None) on a Ray actor pool."""
     if ray is not None:
         from ..scale.ray_batch import ray_predict_images
@@ -86,7 +92,7 @@ def _predict_images(model, images, out, ray, *, fmt, device, precision, threads,
         from ..evaluation.predict import predict_images
 
         res = predict_images(model, images, out, fmt=fmt, device=device, precision=precision,
-                             threads=threads, batch=batch, progress=progress)
+                             threads=threads, batch=batch, progress=progress, **options)
     click.echo(f"wrote {res['written']} {fmt} PNGs to {res['out']}")
 
 

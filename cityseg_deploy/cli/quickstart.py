@@ -5,7 +5,8 @@ from pathlib import Path
 
 import click
 
-from ._app import app, parse_size
+from ._app import app
+from .options import option
 
 
 @app.command()
@@ -14,13 +15,13 @@ from ._app import app, parse_size
                    "into it reuses finished steps.")
 @click.option("--train", "n_train", default=48, show_default=True, help="Synthetic training images.")
 @click.option("--val", "n_val", default=12, show_default=True, help="Synthetic validation images.")
-@click.option("--size", default="128x256", show_default=True, help="Image size HxW.")
+@option("size", default="128x256", show_default=True)
 @click.option("--epochs", type=int, default=None, help="Override every recipe's epoch count.")
 @click.option("--models", default="deeplabv3_small,unet_small,denseaspp_small", show_default=True,
               help="Comma-separated small presets to train.")
 @click.option("--aoti/--no-aoti", default=True, show_default=True,
               help="Also export AOTInductor packages (compiles C++; about a minute per model).")
-@click.option("--threads", type=int, default=None, help="CPU threads for torch/ORT/OpenVINO.")
+@option("threads")
 @click.option("--seed", default=0, show_default=True)
 def quickstart(out: str, n_train: int, n_val: int, size: str, epochs: int | None, models: str,
                aoti: bool, threads: int | None, seed: int) -> None:
@@ -29,7 +30,7 @@ def quickstart(out: str, n_train: int, n_val: int, size: str, epochs: int | None
     from ..quickstart import QuickstartConfig, quickstart as run_quickstart
 
     cfg = QuickstartConfig(out=Path(out), models=tuple(m.strip() for m in models.split(",") if m.strip()),
-                           n_train=n_train, n_val=n_val, size=parse_size(size), seed=seed,
+                           n_train=n_train, n_val=n_val, size=size, seed=seed,
                            epochs=epochs, aoti=aoti, threads=threads, log=click.echo)
     report = run_quickstart(cfg)
     click.echo(f"done: open {report}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from ._app import app
+from .options import option, runner_options
 
 
 @app.command("serve")
@@ -22,20 +23,22 @@ from ._app import app
               help="largest request body accepted (413 above)")
 @click.option("--address", default=None,
               help="Ray cluster: auto | HOST:PORT | ray://HOST:PORT (default: start a local one)")
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads per replica")
+@option("device")
+@option("threads")
+@option("runner_option")
 def serve_cmd(model, host, port, replicas, gpus_per_replica, cpus_per_replica, max_batch, batch_wait_ms,
-              max_body_mb, address, device, threads) -> None:
+              max_body_mb, address, device, threads, runner_option) -> None:
     """Serve MODEL over HTTP: POST /v1/segment (PNG/JPEG in, label PNG out), GET /v1/health."""
     from ..scale import require_ray
 
+    options = runner_options(runner_option, model)  # a misspelt option fails before Ray starts
     require_ray("serve", serve=True)
     from ..scale.serve import serve_until_signal, start
 
     url = start(model, host=host, port=port, address=address, replicas=replicas,
                 gpus_per_replica=gpus_per_replica, cpus_per_replica=cpus_per_replica,
                 max_batch=max_batch, batch_wait_ms=batch_wait_ms, device=device, threads=threads,
-                max_body=int(max_body_mb * 1024 * 1024))
+                max_body=int(max_body_mb * 1024 * 1024), runner_options=options)
     click.echo(f"serving {model} on {url}: POST {url}/v1/segment (Content-Type image/png|jpeg, "
                f"?format=labelIds|trainIds|color), GET {url}/v1/health; Ctrl-C or SIGTERM stops")
     click.get_current_context().exit(serve_until_signal(url, echo=click.echo))

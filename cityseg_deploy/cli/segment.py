@@ -17,13 +17,14 @@ import click
 from ..errors import CitysegError
 from ._app import app
 from ._engine import engine_options, ray_options
+from .options import option, runner_options
 
 
-def _load_segmenter(path: str, *, device: str, threads: int | None):
+def _load_segmenter(path: str, *, device: str, threads: int | None, **options):
     """The runtime's Segmenter for any artifact (a seam tests replace with a stand-in)."""
     from .. import runtime
 
-    return runtime.load(path, device=device, threads=threads)
+    return runtime.load(path, device=device, threads=threads, **options)
 
 
 @app.command()
@@ -37,10 +38,10 @@ def _load_segmenter(path: str, *, device: str, threads: int | None):
               help="Process every N-th frame.")
 @click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Stop after N processed frames.")
 @click.option("--show", is_flag=True, help="Show the result in a window (q quits).")
-@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Frames per inference call (files; live sources use 1).")
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Inference threads.")
+@option("batch")
+@option("device")
+@option("threads")
+@option("runner_option")
 @click.option("--mode", type=click.Choice(["overlay", "side-by-side", "mask"]), default="overlay",
               show_default=True)
 @click.option("--alpha", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True,
@@ -58,7 +59,7 @@ def _load_segmenter(path: str, *, device: str, threads: int | None):
                    "--engine ray: redo streams whose outputs are complete")
 def segment(source: tuple[str, ...], model_path: str, out: str | None, labels_dir: str | None,
             vid_stride: int, max_frames: int | None, show: bool, batch: int, device: str,
-            threads: int | None, mode: str, alpha: float, label_format: str, realtime: bool | None,
+            threads: int | None, runner_option: tuple[str, ...], mode: str, alpha: float, label_format: str, realtime: bool | None,
             reconnect: int, fourcc: str | None, progress: bool | None, overwrite: bool,
             **engine_kw) -> None:
     """Segment SOURCE: a video file, image folder or glob, camera index (0), rtsp/rtmp/http URL,
@@ -69,7 +70,11 @@ def segment(source: tuple[str, ...], model_path: str, out: str | None, labels_di
 
     if out is None and labels_dir is None and not show:
         raise CitysegError("segment: nothing to write; give --out FILE, --labels-dir DIR and/or --show")
+    options = runner_options(runner_option, model_path)
     ray = ray_options(engine_kw, threads=threads)
+    if options and ray is not None:
+        raise CitysegError("--runner-option applies to --engine local (Ray actors load the model "
+                           "with its defaults)")
     if ray is not None:
         _segment_on_ray(list(source), model_path, ray, out=out, labels_dir=labels_dir, show=show,
                         reconnect=reconnect, device=device, overwrite=overwrite,
@@ -82,7 +87,7 @@ def segment(source: tuple[str, ...], model_path: str, out: str | None, labels_di
     check_outputs(output_paths(sources, out, labels_dir), overwrite=overwrite)  # before any work
     sources[0].open()  # fail on an unopenable source before paying for the model
     window = Window() if show else None
-    segmenter = _load_segmenter(model_path, device=device, threads=threads)
+    segmenter = _load_segmenter(model_path, device=device, threads=threads, **options)
     label_lut = None
     if label_format == "labelIds":
         from ..labels import LABEL_SETS

@@ -10,6 +10,7 @@ import shlex
 import click
 
 from ._app import app
+from .options import option
 
 
 @app.command()
@@ -27,7 +28,7 @@ from ._app import app
               help="override any recipe key (YAML value, dotted keys: --set augment.hflip=0); repeatable")
 @click.option("--resume", is_flag=True, help="continue the run in --out from its last.pt")
 @click.option("--overwrite", is_flag=True, help="start afresh even if --out holds a run")
-@click.option("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when visible)")
+@option("device", default=None, show_default="cuda when visible")
 @click.option("--no-progress", is_flag=True, help="no progress bar (one line per epoch only)")
 @click.pass_context
 def train(ctx: click.Context, recipe: str, data_root: str, out_dir: str, epochs: int | None,

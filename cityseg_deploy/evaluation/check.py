@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -96,6 +96,7 @@ class _Run:
     progress: bool
     emulate_bf16: bool
     engine: Any  # None: this process; else e.g. a RayEngine (its own load and run_split)
+    runner_options: dict[str, Any] = field(default_factory=dict)  # to every model's runner
 
 
 class _Reference:
@@ -139,7 +140,8 @@ def check(baseline, candidates: Sequence, data_root: str | os.PathLike, *, split
           max_miou_drop: float | None = None, out: str | os.PathLike | None = None,
           json_path: str | os.PathLike | None = None, logit_images: int = 4,
           progress: bool = True, label_set: str | None = None, emulate_bf16: bool = False,
-          baseline_size: str = "candidate", engine: Any = None) -> dict:
+          baseline_size: str = "candidate", engine: Any = None,
+          runner_options: dict[str, Any] | None = None) -> dict:
     """Compare ``candidates`` with ``baseline`` on ``split``; returns the check JSON dict.
 
     Models are paths or ``path@precision`` specs.  ``max_miou_drop`` (percentage points) adds
@@ -152,7 +154,7 @@ def check(baseline, candidates: Sequence, data_root: str | os.PathLike, *, split
     so a faithful artifact exported with ``--size`` agrees with it; ``"own"`` keeps the
     baseline's size (what the smaller input costs).  The report's ``sizes`` says which ran where.
     ``engine``: who loads and runs each model (default this process; ``RayEngine`` for a Ray
-    actor pool).
+    actor pool).  ``runner_options``: keyword options for every model's runner (``--runner-option``).
     """
     if not candidates:
         raise CitysegError("check needs at least one CANDIDATE besides the BASELINE")
@@ -163,7 +165,7 @@ def check(baseline, candidates: Sequence, data_root: str | os.PathLike, *, split
     own_size, run_size = _baseline_sizes(specs, baseline_size)
     run = _Run(data_root=data_root, split=split, device=device, threads=threads, batch=batch,
                label_set=label_set, logit_images=logit_images, progress=progress,
-               emulate_bf16=emulate_bf16, engine=engine)
+               emulate_bf16=emulate_bf16, engine=engine, runner_options=dict(runner_options or {}))
     results, docs = _run_models(specs, names, run, baseline_at=run_size if run_size != own_size else None)
     report: dict[str, Any] = {"baseline": docs[0], "candidates": docs[1:]}
     report["sizes"] = {"baseline_own": list(own_size), "baseline_ran_at": list(run_size),
@@ -212,7 +214,9 @@ def _load(spec: str, run: _Run, size: tuple[int, int] | None):
 
     # only runners that can emulate bf16 take the option (runtime.load refuses unknown ones)
     emulate = run.emulate_bf16 and runtime.takes_option(spec, "allow_emulated_bf16")
-    options: dict[str, Any] = {"allow_emulated_bf16": True} if emulate else {}
+    options: dict[str, Any] = dict(run.runner_options)
+    if emulate:
+        options["allow_emulated_bf16"] = True
     if size is not None:
         options["size"] = size
     return (run.engine or runtime).load(spec, device=run.device, threads=run.threads, **options)

@@ -1,9 +1,10 @@
 """``cityseg export``: one checkpoint → ONNX (fp32/fp16/int8), TensorRT, AOTInductor, OpenVINO.
 
-Two tables drive validation, defaults and help: the formats (``formats.py``, as data like
-Ultralytics' exporter) and the options (``options.py``).  Each format is one module (``onnx.py``,
-``fp16.py``, ``quantize.py``, ``tensorrt.py``, ``aoti.py``, ``openvino.py``) that turns an
-:class:`ExportJob` into an :class:`ExportResult`.  Adding a format is one row there and one file.
+Two tables drive validation, defaults and help: the formats registry (``cityseg_deploy/formats.py``,
+one record per format naming its exporter) and the options (``options.py``).  Each format is one
+module (``onnx.py``, ``fp16.py``, ``quantize.py``, ``tensorrt.py``, ``aoti.py``, ``openvino.py``,
+``triton.py``) that turns an :class:`ExportJob` into an :class:`ExportResult`.  Adding a format is
+one record there and one file (docs/INTERFACES.md, "Add a backend").
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from typing import Any, Callable
 
 from ..errors import CitysegError
 from ..precision import PRECISIONS
-from .formats import FORMATS, Format, default_output, get_format
+from ..formats import Format
+from .formats import default_output, export_formats, get_format
 from .job import ExportJob
 from .options import OPTIONS, check_applies, check_names
 from .result import ExportResult
@@ -25,11 +27,12 @@ def format_table() -> str:
     ``export --help`` and docs/export.md; both from the format and option tables)."""
     rows = ["| format | aliases | suffix | precisions | GPU | options for this format only |",
             "| --- | --- | --- | --- | --- | --- |"]
-    for f in FORMATS:
+    for f in export_formats():
         own = [(o.flag if o.cli else f"{o.name} (profile key)")
                + (f" ({', '.join(o.precisions)})" if o.precisions else "")
                for o in OPTIONS if o.formats == (f.name,)]
-        rows.append(f"| {f.name} | {', '.join(f.aliases) or '-'} | {f.suffix} | "
+        suffix = f.suffix or ("REPO/<name>/" if f.metadata == "repository" else "-")
+        rows.append(f"| {f.cli} | {', '.join(f.other_names) or '-'} | {suffix} | "
                     f"{', '.join(f.precisions)} | {'yes' if f.needs_gpu else 'no'} | "
                     f"{', '.join(own) or '-'} |")
     return "\n".join(rows)
@@ -41,7 +44,7 @@ def _validate(fmt: Format, precision: str, opts: dict[str, Any], source: Path) -
         raise CitysegError(f"--precision {precision!r}: unknown"
                            f"{'; did you mean ' + repr(close[0]) + '?' if close else ''} (choose {', '.join(PRECISIONS)})")
     if precision not in fmt.precisions:
-        raise CitysegError(f"--precision {precision} is not supported by --format {fmt.name} "
+        raise CitysegError(f"--precision {precision} is not supported by --format {fmt.cli} "
                            f"(it supports {', '.join(fmt.precisions)})")
     if fmt.name == "aoti" and (opts.get("preprocess") or opts.get("argmax")):
         raise CitysegError("--preprocess/--argmax are ONNX-graph options; --format aoti exports the "
@@ -56,7 +59,7 @@ def _validate(fmt: Format, precision: str, opts: dict[str, Any], source: Path) -
     check_applies(fmt.name, precision, opts)  # each option where export/options.py says it applies
     if source.suffix == ".onnx":
         if not fmt.from_onnx:
-            raise CitysegError(f"{source}: --format {fmt.name} exports from a checkpoint (.pt), not "
+            raise CitysegError(f"{source}: --format {fmt.cli} exports from a checkpoint (.pt), not "
                                f"from an ONNX file")
         if precision not in ("fp32", "bf16") and fmt.name == "openvino":
             raise CitysegError(f"{source}: --precision {precision} for OpenVINO is calibrated from the "
@@ -119,13 +122,13 @@ def check_destination(out: Path, fmt: Format) -> None:
     Why: an existing folder named like a ``.onnx`` file, or a path under a regular file, failed
     only at the final rename — a traceback after the whole export had run.
     """
-    folder_format = fmt.suffix == "_openvino_model"
-    if out.is_dir() and not folder_format:
-        raise CitysegError(f"--out {out}: an existing folder; --format {fmt.name} writes one file — "
+    if out.is_dir() and not fmt.writes_folder:
+        raise CitysegError(f"--out {out}: an existing folder; --format {fmt.cli} writes one file — "
                            f"give a file name (for example {out / ('model' + fmt.suffix)})")
-    if out.exists() and not out.is_dir() and folder_format:
-        raise CitysegError(f"--out {out}: an existing file; --format {fmt.name} writes a folder — "
-                           "give a new folder name ending in _openvino_model")
+    if out.exists() and not out.is_dir() and fmt.writes_folder:
+        ending = f" ending in {fmt.folder}" if fmt.folder else ""
+        raise CitysegError(f"--out {out}: an existing file; --format {fmt.cli} writes a folder — "
+                           f"give a new folder name{ending}")
     parent = out.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
@@ -136,20 +139,20 @@ def check_destination(out: Path, fmt: Format) -> None:
 
 
 def export(model_path: str | os.PathLike, *, format: str = "onnx", precision: str = "fp32",
-           out: str | os.PathLike | None = None, size: tuple[int, int] | None = None, batch: int = 1,
-           dynamic: bool = False, calib_data: str | os.PathLike | None = None,
+           out: str | os.PathLike | None = None, size: tuple[int, int] | None = None,
+           batch: int | None = None, dynamic: bool | None = None, calib_data: str | os.PathLike | None = None,
            data: str | os.PathLike | None = None, log: Callable[[str], None] | None = print,
            **options: Any) -> ExportResult:
     """Export ``model_path`` (a checkpoint; a project fp32 ONNX for trt/openvino) to ``format``.
 
+    ``format="triton"`` writes a Triton model repository at ``out`` (``batch``: its
+    max_batch_size [8]; ``dynamic`` [True]) around the ONNX export of a checkpoint.
     Options (all keyword): the rows of ``export/options.py`` (``cityseg export --help`` lists
     them); an unknown name, or one given to a format or precision it does not apply to, is a
     CitysegError naming it.
     Returns the :class:`ExportResult` of the artifact; ONNX files written on the way are in
     ``result.intermediates``.
     """
-    import importlib
-
     fmt = get_format(format)
     precision = (precision or "fp32").lower()
     source = Path(model_path)
@@ -162,7 +165,14 @@ def export(model_path: str | os.PathLike, *, format: str = "onnx", precision: st
         if options.get(key) not in (None, False):
             raise CitysegError(f"--{key.replace('_', '-')} applies with --max-drop only")
         options.pop(key, None)
-    if source.suffix == ".onnx" and fmt.name == "trt" and Path(source).is_file():
+    if fmt.metadata == "repository":  # a model repository wraps an artifact: no ExportJob of its own
+        if out:
+            check_destination(Path(out), fmt)
+        return fmt.exporter_fn()(source, out, precision, log=log or (lambda _msg: None),
+                                 size=size, batch=batch, dynamic=dynamic, calib_data=calib_data,
+                                 data=data, **options)
+    batch, dynamic = (1 if batch is None else batch), bool(dynamic)  # None: not given
+    if source.suffix == ".onnx" and fmt.name == "tensorrt" and Path(source).is_file():
         from ..artifacts import read_artifact_meta
 
         onnx_precision = read_artifact_meta(source)[1].get("precision", "fp32")
@@ -170,15 +180,15 @@ def export(model_path: str | os.PathLike, *, format: str = "onnx", precision: st
             precision = onnx_precision  # a TensorRT engine compiles what the graph says
         options["precision"] = precision
     out_path = Path(out) if out else default_output(source, fmt, precision)
-    if fmt.suffix == "_openvino_model" and out and not out_path.name.endswith("_openvino_model"):
-        if out_path.suffix == ".xml":
+    if fmt.folder and out and not out_path.name.endswith(fmt.folder):
+        if out_path.suffix in fmt.suffixes:  # the .xml inside the folder names the folder
             out_path = out_path.parent
     check_destination(out_path, fmt)  # before any work: the export may take minutes
     job = make_job(source, size=size, batch=batch, dynamic=dynamic, calib_data=calib_data,
                    data=data, log=log or (lambda _msg: None), **options)
     if out_path.resolve() == source.resolve():
         raise CitysegError(f"--out {out_path}: that is the model being exported; choose another name")
-    module = importlib.import_module(f"{__name__}.{fmt.module}")
+    exporter = fmt.exporter_fn()
     shape_in = "x".join(map(str, job.example_shape())) + (" (dynamic)" if job.dynamic else "")
     shape_out = "x".join(map(str, job.output_shape()))
     calib = ""
@@ -187,14 +197,13 @@ def export(model_path: str | os.PathLike, *, format: str = "onnx", precision: st
 
         calib = f", calibration {calibration_of(job)}"
     job.log(f"cityseg export: {source.name} ({job.meta.arch}, {job.meta.num_classes} classes) → "
-            f"{fmt.name} {precision}, input {job.input_name} {shape_in} "
+            f"{fmt.cli} {precision}, input {job.input_name} {shape_in} "
             f"{'uint8' if job.preprocess else 'float32'}, output {job.output_name} {shape_out}{calib}")
     if accuracy is not None:
         from .accuracy_control import export_with_max_drop
 
-        return export_with_max_drop(job, out_path, precision, fmt, module, **accuracy)
-    result = getattr(module, f"export_{fmt.name}")(job, out_path, precision)
-    return result
+        return export_with_max_drop(job, out_path, precision, fmt, exporter, **accuracy)
+    return exporter(job, out_path, precision)
 
 
 def next_commands(result: ExportResult, model_path: str | os.PathLike, data: str | None = None) -> list[str]:
@@ -203,5 +212,11 @@ def next_commands(result: ExportResult, model_path: str | os.PathLike, data: str
             f"cityseg check {model_path} {result.path} --data {root}"]
 
 
-__all__ = ["FORMATS", "Format", "ExportJob", "ExportResult", "export", "get_format", "format_table",
+def __getattr__(name: str):
+    if name == "FORMATS":  # the export targets (derived from the formats registry)
+        return tuple(export_formats())
+    raise AttributeError(name)
+
+
+__all__ = ["Format", "ExportJob", "ExportResult", "export", "get_format", "format_table",
            "default_output", "next_commands"]

@@ -118,10 +118,10 @@ def _place(src: Path, out: Path) -> None:
 class _Trials:
     """Exports with a given float set into a work folder and measures each like ``check``."""
 
-    def __init__(self, job: ExportJob, out: Path, precision: str, fmt, module, work: Path, val_root: Path):
+    def __init__(self, job: ExportJob, out: Path, precision: str, fmt, exporter, work: Path, val_root: Path):
         from ..evaluation.evaluate import evaluate
 
-        self.job, self.out, self.precision, self.fmt, self.module = job, out, precision, fmt, module
+        self.job, self.out, self.precision, self.fmt, self.exporter = job, out, precision, fmt, exporter
         self.work, self.val_root = work, val_root
         self.evaluate = evaluate
         self.results: list[dict[str, Any]] = []
@@ -147,7 +147,7 @@ class _Trials:
                                     log=lambda _m: None,
                                     ignored_scope=tuple(excluded) if self.job.int8_method == "nncf" else ())
         path = folder / self.out.name
-        getattr(self.module, f"export_{self.fmt.name}")(quiet, path, self.precision)
+        self.exporter(quiet, path, self.precision)
         self.cache_from = folder
         doc = self.evaluate(str(path), self.val_root, split="val", progress=False)
         drop = 100.0 * (self.base["miou"] - doc["miou"])
@@ -207,7 +207,7 @@ def _search(trials: _Trials, ranked: list[str], model, max_drop: float, max_tria
             lo = mid
 
 
-def export_with_max_drop(job: ExportJob, out: Path, precision: str, fmt, module, *, max_drop: float,
+def export_with_max_drop(job: ExportJob, out: Path, precision: str, fmt, exporter, *, max_drop: float,
                          val_data=None, strict: bool = False, max_trials: int | None = None) -> ExportResult:
     """Export int8 within ``max_drop`` mIoU points (see the module doc); returns the result of
     the artifact written to ``out``, its ``checks["accuracy_control"]`` the record."""
@@ -227,7 +227,7 @@ def export_with_max_drop(job: ExportJob, out: Path, precision: str, fmt, module,
     out.parent.mkdir(parents=True, exist_ok=True)
     with Timer() as t, tempfile.TemporaryDirectory(prefix=".cityseg-maxdrop-", dir=out.parent) as d:
         work = Path(d)
-        trials = _Trials(job, out, precision, fmt, module, work, Path(val_root))
+        trials = _Trials(job, out, precision, fmt, exporter, work, Path(val_root))
         first = trials.run([], [])
         ranked: list[str] = []
         if first["drop"] > max_drop:

@@ -1,54 +1,30 @@
-"""The export formats as data (like Ultralytics' exporter): name, aliases, suffix, precisions.
+"""Export's view of the formats registry (``cityseg_deploy/formats.py``): the export targets,
+``--format`` lookup by any alias, default output names.
 
-Validation, default output names, the options table and ``export --help`` read this one table;
-adding a format is one row here and one module (``export_<name>`` in ``cityseg_deploy.export``).
+The records themselves live in the registry (one per format, with their exporter); this module
+only selects the exportable ones, so adding a format never touches it.
 """
 from __future__ import annotations
 
-import difflib
-from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import CitysegError
+from .. import formats as registry
+from ..formats import Format
 
 
-@dataclass(frozen=True)
-class Format:
-    name: str
-    aliases: tuple[str, ...]
-    suffix: str                 # file suffix, or "_openvino_model" for a folder
-    precisions: tuple[str, ...]
-    needs_gpu: bool
-    module: str                 # cityseg_deploy.export.<module>.export_<name>
-    description: str
-    from_onnx: bool = False     # built from the project's ONNX (so MODEL may be a .onnx)
-
-
-FORMATS: tuple[Format, ...] = (
-    Format("onnx", (), ".onnx", ("fp32", "fp16", "int8"), False, "onnx",
-           "ONNX (onnxruntime, TensorRT input)"),
-    Format("trt", ("engine", "tensorrt"), ".engine", ("fp32", "fp16", "int8"), True, "tensorrt",
-           "TensorRT engine (strongly typed, from the ONNX graph)", from_onnx=True),
-    Format("aoti", ("pt2", "aotinductor"), ".pt2", ("fp32", "fp16", "bf16"), False, "aoti",
-           "AOTInductor package (torch._inductor.aoti_load_package)"),
-    Format("openvino", ("ov", "ir"), "_openvino_model", ("fp32", "bf16", "int8"), False, "openvino",
-           "OpenVINO IR folder", from_onnx=True),
-)
+def export_formats() -> list[Format]:
+    """The export targets, in table order (read at call time: a registered format is seen)."""
+    return registry.export_formats()
 
 
 def format_names() -> list[str]:
-    return [f.name for f in FORMATS] + [a for f in FORMATS for a in f.aliases]
+    return registry.export_names()
 
 
 def get_format(name: str) -> Format:
-    key = (name or "").strip().lower()
-    for fmt in FORMATS:
-        if key == fmt.name or key in fmt.aliases:
-            return fmt
-    close = difflib.get_close_matches(key, format_names(), n=1, cutoff=0.5)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise CitysegError(f"--format {name!r}: unknown export format{hint} "
-                       f"(choose {', '.join(f.name for f in FORMATS)})")
+    """The export format called ``name`` (``tensorrt`` ≡ ``trt`` ≡ ``engine``) or a CitysegError
+    listing the choices, with a close spelling."""
+    return registry.get_export_format(name)
 
 
 def default_output(model_path: Path, fmt: Format, precision: str) -> Path:
@@ -60,4 +36,10 @@ def default_output(model_path: Path, fmt: Format, precision: str) -> Path:
     return model_path.with_name(f"{stem}{tag}{fmt.suffix}")
 
 
-__all__ = ["FORMATS", "Format", "default_output", "format_names", "get_format"]
+def __getattr__(name: str):
+    if name == "FORMATS":  # the export targets as a tuple, as before the registry
+        return tuple(registry.export_formats())
+    raise AttributeError(name)
+
+
+__all__ = ["Format", "default_output", "export_formats", "format_names", "get_format"]

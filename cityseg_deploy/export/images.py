@@ -82,3 +82,28 @@ def batches(x: np.ndarray, batch: int, dynamic: bool) -> Iterator[tuple[np.ndarr
 
 
 __all__ = ["batches", "pick_root", "random_images", "read_images", "to_input"]
+
+
+def for_job(job, split: str, limit: int, *, root: Path | None = None, labels: bool = False,
+            seed: int = 0) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """(N×H×W×3 uint8 RGB at ``job``'s export size, N×H×W labels or None, description).
+
+    ``root`` (or the job's ``data`` / ``calib_data``) gives real images; without one, seeded
+    random images stand in and the description says so.
+    """
+    root, borrowed = pick_root(split, root, job.data, job.calib_data)
+    if root is None:
+        ims = random_images(limit, job.size, seed)
+        return ims, None, f"{len(ims)} random images (no --data/--calib-data given)"
+    ims, lab, n = read_images(root, split, limit, job.size, job.meta.label_set, labels)
+    return ims, lab, f"{n} {split} images of {root}{borrowed}"
+
+
+def job_input(job, images: np.ndarray) -> np.ndarray:
+    """uint8 NHWC images → what ``job``'s graph takes (uint8 NHWC or normalised float NCHW)."""
+    return to_input(images, job.preprocess, job.meta.mean, job.meta.std)
+
+
+def job_batches(job, x: np.ndarray) -> Iterator[tuple[np.ndarray, int]]:
+    """``x`` in the chunks ``job``'s graph accepts (fixed batch: the last one padded)."""
+    return batches(x, job.batch, job.dynamic)

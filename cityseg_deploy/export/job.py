@@ -14,8 +14,6 @@ from typing import TYPE_CHECKING, Any, Callable
 from .options import JOB_DEFAULTS as D
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from ..models.checkpoint import ModelMeta
 
 
@@ -99,33 +97,3 @@ class ExportJob:
         return {"source_sha256": self.source_sha256, "size": list(self.size), "batch": self.batch,
                 "dynamic": self.dynamic, "preprocess": self.preprocess, "argmax": self.argmax,
                 "opset": self.opset}
-
-    # -- images (export/images.py) ------------------------------------------------------------
-    def images(self, split: str, limit: int, *, root: Path | None = None,
-               labels: bool = False, seed: int = 0) -> tuple[np.ndarray, np.ndarray | None, str]:
-        """(N×H×W×3 uint8 RGB at the export size, N×H×W labels or None, description).
-
-        ``root`` (or ``data`` / ``calib_data``) gives real images; without one, seeded random
-        images stand in and the description says so.
-        """
-        from .images import pick_root, random_images, read_images
-
-        root, borrowed = pick_root(split, root, self.data, self.calib_data)
-        if root is None:
-            ims = random_images(limit, self.size, seed)
-            return ims, None, f"{len(ims)} random images (no --data/--calib-data given)"
-        ims, lab, n = read_images(root, split, limit, self.size, self.meta.label_set, labels)
-        return ims, lab, f"{n} {split} images of {root}{borrowed}"
-
-    def to_input(self, images: np.ndarray) -> np.ndarray:
-        """uint8 NHWC images → what the graph takes (uint8 NHWC or normalised float NCHW)."""
-        from .images import to_input
-
-        return to_input(images, self.preprocess, self.meta.mean, self.meta.std)
-
-    def batches(self, x: np.ndarray):
-        """Split ``x`` into chunks the graph accepts (fixed batch: the last one padded); yields
-        (chunk, n_real)."""
-        from .images import batches
-
-        return batches(x, self.batch, self.dynamic)

@@ -30,6 +30,7 @@ from ..fileio import atomic_path, path_mb
 from ..runtime.openvino_backend import HINT
 from ..system.machine import has_native_bf16
 from ..system.timing import Timer
+from .images import job_batches, job_input
 from .job import ExportJob
 from .result import ExportResult
 
@@ -75,7 +76,7 @@ def _nncf_quantize(job: ExportJob, model, images: np.ndarray):
         raise CitysegError("--int8-method nncf needs NNCF: pip install 'cityseg-deploy[cpu]' "
                            "(or pip install nncf)") from None
     estimator = nncf_range_estimator(job.calibration)
-    batches = [c for c, _ in job.batches(job.to_input(images))]
+    batches = [c for c, _ in job_batches(job, job_input(job, images))]
     dataset = nncf.Dataset(batches)
     advanced = AdvancedQuantizationParameters(
         overflow_fix=OverflowFix.ENABLE,

@@ -13,10 +13,12 @@ from typing import Any
 
 from ..errors import CitysegError
 from ..precision import PRECISIONS
-from .formats import FORMATS, get_format
+from .. import formats as registry
+from .formats import export_formats, get_format
 
 INT8_LAYOUTS = ("tensorrt", "onnxruntime")  # ONNX int8 Q/DQ forms (export/quantize.py)
-ONNX_GRAPH = ("onnx", "trt", "openvino")     # the formats built from the project's ONNX graph
+# the formats built from the project's ONNX graph (triton: from a checkpoint, through ONNX)
+ONNX_GRAPH = ("onnx", "tensorrt", "openvino", "triton")
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ class Option:
         """``--format onnx --precision int8`` — where the option applies, for messages."""
         parts = []
         if self.formats:
-            parts.append("--format " + _either(self.formats))
+            parts.append("--format " + _either(tuple(registry.get(f).cli for f in self.formats)))
         if self.precisions:
             parts.append("--precision " + _either(self.precisions))
         return " ".join(parts)
@@ -60,10 +62,13 @@ def _either(names: tuple[str, ...]) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
+def _format_help() -> str:
+    return " | ".join(f.cli + (" (a model repository)" if f.metadata == "repository" else "")
+                      for f in export_formats()) + "  [default: onnx]"
+
+
 OPTIONS: tuple[Option, ...] = (
-    Option("format", "str", "onnx",
-           " | ".join(f.name for f in FORMATS) + " | triton (a model repository)  [default: onnx]",
-           decls=("--format", "-f"), job=False),
+    Option("format", "str", "onnx", _format_help(), decls=("--format", "-f"), job=False),
     Option("precision", "str", "fp32", " | ".join(PRECISIONS) + "  [default: fp32]",
            decls=("--precision", "-p"), job=False),
     Option("out", "str", None, "output file (folder for openvino); default next to MODEL",
@@ -95,17 +100,17 @@ OPTIONS: tuple[Option, ...] = (
            job=False),
     Option("strict", "flag", False, "--max-drop: exit 2 when the bound is not reached", job=False),
     Option("max_trials", "int", None, "--max-drop: exports tried [12]", job=False, low=1),
-    Option("device", "str", "cpu", "aoti: cpu | cuda", formats=("aoti",)),
-    Option("workspace_gb", "float", 4.0, "trt: workspace GiB [4]", formats=("trt",),
+    Option("device", "str", "cpu", "aoti: cpu | cuda; triton: the instances' kind", formats=("aoti", "triton")),
+    Option("workspace_gb", "float", 4.0, "trt: workspace GiB [4]", formats=("tensorrt",),
            decls=("--workspace",), low=0),
     Option("verify", "bool", True, "skip the parity check", decls=("--no-verify",)),
     Option("verify_images", "int", 8, "images of the parity check", cli=False),
-    Option("opt_level", "int", 3, "TensorRT builder optimisation level", formats=("trt",), cli=False),
+    Option("opt_level", "int", 3, "TensorRT builder optimisation level", formats=("tensorrt",), cli=False),
 )
 
 BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
 JOB_DEFAULTS: dict[str, Any] = {o.name: o.default for o in OPTIONS if o.job}
-assert all(set(o.formats) <= {f.name for f in FORMATS} for o in OPTIONS), "unknown format in OPTIONS"
+assert all(set(o.formats) <= {f.name for f in registry.FORMATS} for o in OPTIONS), "unknown format in OPTIONS"
 
 
 def closest(name: str) -> str:

@@ -29,6 +29,7 @@ from ..errors import CitysegError
 from ..fileio import atomic_path, path_mb, write_text_atomic
 from ..system.machine import session_threads as threads
 from ..system.timing import Timer
+from .images import for_job, job_batches, job_input
 from .job import ExportJob
 from .result import ExportResult
 
@@ -59,7 +60,7 @@ def cache_path(out: Path) -> Path:
 
 def calibration_images(job: ExportJob) -> tuple[np.ndarray, str]:
     root = job.calib_data or job.data
-    images, _, where = job.images("train", job.calib_images, root=root, seed=1)
+    images, _, where = for_job(job, "train", job.calib_images, root=root, seed=1)
     if root is None:
         job.log("  note: no --calib-data given: calibrating int8 on random images; accuracy will "
                 "suffer, pass --calib-data ROOT (its train split) for real figures")
@@ -76,7 +77,7 @@ class _Reader:
         from tqdm import tqdm
 
         self.name = job.input_name
-        self.chunks = [c for c, _ in job.batches(job.to_input(images))]
+        self.chunks = [c for c, _ in job_batches(job, job_input(job, images))]
         self.bar = tqdm(total=len(images), desc="  calibrating", unit="img", leave=False,
                         disable=None)
         self.counts = [min(len(c), len(images) - i * len(c)) for i, c in enumerate(self.chunks)]

@@ -25,7 +25,9 @@ from typing import Any
 
 from ..artifacts import artifact_kind, openvino_files, read_artifact_meta
 from ..errors import CitysegError
-from ..fileio import atomic_path
+from ..fileio import atomic_path, path_mb
+from ..formats import triton_platforms
+from .result import ExportResult
 
 #: ONNX TensorProto element type -> Triton data type
 ONNX_TO_TRITON = {1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 4: "TYPE_UINT16", 5: "TYPE_INT16",
@@ -35,9 +37,8 @@ ONNX_TO_TRITON = {1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 4: "TYPE_UINT
 OV_TO_TRITON = {"f32": "TYPE_FP32", "f16": "TYPE_FP16", "bf16": "TYPE_BF16", "u8": "TYPE_UINT8",
                 "i8": "TYPE_INT8", "i32": "TYPE_INT32", "i64": "TYPE_INT64", "boolean": "TYPE_BOOL",
                 "f64": "TYPE_FP64", "u16": "TYPE_UINT16", "i16": "TYPE_INT16"}
-PLATFORM = {"onnx": ("platform", "onnxruntime_onnx", "model.onnx"),
-            "tensorrt": ("platform", "tensorrt_plan", "model.plan"),
-            "openvino": ("backend", "openvino", "model.xml")}
+#: artifact kind -> (config key, platform or backend, model file): the formats registry's ``triton``
+PLATFORM = triton_platforms()
 
 
 @dataclass
@@ -234,6 +235,27 @@ def export_triton(model: str | Path, repo: str | Path, *, name: str | None = Non
     return folder
 
 
+def export_triton_repo(model: str | Path, out: str | Path | None, precision: str = "fp32", *,
+                       log=lambda *_: None, batch: int | None = None, device: str | None = None,
+                       **options: Any) -> ExportResult:
+    """The ``triton`` format's exporter (formats.py): ``export(MODEL, format="triton", out=REPO)``.
+
+    ``batch`` is the repository's ``max_batch_size`` [8]; the other options given (not None or
+    False) go to the ONNX export of a checkpoint, as :func:`export_triton` says.
+    """
+    import time
+
+    if not out:
+        raise CitysegError("--format triton writes a model repository: give --out REPO")
+    given = {k: v for k, v in options.items() if v is not None}  # dynamic None: batch left free
+    if precision != "fp32":
+        given["precision"] = precision
+    start = time.perf_counter()
+    folder = export_triton(model, out, max_batch=8 if batch is None else batch, device=device,
+                           log=log, **given)
+    return ExportResult(folder, "triton", precision, time.perf_counter() - start, path_mb(folder) or 0.0)
+
+
 def parse_config(path: Path):
     """``config.pbtxt`` parsed with Triton's schema (ImportError without ``tritonclient``)."""
     from google.protobuf import text_format
@@ -254,8 +276,8 @@ def verify_model_dir(folder: str | Path, *, name: str | None = None) -> dict[str
     cfg = parse_config(folder / "config.pbtxt")
     if name is not None and cfg.name != name:
         raise CitysegError(f"{folder}: config names {cfg.name!r}, expected {name!r}")
-    kind = {"onnxruntime_onnx": "onnx", "tensorrt_plan": "tensorrt"}.get(cfg.platform) or \
-        ("openvino" if cfg.backend == "openvino" else None)
+    kind = next((k for k, (key, value, _) in PLATFORM.items()
+                 if value == (cfg.platform if key == "platform" else cfg.backend)), None)
     if kind is None:
         raise CitysegError(f"{folder}: unknown platform {cfg.platform!r} / backend {cfg.backend!r}")
     model_file = folder / "1" / PLATFORM[kind][2]

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 
 from ..errors import CitysegError
+from ..system.threads import default_threads, torch_threads
+from .images import for_job, job_batches, job_input
 from .job import ExportJob
 
 if TYPE_CHECKING:
@@ -43,7 +45,7 @@ def torch_logits(job: ExportJob, images: np.ndarray) -> np.ndarray:
     saved = job.preprocess
     job.preprocess = False
     try:
-        x = job.to_input(images)
+        x = job_input(job, images)
     finally:
         job.preprocess = saved
     outs = []
@@ -66,10 +68,10 @@ def runner(path, kind: str, *, metadata=None, device: str = "cpu") -> "Segmenter
 
 
 def run_batched(job: ExportJob, seg: "Segmenter", images: np.ndarray) -> np.ndarray:
-    """``images`` through ``seg`` in the batches the export was made for (``job.batches``: a
+    """``images`` through ``seg`` in the batches the export was made for (``images.job_batches``: a
     static batch's last chunk padded): N×K×H×W float32 logits, or N×H×W labels for a labels graph."""
     outs = []
-    for chunk, n in job.batches(images):
+    for chunk, n in job_batches(job, images):
         labels, logits, _ = seg.run(chunk, want_logits=True)
         outs.append((logits if seg.outputs_logits else np.stack(labels))[:n])
     return np.concatenate(outs)
@@ -99,7 +101,7 @@ def miou(pred: np.ndarray, truth: np.ndarray, job: ExportJob) -> float:
 def measure(job: ExportJob, seg: "Segmenter") -> dict[str, Any]:
     """Run the artifact and PyTorch on the check images; return the figures (no judgement)."""
     labels_out = not seg.outputs_logits
-    images, truth, where = job.images("val", job.verify_images, labels=True)
+    images, truth, where = for_job(job, "val", job.verify_images, labels=True)
     out = run_batched(job, seg, images)
     stats: dict[str, Any] = {"images": where}
     if job.source_onnx is not None:
@@ -115,7 +117,8 @@ def measure(job: ExportJob, seg: "Segmenter") -> dict[str, Any]:
             ref_labels = ref_out.argmax(1)
             stats.update(compare(ref_out.astype(np.float32), out, labels_out=False))
     else:
-        ref = torch_logits(job, images)
+        with torch_threads(default_threads()):  # full width: an open onnxruntime runner holds torch at 1
+            ref = torch_logits(job, images)
         ref_labels = ref.argmax(1)
         stats.update(compare(ref, out, labels_out=labels_out))
     if truth is not None:

@@ -13,16 +13,13 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..fileio import atomic_path
+from ..lazy import lazy_import
 
 
 def pyplot():
     """matplotlib.pyplot on the Agg backend (files only, no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+    lazy_import("matplotlib").use("Agg", force=True)
+    return lazy_import("matplotlib.pyplot")
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 120, *, tight: bool = True) -> Path:

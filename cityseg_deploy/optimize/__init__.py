@@ -20,7 +20,7 @@ from ..errors import CitysegError
 from .candidates import candidates_for
 from .pick import pick as apply_rule
 from .record import State, data_digest, digest, make_record, write_deploy_folder
-from .steps import SUFFIX, check_all, export_all, progress_bar, time_all
+from .steps import check_all, export_all, progress_bar, suffix, time_all
 
 DEFAULT_MAX_DROP = 0.5
 
@@ -126,8 +126,10 @@ def optimize(checkpoint: str | os.PathLike, data: str | os.PathLike, *, device: 
     winner = next(c for c in chosen if c.name == verdict.name)
     source = artifacts.get(winner.slug, checkpoint)
     name = (checkpoint.name if winner.format is None
-            else f"{checkpoint.stem}_{winner.slug}{SUFFIX[winner.format]}")
-    kind = winner.format or "torch"
+            else f"{checkpoint.stem}_{winner.slug}{suffix(winner.format)}")
+    from .. import formats
+
+    kind = formats.get(winner.format).name if winner.format else "torch"  # trt → tensorrt
     record = make_record(
         source={"checkpoint": str(checkpoint.resolve()), "sha256": base_key["checkpoint"],
                 "arch": meta.arch, "label_set": meta.label_set, "num_classes": meta.num_classes,
@@ -140,7 +142,7 @@ def optimize(checkpoint: str | os.PathLike, data: str | os.PathLike, *, device: 
         candidates=table, verdict=verdict,
         # precision baked into an ONNX graph / engine: the runner reads it there
         winner={"name": winner.name, "slug": winner.slug, "kind": kind,
-                "precision": None if kind in ("onnx", "trt") else winner.precision,
+                "precision": None if kind in ("onnx", "tensorrt") else winner.precision,
                 "options": dict(winner.options)},
         load_average={"start": load_start, "end": load_average()})
     record["seconds"] = {**seconds, "total": round(sum(seconds.values()), 2),

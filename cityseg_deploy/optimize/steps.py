@@ -16,7 +16,13 @@ from ..errors import CitysegError, first_line
 from .candidates import Candidate
 from .record import State, digest
 
-SUFFIX = {"onnx": ".onnx", "openvino": "_openvino_model", "trt": ".engine", "aoti": ".pt2"}
+
+
+def suffix(fmt: str) -> str:
+    """What an export to ``fmt`` ends in (``.onnx``, ``_openvino_model`` ...; formats.py)."""
+    from .. import formats
+
+    return formats.get(fmt).suffix
 
 
 class _CandidateRunners:
@@ -74,7 +80,7 @@ def export_all(runnable: list[Candidate], checkpoint: Path, data: Path, work: Pa
         _step(bar, f"export {c.name}")
         done = state.get(c.slug, keys[c.slug], "export")
         if done is None:
-            target = work / f"{c.slug}{SUFFIX[c.format]}"
+            target = work / f"{c.slug}{suffix(c.format)}"
             start = time.perf_counter()
             try:
                 result = export(checkpoint, format=c.format, precision=c.export_precision, out=target,
@@ -193,4 +199,4 @@ def time_all(checked: list[Candidate], artifacts: dict[str, Path], device: str, 
     _done(bar)
 
 
-__all__ = ["SUFFIX", "check_all", "export_all", "progress_bar", "time_all"]
+__all__ = ["suffix", "check_all", "export_all", "progress_bar", "time_all"]

@@ -1,37 +1,40 @@
 """One ``Segmenter`` over every artifact kind: ``load(path, device=...)``.
 
-The backend is picked by artifact kind in one table (:data:`BACKENDS`); adding a backend is one
-file here and one row there.  ``"model.onnx@int8"``-style specs (bench, check) are split by
+The backend is picked by artifact kind from the formats registry (``cityseg_deploy/formats.py``:
+each record names its runner class); adding a backend is one runner file here and one record there.  ``"model.onnx@int8"``-style specs (bench, check) are split by
 :func:`parse_model_spec`.
 """
 from __future__ import annotations
 
 import difflib
-import importlib
 import inspect
 import os
 from pathlib import Path
 from typing import Any
 
+from .. import formats
 from ..artifacts import artifact_kind
 from ..deploy import is_deploy_folder, resolve as resolve_deploy
 from ..errors import CitysegError
 from ..models.checkpoint import ModelMeta
 from .base import PRECISIONS, Segmenter, check_precision
 
-# artifact kind -> (module, class)
-BACKENDS: dict[str, tuple[str, str]] = {
-    "torch": ("torch_backend", "TorchSegmenter"),
-    "onnx": ("onnxruntime_backend", "OnnxRuntimeSegmenter"),
-    "tensorrt": ("tensorrt_backend", "TensorRTSegmenter"),
-    "aoti": ("aoti_backend", "AOTISegmenter"),
-    "openvino": ("openvino_backend", "OpenVINOSegmenter"),
-}
+
+
+def backends() -> dict[str, str]:
+    """Artifact kind → the runner's dotted name, from the formats registry (read at call time,
+    so a format registered later is seen)."""
+    return {f.name: f.runner for f in formats.runnable()}
 
 
 def backend_class(kind: str) -> type[Segmenter]:
-    module, cls = BACKENDS[kind]
-    return getattr(importlib.import_module(f".{module}", __name__), cls)
+    return formats.get(kind).runner_class()
+
+
+def __getattr__(name: str) -> Any:
+    if name == "BACKENDS":  # the old table's name, derived
+        return backends()
+    raise AttributeError(name)
 
 
 def backend_options(cls: type[Segmenter]) -> tuple[str, ...]:
@@ -117,13 +120,14 @@ def open_artifact(path: str | os.PathLike, kind: str, *,
     sidecar (TensorRT, AOTInductor) — without it the file's own metadata is read (ONNX, OpenVINO).
     The backend's load-time checks (metadata against the graph) run as for :func:`load`.
     """
-    if kind not in BACKENDS or kind == "torch":
+    graphs = [k for k in backends() if k != "torch"]
+    if kind not in graphs:
         raise CitysegError(f"{path}: open_artifact runs exported graphs "
-                           f"({', '.join(k for k in BACKENDS if k != 'torch')}), not {kind!r}")
+                           f"({', '.join(graphs)}), not {kind!r}")
     check_options(path, kind, options)
     return backend_class(kind)(Path(path), device=device, precision=check_precision(precision),
                                threads=threads, metadata=metadata, **options)
 
 
-__all__ = ["BACKENDS", "Segmenter", "backend_class", "backend_options", "load", "open_artifact",
+__all__ = ["Segmenter", "backend_class", "backends", "backend_options", "load", "open_artifact",
            "takes_option", "parse_model_spec"]

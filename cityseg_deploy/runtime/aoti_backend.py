@@ -12,6 +12,7 @@ import numpy as np
 
 from ..artifacts import sidecar_path
 from ..errors import CitysegError, first_line
+from ..system.threads import default_threads
 from ..models.checkpoint import ModelMeta
 from .base import Segmenter, artifact_metadata, check_precision
 from .graph_check import check_aoti_input, check_output
@@ -39,8 +40,7 @@ class AOTISegmenter(Segmenter):
             raise CitysegError(f"{path}: compiled for CUDA but no CUDA GPU is visible")
         super().__init__(path, meta, io, device=str(device), precision=io.get("precision", "fp32"),
                          threads=threads, size=size)
-        if threads:
-            torch.set_num_threads(int(threads))
+        self.hold_threads(threads or (default_threads() if wanted == "cpu" else None))
         try:
             from torch._inductor import aoti_load_package
 

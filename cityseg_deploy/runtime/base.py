@@ -197,8 +197,20 @@ class Segmenter:
         return (f"{type(self).__name__}({self.path.name!r}, backend={self.backend}, "
                 f"device={self.device}, precision={self.precision}, size={self.input_size})")
 
+    def hold_threads(self, torch_threads: int | None) -> None:
+        """Hold torch's intra-op pool at ``torch_threads`` while this runner is open (restored by
+        :meth:`close`; system/threads.py): the runner's count for torch and AOTInductor, 1 for a
+        CPU runner of another library so two pools do not both run at full width."""
+        from ..system.threads import TorchThreads
+
+        self._torch_threads = TorchThreads(torch_threads)
+
     def close(self) -> None:
-        """Release backend resources (sessions, engines); the default has nothing to free."""
+        """Release backend resources (sessions, engines) and put torch's thread count back.
+        Subclasses that free more call ``super().close()``."""
+        hold = getattr(self, "_torch_threads", None)
+        if hold is not None:
+            hold.restore()
 
     def __enter__(self) -> "Segmenter":
         return self

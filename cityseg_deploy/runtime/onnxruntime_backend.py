@@ -14,6 +14,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import CitysegError, first_line
+from ..lazy import lazy_import
+from ..system.threads import default_threads
 from ..models.checkpoint import ModelMeta
 from .base import Segmenter, artifact_metadata, check_precision, device_normaliser
 from ..graphs.ort_int8 import onnxruntime_cpu_graph
@@ -24,12 +26,7 @@ ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor
 
 
 def _import_ort():
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise CitysegError("onnxruntime is not installed; pip install 'cityseg-deploy[cpu]' "
-                           "(or onnxruntime-gpu for CUDA)") from None
-    return ort
+    return lazy_import("onnxruntime")
 
 
 class OnnxRuntimeSegmenter(Segmenter):
@@ -54,8 +51,8 @@ class OnnxRuntimeSegmenter(Segmenter):
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
-        if threads:
-            so.intra_op_num_threads = int(threads)
+        if threads or not str(device).startswith("cuda"):  # default: the CPUs this process may use
+            so.intra_op_num_threads = int(threads or default_threads())
             so.inter_op_num_threads = 1
         available = ort.get_available_providers()
         self.cuda = str(device).startswith("cuda")
@@ -100,6 +97,8 @@ class OnnxRuntimeSegmenter(Segmenter):
         super().__init__(path, meta, io, device=str(device), precision=io.get("precision", "fp32"),
                          threads=threads, size=size)
         self.cuda_graph = bool(cuda_graph) and self.cuda
+        if not self.cuda:
+            self.hold_threads(1)  # torch idle beside onnxruntime's pool (system/threads.py)
         self._static: dict[tuple, tuple] = {}
         if self.cuda:
             import torch
@@ -183,3 +182,4 @@ class OnnxRuntimeSegmenter(Segmenter):
     def close(self) -> None:
         self._static.clear()
         self.session = None
+        super().close()

@@ -21,7 +21,9 @@ import numpy as np
 
 from ..artifacts import openvino_files
 from ..errors import CitysegError, first_line
+from ..lazy import lazy_import
 from ..system.machine import cpu_flags, has_native_bf16
+from ..system.threads import default_threads
 from ..models.checkpoint import ModelMeta
 from .base import Segmenter, artifact_metadata, check_precision, labels_array, normalise_nchw
 from .graph_check import check_openvino
@@ -33,11 +35,7 @@ DEVICES = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU", "auto": "AUTO"}
 
 
 def _import_ov():
-    try:
-        import openvino as ov
-    except ImportError:
-        raise CitysegError("openvino is not installed; pip install 'cityseg-deploy[cpu]'") from None
-    return ov
+    return lazy_import("openvino")
 
 
 class OpenVINOSegmenter(Segmenter):
@@ -87,8 +85,10 @@ class OpenVINOSegmenter(Segmenter):
         self.mode = mode
         self.streams = streams
         base_config = {"INFERENCE_PRECISION_HINT": HINT[precision]} if ov_device == "CPU" else {}
-        if threads:
-            base_config["INFERENCE_NUM_THREADS"] = int(threads)
+        if threads or ov_device == "CPU":  # default: the CPUs this process may use
+            base_config["INFERENCE_NUM_THREADS"] = int(threads or default_threads())
+        if ov_device == "CPU":
+            self.hold_threads(1)  # torch idle beside OpenVINO's pool (system/threads.py)
         self.base_config = base_config
         self.compiled = self._compile("LATENCY")
         self.request = self.compiled.create_infer_request()
@@ -198,6 +198,7 @@ class OpenVINOSegmenter(Segmenter):
     def close(self) -> None:
         self.request = None
         self._throughput = None
+        super().close()
 
 
 class PlainOpenVINO:

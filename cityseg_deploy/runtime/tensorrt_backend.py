@@ -14,18 +14,15 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import CitysegError
+from ..lazy import lazy_import
 from ..models.checkpoint import ModelMeta
 from .base import Segmenter, artifact_metadata, check_precision
 
 
 def _import_trt():
-    try:
-        import tensorrt as trt
-    except ImportError:
-        raise CitysegError("TensorRT is not installed (the tensorrt Python package and its "
-                           "libraries); install 'cityseg-deploy[gpu]' on a machine with an NVIDIA "
-                           "GPU, or run the .onnx artifact instead") from None
-    return trt
+    return lazy_import("tensorrt", message="TensorRT is not installed (the tensorrt Python package and "
+                       "its libraries); install 'cityseg-deploy[gpu]' on a machine with an NVIDIA "
+                       "GPU, or run the .onnx artifact instead")
 
 
 def check_engine_origin(path, io: dict, trt_version: str, gpu: str | None, capability: str | None) -> None:
@@ -115,3 +112,4 @@ class TensorRTSegmenter(Segmenter):
     def close(self) -> None:
         self.context = None
         self.engine = None
+        super().close()

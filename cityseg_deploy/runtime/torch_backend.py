@@ -33,6 +33,7 @@ import torch
 
 from ..artifacts import default_io
 from ..system.machine import cpu_flags, has_native_bf16
+from ..system.threads import default_threads
 from ..errors import CitysegError
 from ..models.checkpoint import load_checkpoint
 from ..models.fuse import fold_batchnorm, optimise_for_inference
@@ -95,8 +96,7 @@ class TorchSegmenter(Segmenter):
         model, meta = load_checkpoint(path)
         super().__init__(path, meta, default_io(meta, dynamic=True, precision=precision),
                          device=str(dev), precision=precision, threads=threads, size=size)
-        if threads:
-            torch.set_num_threads(int(threads))
+        self.hold_threads(threads or (default_threads() if dev.type == "cpu" else None))
         if precision == "int8":
             raise CitysegError(f"{path}: the PyTorch runner has no int8 path; export an int8 graph "
                                f"('cityseg export {path} --format onnx --precision int8')")
@@ -199,3 +199,4 @@ class TorchSegmenter(Segmenter):
 
     def close(self) -> None:
         self._graphs.clear()
+        super().close()

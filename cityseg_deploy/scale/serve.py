@@ -41,11 +41,12 @@ class SegmentService:
     """One replica: one loaded Segmenter; requests batched by ``@serve.batch``."""
 
     def __init__(self, model: str, device: str = "cpu", threads: int | None = None,
-                 max_batch: int = 8, batch_wait_ms: float = 5.0, max_body: int = MAX_BODY_BYTES):
+                 max_batch: int = 8, batch_wait_ms: float = 5.0, max_body: int = MAX_BODY_BYTES,
+                 runner_options: dict[str, Any] | None = None):
         from .. import runtime
         from ..evaluation.evaluate import label_set_of_model
 
-        self.segmenter = runtime.load(model, device=device, threads=threads)
+        self.segmenter = runtime.load(model, device=device, threads=threads, **(runner_options or {}))
         self.labels = label_set_of_model(self.segmenter.meta, where=model)
         self.name = Path(model).name
         self.max_body = max_body
@@ -115,15 +116,18 @@ class SegmentService:
 
 def build_app(model: str, *, replicas: int = 1, gpus_per_replica: float = 0.0,
               cpus_per_replica: float = 1.0, max_batch: int = 8, batch_wait_ms: float = 5.0,
-              device: str = "cpu", threads: int | None = None, max_body: int = MAX_BODY_BYTES):
-    """The Serve application (not started): ``replicas`` copies of :class:`SegmentService`."""
+              device: str = "cpu", threads: int | None = None, max_body: int = MAX_BODY_BYTES,
+              runner_options: dict[str, Any] | None = None):
+    """The Serve application (not started): ``replicas`` copies of :class:`SegmentService`
+    (``runner_options``: keyword options of each replica's runner, ``--runner-option``)."""
     if gpus_per_replica > 0 and device == "cpu":
         device = "cuda"
     deployment = serve.deployment(SegmentService).options(
         name="SegmentService", num_replicas=replicas,
         max_ongoing_requests=max(4 * max_batch, 16),
         ray_actor_options={"num_cpus": cpus_per_replica, "num_gpus": gpus_per_replica or None})
-    return deployment.bind(str(model), device, threads, max_batch, batch_wait_ms, max_body)
+    return deployment.bind(str(model), device, threads, max_batch, batch_wait_ms, max_body,
+                           dict(runner_options or {}))
 
 
 def start(model: str, *, host: str = "127.0.0.1", port: int = 8000, address: str | None = None,
