@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(HERE / "results" / "optimize_cpu"))
     args = ap.parse_args(argv)
 
+    from cityseg_deploy.system.threads import yield_when_idle
+
+    yield_when_idle()  # as the CLI does before torch is imported (OMP_WAIT_POLICY=PASSIVE)
     import torch
 
     from cityseg_deploy.bench.records import write_record

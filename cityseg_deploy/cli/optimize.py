@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ._app import app
+from ..optimize.candidates import CPU, CUDA
 from .options import option
 
 
@@ -19,7 +20,9 @@ from .options import option
               help="deploy folder to write (deploy.json + the chosen artifact) [CKPT_deploy/]")
 @option("threads")
 @click.option("--candidates", default=None,
-              help="comma-separated candidate names to try (default: every one that fits the device)")
+              help="comma-separated candidates to try (default: every one that fits the device); "
+                   "cpu: " + ", ".join(c.slug for c in CPU[1:]) + "; cuda: "
+                   + ", ".join(c.slug for c in CUDA[1:]) + " (torch_fp32, the baseline, always runs)")
 @click.option("--rounds", type=click.IntRange(min=1), default=20, show_default=True,
               help="interleaved timing rounds (each runs every candidate once)")
 @click.option("--time-budget", type=click.FloatRange(min=0), default=30.0, show_default=True,
