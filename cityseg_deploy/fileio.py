@@ -7,6 +7,7 @@ job never leaves a half-written file under the final name.  Every image read goe
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -21,7 +22,8 @@ import cv2
 import numpy as np
 
 from .errors import CitysegError
-from .native_logs import native_stderr
+from .images_header import check_bound, check_pixels
+from .native_logs import native_stderr, quiet_native
 
 
 def new_file_mode() -> int:
@@ -135,6 +137,60 @@ def _swap_dir_in(tmp: Path, final: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
+#: what a full or failing disk raises: no space, I/O error, quota exceeded
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EIO, errno.EDQUOT})
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def free_bytes(path: str | os.PathLike) -> int | None:
+    """Free bytes on the filesystem holding ``path`` (its nearest existing folder), or None."""
+    probe = Path(os.path.abspath(path))
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        return shutil.disk_usage(probe).free
+    except OSError:
+        return None
+
+
+def _mb(n: int | None) -> str:
+    return "unknown space" if n is None else f"{n / 1e6:.1f} MB"
+
+
+def storage_error(exc: BaseException, path: str | os.PathLike | None = None) -> CitysegError | None:
+    """The one-line error for a write that failed because the disk is full or failing, or None.
+
+    Why one function: a full disk ended export, predict, eval, train, segment, data synth and
+    bench in tracebacks (ENOSPC from Python's own writes, ``RuntimeError: ... file write failed``
+    from torch's C++ writer).  The message names the path and the space left, the two things a
+    user checks.  ``path`` is the output being written where the caller knows it; a C++ writer's
+    error (no errno) counts only when that filesystem is in fact (nearly) full.
+    """
+    os_err = next((e for e in _chain(exc) if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS),
+                  None)
+    if os_err is not None:
+        reason = os.strerror(os_err.errno)
+        path = path if path is not None else os_err.filename
+    else:  # torch's C++ writer: "basic_ios::clear: iostream error", "file write failed", ...
+        if path is None or not isinstance(exc, (OSError, RuntimeError)):
+            return None
+        if (free_bytes(path) or 0) >= 1 << 20:
+            return None
+        reason = os.strerror(errno.ENOSPC)
+    if path is None:
+        return CitysegError(f"cannot write ({reason}); {_mb(free_bytes(os.getcwd()))} free in "
+                            "the current folder's filesystem — free some space or write elsewhere")
+    return CitysegError(f"{path}: cannot write ({reason}); {_mb(free_bytes(path))} free on its "
+                        "filesystem — free some space or write elsewhere")
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``final``; rename it onto ``final`` only if the block succeeds.
@@ -165,11 +221,14 @@ def atomic_path(final: str | os.PathLike, *, is_dir: bool = False) -> Iterator[P
                 # mkstemp creates 0600; the artifact gets what open() would have given it.
                 os.chmod(tmp, final.stat().st_mode & 0o777 if final.is_file() else new_file_mode())
             os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+        full = storage_error(exc, final) if isinstance(exc, Exception) else None
+        if full is not None:  # after the temporary is gone, so the space it took is counted
+            raise full from None
         raise
 
 
@@ -231,8 +290,10 @@ def _decode(path: Path, flags: int) -> np.ndarray:
     data = np.fromfile(str(path), dtype=np.uint8)
     if data.size == 0:
         raise CitysegError(f"{path}: empty file (0 bytes); re-create or remove it")
+    check_pixels(data, str(path))  # a decompression bomb stops here, before any decoding
     try:
-        image = cv2.imdecode(data, flags)
+        with quiet_native():
+            image = cv2.imdecode(data, flags)
     except cv2.error as exc:  # OpenCV asserts, e.g. a header claiming more than 2^30 pixels
         if "CV_IO_MAX_IMAGE_PIXELS" in str(exc):
             raise CitysegError(f"{path}: corrupt or unreadable image (its header claims more pixels "
@@ -272,7 +333,8 @@ _PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: 
 
 
 def png_header_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(H, W) from a PNG's header, after checking its signature, IHDR (with CRC) and final IEND.
+    """(H, W) from a PNG's header, after checking its signature, IHDR (with CRC), final IEND and
+    the pixel bound (``--max-pixels``).
 
     Why: reads 45 bytes per file, so a training run can check every train and val file before
     its first step instead of meeting an empty, truncated or non-PNG file an epoch later.  A
@@ -301,4 +363,4 @@ def png_header_size(path: str | os.PathLike) -> tuple[int, int]:
                            f"colour type {colour}); re-create or remove it")
     if tail != _IEND:
         raise CitysegError(f"{path}: truncated PNG (no IEND chunk at its end); re-create or remove it")
-    return height, width
+    return check_bound((height, width), str(path))

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import tempfile
+import threading
 from typing import Callable, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -43,6 +45,92 @@ def _captured_fd2() -> Iterator[list[str]]:
         os.close(saved)
 
 
+# Lines native libraries print on their own: libpng's default handlers ("libpng error: ...",
+# "libpng warning: ..."), OpenCV's logger ("[ WARN:0@6.6] ..."), FFmpeg's ("[mov,mp4 @ 0x55...]").
+_NATIVE_LINE = re.compile(r"^(libpng (error|warning)|libtiff|\[ ?(WARN|ERROR|INFO|DEBUG)[:\]]"
+                          r"|\[[\w ,.-]+ @ 0x[0-9a-fA-F]+\])")
+
+
+def is_native_line(line: str) -> bool:
+    """True for a line a native library (libpng, OpenCV's logger, FFmpeg) printed by itself."""
+    return bool(_NATIVE_LINE.match(line.strip()))
+
+
+_quiet_lock = threading.Lock()
+_quiet_depth = 0
+_quiet_saved = -1
+_quiet_sink = -1
+
+
+@contextlib.contextmanager
+def quiet_native() -> Iterator[None]:
+    """Keep what native code prints to fd 2 during the block off the terminal.
+
+    Why: OpenCV 5 builds let libpng print ``libpng error: ...`` itself, a raw line above our
+    ``error:`` line (the failure path re-runs the decode under :func:`native_stderr` to fold the
+    words into the message).  Cost: two ``dup2`` calls per block.  Blocks may overlap across
+    threads (fd 2 is process-wide: the first entrant redirects, the last restores); anything else
+    written to fd 2 meanwhile (a progress bar, a Python warning) is passed on when the last block
+    ends, only native libraries' own lines are dropped.
+    """
+    global _quiet_depth, _quiet_saved, _quiet_sink
+    redirected = True
+    with _quiet_lock:
+        if _quiet_depth == 0:
+            with contextlib.suppress(Exception):
+                sys.stderr.flush()
+            try:
+                if _quiet_sink < 0:
+                    _quiet_sink = _sink_fd()
+                _quiet_saved = os.dup(2)
+                os.dup2(_quiet_sink, 2)
+            except OSError:  # no fd 2 (a daemon), no temp dir: decode without the redirect
+                if _quiet_saved >= 0:
+                    with contextlib.suppress(OSError):
+                        os.close(_quiet_saved)
+                _quiet_saved = -1
+                redirected = False
+        if redirected:
+            _quiet_depth += 1
+    if not redirected:
+        yield
+        return
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet_depth -= 1
+            if _quiet_depth == 0:
+                with contextlib.suppress(Exception):
+                    sys.stderr.flush()
+                os.dup2(_quiet_saved, 2)
+                os.close(_quiet_saved)
+                _quiet_saved = -1
+                _pass_on(_quiet_sink)
+
+
+def _sink_fd() -> int:
+    """An unlinked temporary file's descriptor (kept open for the process's life)."""
+    fd, name = tempfile.mkstemp(prefix="cityseg-native-")
+    os.unlink(name)
+    return fd
+
+
+def _pass_on(sink: int) -> None:
+    """Write what the sink caught, less native libraries' lines, to the real fd 2; empty it."""
+    size = os.lseek(sink, 0, os.SEEK_END)
+    if not size:
+        return
+    data = os.pread(sink, size, 0)
+    os.ftruncate(sink, 0)
+    os.lseek(sink, 0, os.SEEK_SET)
+    kept = [ln for ln in data.splitlines(keepends=True)
+            if not is_native_line(ln.decode("utf-8", "replace"))]
+    if kept:
+        with contextlib.suppress(OSError):
+            os.write(2, b"".join(kept))
+
+
 def _short(line: str) -> str:
     """``[ WARN:0@6.6] global grfmt_png.cpp:793 readFromStreamOrBuffer PNG input ...`` → the text."""
     if line.startswith("[") and "]" in line:
@@ -60,17 +148,21 @@ def native_stderr(call: Callable[[], T]) -> tuple[T | None, str]:
     """
     import cv2
 
-    logging = cv2.utils.logging
-    level = logging.getLogLevel()
+    # cv2.utils.logging exists from OpenCV 4.9 (the 4.8 floor run found it missing): without it
+    # the level stays as the environment set it, and only what the library prints anyway is kept
+    logging = getattr(getattr(cv2, "utils", None), "logging", None)
+    level = logging.getLogLevel() if logging is not None else None
     result: T | None = None
     with _captured_fd2() as lines:
-        logging.setLogLevel(logging.LOG_LEVEL_WARNING)
+        if logging is not None:
+            logging.setLogLevel(logging.LOG_LEVEL_WARNING)
         try:
             result = call()
         except Exception:  # noqa: BLE001 - the caller reports the failure; we only want the words
             result = None
         finally:
-            logging.setLogLevel(level)
+            if logging is not None:
+                logging.setLogLevel(level)
     said = "; ".join(dict.fromkeys(_short(ln) for ln in lines))
     return result, said[:200]
 

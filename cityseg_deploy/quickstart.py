@@ -45,7 +45,9 @@ class QuickstartConfig:
     threads: int | None = None
     progress: bool = True
     log: Callable[[str], None] = print
+    overwrite: bool = False            # redo steps whose options changed (else refuse)
     timings: dict[str, float] = field(default_factory=dict)
+    fresh: set[str] = field(default_factory=set)  # steps redone from scratch in this run
 
     @property
     def data(self) -> Path:
@@ -53,7 +55,8 @@ class QuickstartConfig:
 
 
 class State:
-    """``DIR/quickstart.json``: which steps finished, what they produced, and how long they took."""
+    """``DIR/quickstart.json``: which steps began and finished, with the options each ran with,
+    what they produced and how long they took."""
 
     def __init__(self, out: Path):
         self.path = out / STATE_FILE
@@ -63,34 +66,125 @@ class State:
                 self.steps = json.loads(self.path.read_text()).get("steps", {})
             except ValueError:
                 self.steps = {}  # a damaged state file only costs a re-run
+        self.ran: set[str] = set()  # steps this run executed (the report says which)
 
-    def done(self, step: str) -> dict[str, Any] | None:
+    def done(self, step: str, options: dict[str, Any]) -> dict[str, Any] | None:
+        """The finished record of ``step`` if it ran with ``options`` and its outputs exist."""
         record = self.steps.get(step)
-        if not record:
+        if not record or not record.get("finished", True) or record.get("options") != options:
             return None
         if not all(Path(p).exists() for p in record.get("outputs", [])):
             return None
         return record
 
-    def finish(self, step: str, *, outputs: list[str], seconds: float, **info: Any) -> None:
-        self.steps[step] = {"outputs": outputs, "seconds": round(seconds, 2), **info}
+    def changed(self, step: str, options: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+        """Options that differ from those ``step`` began or finished with before: {name: (then, now)}."""
+        record = self.steps.get(step)
+        if not record or "options" not in record:
+            return {}
+        then = record["options"]
+        return {k: (then.get(k), options.get(k)) for k in sorted(set(then) | set(options))
+                if then.get(k) != options.get(k)}
+
+    def begin(self, step: str, options: dict[str, Any]) -> None:
+        self.steps[step] = {"options": options, "finished": False}
+        self._save()
+
+    def finish(self, step: str, *, outputs: list[str], seconds: float, options: dict[str, Any] | None = None,
+               **info: Any) -> None:
+        if options is None:
+            options = self.steps.get(step, {}).get("options", {})
+        self.steps[step] = {"outputs": outputs, "seconds": round(seconds, 2), "options": options,
+                            "finished": True, "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+                            **info}
+        self.ran.add(step)
+        self._save()
+
+    def _save(self) -> None:
         write_text_atomic(self.path, json.dumps({"steps": self.steps}, indent=2, default=str) + "\n")
+
+
+def step_options(cfg: QuickstartConfig, step: str) -> dict[str, Any]:
+    """What ``step``'s result depends on: its own options and those of the steps it reads.
+
+    Why: a re-run with ``--train 8 --val 4`` reused the 48/12-image data, training and bench of
+    the first run, and the report stated the old counts; now a step whose options changed is
+    redone (``--overwrite``) or the run is refused, naming the steps and options.
+    """
+    kind, _, arch = step.partition(":")
+    data = {"train": cfg.n_train, "val": cfg.n_val, "size": list(cfg.size), "seed": cfg.seed}
+    if kind == "data":
+        return data
+    trained = {**data, "epochs": cfg.epochs}
+    if kind == "train":
+        return {**trained, "model": arch}
+    exported = {**trained, "aoti": cfg.aoti}
+    if kind in ("export", "check"):
+        return {**exported, "model": arch}
+    benched = {**exported, "models": list(cfg.models), "bench_iters": cfg.bench_iters,
+               "threads": cfg.threads}
+    if kind == "bench":
+        return benched
+    return {**benched, "video_frames": cfg.video_frames}  # segment
+
+
+def _clear(paths: list[Path]) -> None:
+    import shutil
+
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+
+
+def step_paths(cfg: QuickstartConfig, step: str) -> list[Path]:
+    """What ``step`` writes, removed before it is redone with other options."""
+    kind, _, arch = step.partition(":")
+    out = cfg.out
+    if kind == "data":
+        return [cfg.data]
+    if kind == "train":
+        return [out / "runs" / arch]
+    if kind == "export":
+        folder = out / "artifacts"
+        return sorted(folder.glob(f"{arch}_*")) if folder.is_dir() else []
+    if kind == "check":
+        return [out / "check" / arch]
+    if kind == "bench":
+        return [out / "bench"]
+    return [out / "video"]
 
 
 def _step(cfg: QuickstartConfig, state: State, name: str, title: str,
           body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Run ``body`` unless ``name`` already finished; ``body`` returns ``{"outputs": [...], ...}``."""
-    record = state.done(name)
+    """Run ``body`` unless ``name`` already finished with the same options; ``body`` returns
+    ``{"outputs": [...], ...}``.  A step that ran with other options is redone from scratch
+    with ``cfg.overwrite`` (its outputs removed first), else refused."""
+    options = step_options(cfg, name)
+    record = state.done(name, options)
     if record is not None:
-        cfg.log(f"[quickstart] {title}: done before, reused ({record['seconds']:.1f} s then)")
+        cfg.log(f"[quickstart] {title}: done before with the same options, reused "
+                f"({record['seconds']:.1f} s then)")
         cfg.timings[name] = 0.0
         return record
+    changed = state.changed(name, options)
+    if changed:
+        what = ", ".join(f"{k} {then!r} -> {now!r}" for k, (then, now) in changed.items())
+        if not cfg.overwrite:
+            raise CitysegError(f"{cfg.out}: step {name!r} ran with other options before ({what}); "
+                               "pass --overwrite to redo it (and what depends on it) with these, "
+                               "or choose another --out")
+        cfg.log(f"[quickstart] {title}: options changed ({what}); redoing it")
+        _clear(step_paths(cfg, name))
+        cfg.fresh.add(name)
     cfg.log(f"[quickstart] {title} ...")
+    state.begin(name, options)
     start = time.perf_counter()
     info = body()
     seconds = time.perf_counter() - start
     cfg.timings[name] = seconds
-    state.finish(name, seconds=seconds, **info)
+    state.finish(name, seconds=seconds, options=options, **info)
     cfg.log(f"[quickstart] {title}: {seconds:.1f} s")
     return state.steps[name]
 
@@ -113,7 +207,8 @@ def step_train(cfg: QuickstartConfig, arch: str) -> dict[str, Any]:
         overrides["epochs"] = cfg.epochs
     recipe = load_recipe(arch, overrides)
     run_dir = cfg.out / "runs" / arch
-    resume = (run_dir / "last.pt").is_file()
+    # an interrupted step with the same options resumes; one redone with other options starts over
+    resume = (run_dir / "last.pt").is_file() and f"train:{arch}" not in cfg.fresh
     result = fit(recipe, cfg.data, run_dir, resume=resume, progress=cfg.progress,
                  log=cfg.log, overwrite=not resume)
     best = result["best"] or {}
@@ -290,7 +385,7 @@ def write_report(cfg: QuickstartConfig, state: State) -> Path:
     seg = state.steps.get("segment")
     if seg:
         lines += _video_section(seg, rel)
-    lines += _steps_section(state)
+    lines += _steps_section(state, step_names(cfg))
     report = out / "report.md"
     write_text_atomic(report, "\n".join(lines))
     return report
@@ -368,11 +463,25 @@ def _video_section(seg: dict[str, Any], rel: Callable[[Any], str]) -> list[str]:
     return lines
 
 
-def _steps_section(state: State) -> list[str]:
-    total = sum(s.get("seconds", 0.0) for s in state.steps.values())
-    lines = ["## Steps and wall time", "", "| step | seconds |", "| --- | --- |"]
-    lines += [f"| {name} | {s.get('seconds', 0.0):.1f} |" for name, s in state.steps.items()]
-    return lines + [f"| **total** | **{total:.1f}** |", ""]
+def step_names(cfg: QuickstartConfig) -> list[str]:
+    """The steps of this configuration, in order (an earlier run's other models are not)."""
+    per_model = [f"{kind}:{arch}" for arch in cfg.models for kind in ("train",)]
+    per_model += [f"{kind}:{arch}" for arch in cfg.models for kind in ("export", "check")]
+    return ["data", *per_model, "bench", "segment"]
+
+
+def _steps_section(state: State, names: list[str]) -> list[str]:
+    """Each step: its wall time, whether this run executed it or reused an earlier run's result
+    (and when that finished), and the options it ran with."""
+    steps = {n: state.steps[n] for n in names if n in state.steps}
+    total = sum(s.get("seconds", 0.0) for s in steps.values())
+    lines = ["## Steps and wall time", "",
+             "| step | seconds | this run | options |", "| --- | --- | --- | --- |"]
+    for name, s in steps.items():
+        ran = "ran" if name in state.ran else f"reused (finished {s.get('finished_at', 'earlier')})"
+        opts = ", ".join(f"{k}={v}" for k, v in (s.get("options") or {}).items())
+        lines.append(f"| {name} | {s.get('seconds', 0.0):.1f} | {ran} | {opts} |")
+    return lines + [f"| **total** | **{total:.1f}** | | |", ""]
 
 
 _COUNT_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}

@@ -44,3 +44,33 @@ def random_checkpoint(path, arch: str, *, size: tuple[int, int] = (64, 128), see
     meta = ModelMeta.for_arch(arch, input_size=size)
     save_checkpoint(path, build_model(arch, **meta.arch_args).eval(), meta)
     return path
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A valid 8-bit greyscale PNG of ``width`` x ``height`` black pixels, built without ever
+    holding the pixels: the IDAT is one deflate block of zeros repeated (after a full flush
+    the compressor's output for the same input is the same bytes), then the final empty block
+    and the Adler-32 of all-zero data (a = 1, b = n mod 65521).  30000x30000 → under 1 MB.
+    """
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    total = height * (width + 1)  # each row: filter byte 0, then width zero bytes
+    block = 1 << 20
+    comp = zlib.compressobj(9)
+    full, rest = divmod(total, block)
+    body = b""
+    if full:  # the first output carries the zlib header; every later full block is the same bytes
+        body = comp.compress(b"\0" * block) + comp.flush(zlib.Z_FULL_FLUSH)
+        if full > 1:
+            body += (comp.compress(b"\0" * block) + comp.flush(zlib.Z_FULL_FLUSH)) * (full - 1)
+    if rest:
+        body += comp.compress(b"\0" * rest) + comp.flush(zlib.Z_FULL_FLUSH)
+    adler = (total % 65521) << 16 | 1
+    idat = body + b"\x03\x00" + struct.pack(">I", adler)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat)
+            + chunk(b"IEND", b""))

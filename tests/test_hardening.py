@@ -542,7 +542,10 @@ def test_video_without_a_frame_is_an_error(make, tmp_path, stand_in, capsys):
     code = run(["segment", str(src), "--model", "m.pt", "--out", str(tmp_path / "o.mp4"),
                 "--labels-dir", str(tmp_path / "labels")])
     assert code == 2
-    assert "no frame could be decoded" in error_line(capsys)
+    # OpenCV 5's FFmpeg opens the garbled file and decodes nothing; OpenCV 4.8's refuses to open
+    # it: both are one error line of ours (which one is the library's business, not the test's)
+    line = error_line(capsys)
+    assert "no frame could be decoded" in line or "cannot open as a video" in line, line
     assert not (tmp_path / "o.mp4").exists() and not (tmp_path / "labels").exists()
 
 
@@ -673,7 +676,10 @@ def test_opencv_png_warning_is_folded_into_theerror_line(synth_root, tmp_path):
     err = proc.stderr.decode()
     assert proc.returncode == 2 and err.count("\n") == 1, err
     assert err.startswith("error: ") and "a.png" in err and "[ WARN" not in err
-    assert "PNG input buffer is incomplete" in err  # what OpenCV said, now inside our line
+    # No test asserts OpenCV's or libpng's own words (they change between OpenCV 4.x and 5.x and
+    # with the libpng inside a wheel); what is checked is that nothing a native library printed
+    # by itself is left outside our one line (OpenCV 5 lets libpng print "libpng error: ...").
+    assert not err.startswith("error: libpng") and "corrupt or unreadable image" in err
 
 
 def test_ffmpeg_message_is_folded_into_theerror_line(tmp_path):
@@ -684,7 +690,7 @@ def test_ffmpeg_message_is_folded_into_theerror_line(tmp_path):
     err = proc.stderr.decode()
     assert proc.returncode == 2 and err.count("\n") == 1, err
     assert err.startswith("error: cut.mp4") or "cut.mp4" in err.splitlines()[0]
-    assert "@ 0x" not in err and "moov atom not found" in err
+    assert "@ 0x" not in err and "cannot open as a video" in err  # FFmpeg's words: not ours to pin
 
 
 # ---------------------------------------------------------------------------------------------

@@ -67,3 +67,55 @@ def test_answer_bytes_are_the_file_predict_writes(tmp_path, fmt):
     array, rgb = render(pred, image, labels_set, fmt)
     write_png(tmp_path / "p.png", array, rgb=rgb)
     assert encode_answer(pred, image, labels_set, fmt) == (tmp_path / "p.png").read_bytes()
+
+
+# ---- KServe v2 bodies (scale/kserve.py) ------------------------------------------------------
+def _v2_json(x: np.ndarray, **extra) -> bytes:
+    import json
+
+    spec = {"name": "images", "datatype": "UINT8", "shape": list(x.shape), "data": x.reshape(-1).tolist()}
+    return json.dumps({"inputs": [dict(spec, **extra)]}).encode()
+
+
+def test_v2_json_and_binary_requests_give_the_same_images():
+    import json
+
+    from cityseg_deploy.scale.kserve import infer_response, parse_infer
+
+    x = np.stack([_image(), _image()[::-1]])
+    req = parse_infer(_v2_json(x), None, max_pixels=10**6)
+    np.testing.assert_array_equal(np.stack(req.images), x)
+    head = json.dumps({"inputs": [{"name": "images", "datatype": "UINT8", "shape": list(x.shape),
+                                   "parameters": {"binary_data_size": x.size}}],
+                       "outputs": [{"name": "labels", "parameters": {"binary_data": True}}]}).encode()
+    req = parse_infer(head + x.tobytes(), str(len(head)), max_pixels=10**6)
+    np.testing.assert_array_equal(np.stack(req.images), x)
+    assert req.binary_output
+    labels = [np.full((24, 40), 3, np.uint8), np.full((24, 40), 7, np.uint8)]
+    body, headers = infer_response("m", labels, req)
+    n = int(headers["inference-header-content-length"])
+    out = json.loads(body[:n])["outputs"][0]
+    assert out["shape"] == [2, 24, 40] and out["parameters"]["binary_data_size"] == 2 * 24 * 40
+    np.testing.assert_array_equal(np.frombuffer(body[n:], np.uint8).reshape(2, 24, 40), np.stack(labels))
+
+
+@pytest.mark.parametrize("body, header", [
+    (b"not json", None),
+    (b'{"inputs": []}', None),
+    (b'{"inputs": [{"name": "x", "datatype": "UINT8", "shape": [1, 2, 2, 3], "data": []}]}', None),
+    (b'{"inputs": [{"name": "images", "datatype": "FP32", "shape": [1, 2, 2, 3], "data": []}]}', None),
+    (b'{"inputs": [{"name": "images", "datatype": "UINT8", "shape": [1, 2, 2, 4], "data": []}]}', None),
+    (b'{"inputs": [{"name": "images", "datatype": "UINT8", "shape": [1, 2, 2, 3], "data": [1, 2]}]}', None),
+    (b'{"inputs": [{"name": "images", "datatype": "UINT8", "shape": [1, 1, 1, 3], "data": [1, 2, 999]}]}', None),
+    (b'{"inputs": [{"name": "images", "datatype": "UINT8", "shape": [1, 1, 1, 3], '
+     b'"parameters": {"binary_data_size": 3}}]}\x01', "999"),
+    (b'{"inputs": [{"name": "images", "datatype": "UINT8", "shape": [1, 1, 1, 3], '
+     b'"parameters": {"binary_data_size": 3}}]}\x01', "88"),  # 2 of the 3 bytes missing
+    (b'{"inputs": [{"name": "images", "datatype": "UINT8", "shape": [1, 9000, 9000, 3], "data": []}]}', None),
+])
+def test_malformed_v2_requests_are_4xx(body, header):
+    from cityseg_deploy.scale.kserve import parse_infer
+
+    with pytest.raises(BadRequest) as err:
+        parse_infer(body, header, max_pixels=10**6)
+    assert err.value.status in (400, 413)

@@ -275,37 +275,49 @@ def _request(url: str, data: bytes | None = None, *, ctype: str | None = None, m
 
 @pytest.fixture(scope="module")
 def server(ray_cluster, models, tmp_path_factory):
-    """``cityseg serve`` in a subprocess joined to the session's cluster (--address)."""
-    import subprocess
-    import sys
-
+    """``cityseg serve`` in a subprocess joined to the session's cluster (--address): 2 replicas."""
     port = _free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.Popen([sys.executable, "-m", "cityseg_deploy", "serve", str(models["slow"]),
-                             "--port", str(port), "--address", ray.get_runtime_context().gcs_address,
-                             "--threads", "1", "--cpus-per-replica", "0.5", "--max-batch", "4",
-                             "--batch-wait-ms", "50", "--max-body-mb", "1"],
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+    proc, log = _start_serve(models["slow"], log, "--port", str(port), "--threads", "1", "--replicas", "2",
+                             "--cpus-per-replica", "0.5", "--max-batch", "4", "--batch-wait-ms", "50",
+                             "--max-body-mb", "1", "--body-timeout", "8")
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 240
+    _wait_up(proc, log, url)
+    yield {"url": url, "proc": proc, "log": log, "port": port}
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+
+
+def _start_serve(model: Path, log: Path, *args: str):
+    """``cityseg serve MODEL ARGS`` in a subprocess joined to the session's cluster (--address)."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, "-m", "cityseg_deploy", "serve", str(model),
+                             "--address", ray.get_runtime_context().gcs_address, *args],
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+    return proc, log
+
+
+def _wait_up(proc, log: Path, url: str, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if _request(url + "/v1/health", timeout=5)[0] == 200:
-                break
+            status, _, body = _request(url + "/v1/health", timeout=5)
+            if status == 200 and json.loads(body)["status"] == "ok":
+                return
         except OSError:
             pass
         if proc.poll() is not None:
             pytest.fail(f"serve exited {proc.returncode}: {log.read_text()[-2000:]}")
         time.sleep(1.0)
-    else:
-        proc.kill()
-        pytest.fail(f"serve did not come up: {log.read_text()[-2000:]}")
-    yield {"url": url, "proc": proc, "log": log}
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=120)
+    proc.kill()
+    pytest.fail(f"serve did not come up: {log.read_text()[-2000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -403,6 +415,152 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(server, sy
     assert max(sizes) > 1, sizes  # some requests shared one Segmenter.run call
 
 
+def test_health_lists_every_replica_and_its_cpu_budget(server):
+    doc = json.loads(_request(server["url"] + "/v1/health")[2])
+    replicas = doc["replicas"]
+    assert len(replicas) == 2 and len({r["pid"] for r in replicas}) == 2, replicas  # not one random replica
+    assert all(r["threads"] == 1 and r["backend"] == "torch" for r in replicas)
+
+
+def _idle_uploads(url: str, n: int) -> list:
+    """``n`` clients that send headers (Content-Length 100000), 100 bytes, then wait."""
+    import socket
+
+    host, port = url.rsplit("//", 1)[1].split("/")[0].split(":")
+    socks = []
+    for _ in range(n):
+        s = socket.create_connection((host, int(port)), timeout=60)
+        s.sendall(b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                  b"Content-Length: 100000\r\n\r\n" + b"\0" * 100)
+        socks.append(s)
+    return socks
+
+
+def test_idle_clients_cannot_block_segment_or_health(server, synth_root, predicted):
+    """40 stalled uploads (more than a model's request slots) leave health and segment answering;
+    the stalled ones get 408 once --body-timeout (8 s) passes (issue 27 item 2)."""
+    image = _val_images(synth_root)[0]
+    socks = _idle_uploads(server["url"], 40)
+    try:
+        time.sleep(1.0)  # the stalled requests reach the service
+        assert _request(server["url"] + "/v1/health", timeout=20)[0] == 200
+        status, _, body = _request(server["url"] + "/v1/segment", image.read_bytes(), ctype="image/png",
+                                   timeout=20)
+        assert status == 200 and body == (predicted["labelIds"] / image.name).read_bytes()
+        socks[0].settimeout(60)
+        assert socks[0].recv(64).startswith(b"HTTP/1.1 408")
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_v2_protocol_with_tritonclient_gives_predicts_labels(server, synth_root, predicted):
+    import cv2
+
+    httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is not installed")
+    from cityseg_deploy.fileio import read_rgb
+
+    client = httpclient.InferenceServerClient(server["url"].split("//", 1)[1])
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("slow")
+    meta = client.get_model_metadata("slow")
+    assert [i["name"] for i in meta["inputs"]] == ["images"] and meta["outputs"][0]["datatype"] == "UINT8"
+    images = _val_images(synth_root)[:2]
+    x = np.stack([read_rgb(p) for p in images])
+    truth = np.stack([cv2.imread(str(predicted["trainIds"] / p.name), cv2.IMREAD_UNCHANGED) for p in images])
+    for binary in (True, False):  # the binary-tensor extension and plain JSON data
+        inp = httpclient.InferInput("images", list(x.shape), "UINT8")
+        inp.set_data_from_numpy(x, binary_data=binary)
+        out = httpclient.InferRequestedOutput("labels", binary_data=binary)
+        labels = client.infer("slow", [inp], outputs=[out]).as_numpy("labels")
+        np.testing.assert_array_equal(labels, truth)
+    assert _request(server["url"] + "/v2/models/other/ready")[0] == 404
+
+
+def test_metrics_count_requests_batches_and_queue(server, synth_root):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    image = _val_images(synth_root)[0]
+    assert _request(server["url"] + "/v1/segment", image.read_bytes(), ctype="image/png")[0] == 200
+    status, headers, body = _request(server["url"] + "/metrics")
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(body.decode()) for s in fam.samples}
+    ok = samples[("cityseg_requests_total", (("code", "200"), ("model", "slow"), ("route", "segment")))]
+    assert ok >= 1
+    assert samples[("cityseg_batch_size_count", (("model", "slow"),))] >= 1
+    assert samples[("cityseg_replicas", (("model", "slow"),))] == 2
+    assert ("cityseg_queue_depth", (("model", "slow"),)) in samples
+    assert samples[("cityseg_request_duration_seconds_count", (("model", "slow"), ("route", "segment")))] >= 1
+
+
+def test_per_client_limit_refuses_with_429_and_frees_on_release():
+    from types import SimpleNamespace
+
+    from cityseg_deploy.scale.serve import Ingress, Refused, ServeOptions
+    from cityseg_deploy.scale.serve_metrics import ServeMetrics
+
+    ing = Ingress.__new__(Ingress)  # the limit's bookkeeping only: no model, no cluster
+    ing.opts, ing.clients, ing.name, ing.metrics = ServeOptions(max_per_client=2), {}, "t", ServeMetrics("t")
+    one, two = (SimpleNamespace(client=SimpleNamespace(host=h)) for h in ("10.0.0.1", "10.0.0.2"))
+    held = [ing._client_slot(one), ing._client_slot(one)]
+    with pytest.raises(Refused) as err:
+        ing._client_slot(one)
+    assert err.value.status == 429 and int(err.value.headers["Retry-After"]) >= 1
+    ing._client_slot(two)  # another address is not limited by this one
+    ing._release(held[0])
+    ing._client_slot(one)  # a finished request frees its slot
+
+
+def test_static_graph_with_max_batch_is_refused_before_the_cluster(models, capsys):
+    from cityseg_deploy.scale.serve import static_batch
+
+    assert static_batch(str(models["onnx"])) == 1 and static_batch(str(models["ckpt"])) is None
+    assert run(["serve", str(models["onnx"]), "--max-batch", "4"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--dynamic" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_second_app_shares_the_port_and_sigterm_leaves_the_first_serving(server, models, synth_root,
+                                                                          predicted, tmp_path):
+    image = _val_images(synth_root)[0]
+    png, good = image.read_bytes(), (predicted["labelIds"] / image.name).read_bytes()
+    # another port than the cluster's one proxy port, or the first app's name: refused up front
+    for args, words in ((["--name", "second", "--port", str(_free_port())], f":{server['port']}"),
+                        ([], "already serves")):
+        proc, log = _start_serve(models["slow"], tmp_path / "refused.log", *args)
+        assert proc.wait(timeout=180) == 2
+        text = log.read_text()
+        assert "error: " in text and words in text and "Traceback" not in text, text[-1500:]
+    proc, log = _start_serve(models["slow"], tmp_path / "second.log", "--name", "second", "--max-batch", "1",
+                             "--max-queue", "1", "--cpus-per-replica", "1")
+    url2 = server["url"] + "/second"
+    try:
+        _wait_up(proc, log, url2)
+        deadline = time.monotonic() + 120
+        while "serving" not in log.read_text() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+        assert f"on {url2}" in log.read_text()  # the URL it prints is where it answers
+        assert json.loads(_request(url2 + "/v1/health")[2])["replicas"][0]["threads"] == 1
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(12) as pool:  # 2 running + 1 queued fit; the rest is turned away
+            answers = list(pool.map(lambda _: _request(url2 + "/v1/segment", png, ctype="image/png"),
+                                    range(12)))
+        codes = [a[0] for a in answers]
+        assert set(codes) <= {200, 503} and 200 in codes and 503 in codes, codes
+        for status, headers, body in answers:
+            assert body == good if status == 200 else (int(headers["retry-after"]) >= 1
+                                                       and json.loads(body)["error"])
+        assert _request(server["url"] + "/v1/segment", png, ctype="image/png")[2] == good
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=120)
+    text = log.read_text()
+    assert code == 0 and "Traceback" not in text and "graceful_shutdown" not in text, text[-2000:]
+    assert _request(server["url"] + "/v1/segment", png, ctype="image/png")[2] == good  # the first serves on
+    assert _request(url2 + "/v1/health")[0] == 404
+
+
 def test_sigterm_drains_in_flight_requests_and_exits_0(server, synth_root, predicted):
     image = _val_images(synth_root)[0]
     answers: list = []
@@ -417,4 +575,5 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(server, synth_root, predi
     assert server["proc"].wait(timeout=120) == 0
     assert [a[0] for a in answers] == [200, 200]
     assert all(a[2] == (predicted["labelIds"] / image.name).read_bytes() for a in answers)
-    assert "stopped" in server["log"].read_text()
+    text = server["log"].read_text()
+    assert "stopped" in text and "Traceback" not in text and "graceful_shutdown" not in text, text[-2000:]

@@ -76,12 +76,15 @@ def run(argv: list[str] | None = None) -> int:
         # as __cause__) before it can reach the handlers below: Ctrl-C says "interrupted"; an
         # EOFError is input that ended early (a truncated file some reader did not wrap), which
         # is bad input — exit 2 like every other, not 130 as if the user had stopped the job.
-        if isinstance(exc.__cause__, EOFError):
-            detail = first_line(exc.__cause__, 160) if str(exc.__cause__).strip() else ""
+        # click 8.1.0-8.1.3 raise Abort inside the handler without "from": the original is then
+        # __context__, not __cause__ (found by the floor run)
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, EOFError):
+            detail = first_line(cause, 160) if str(cause).strip() else ""
             click.echo("error: input ended early (a truncated or empty file?)"
                        + (f": {redact(detail)}" if detail else ""), err=True)
             return 2
-        interrupted = isinstance(exc.__cause__, KeyboardInterrupt)
+        interrupted = isinstance(cause, KeyboardInterrupt)
         click.echo(f"error: {'interrupted' if interrupted else 'aborted'}", err=True)
         return 130
     except click.ClickException as exc:
@@ -95,6 +98,14 @@ def run(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("error: interrupted", err=True)
         return 130
+    except (OSError, RuntimeError) as exc:  # a full or failing disk, wherever the write was
+        from ..fileio import storage_error
+
+        full = storage_error(exc)
+        if full is None:
+            raise
+        _echo_error(f"error: {redact(str(full))}")
+        return 2
     return status if isinstance(status, int) else 0
 
 

@@ -9,6 +9,7 @@ from .options import option, runner_options
 
 
 @app.command("check")
+@option("max_pixels")
 @click.argument("baseline")
 @click.argument("candidates", nargs=-1, required=True)
 @click.option("--data", "data_root", required=True,

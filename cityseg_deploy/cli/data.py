@@ -41,6 +41,7 @@ def synth(out: str, n_train: int, n_val: int, size: str, seed: int) -> None:
 
 @data.command()
 @click.argument("root", type=click.Path())
+@option("max_pixels")
 def check(root: str) -> None:
     """Audit ROOT: counts, sizes, unmatched files, class frequencies, every problem."""
     from ..data.check import check_dataset, format_report

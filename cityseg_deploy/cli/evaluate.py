@@ -10,6 +10,7 @@ from .options import option, runner_options
 
 
 @app.command("eval")
+@option("max_pixels")
 @click.argument("model", required=False)
 @click.option("--data", "data_root", required=True, help="Cityscapes-layout root")
 @option("split")

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from ._app import app, parse_size
+from .options import option
 from ..errors import CitysegError, first_line
 from ..export import format_table
 from ..export.formats import get_format
@@ -102,6 +103,7 @@ def _epilog() -> str:
 
 
 @app.command("export", epilog=_epilog())
+@option("max_pixels")
 @click.argument("model", type=click.Path())
 @export_options
 @click.option("--profile", default=None,

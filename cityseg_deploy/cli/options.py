@@ -35,6 +35,12 @@ def _batches(ctx, param, value):
     return int_list(value, "--batch")
 
 
+def _max_pixels(ctx, param, value):
+    from ..images_header import set_max_pixels
+
+    set_max_pixels(value)
+
+
 @dataclass(frozen=True)
 class Shared:
     """One shared option: click declarations and keyword arguments, help included."""
@@ -61,6 +67,12 @@ SHARED: dict[str, Shared] = {
     "json": Shared(("--json", "json_path"), "write the JSON report here", {"default": None, "metavar": "FILE"}),
     "md": Shared(("--md", "md_path"), "write the Markdown report here", {"default": None, "metavar": "FILE"}),
     "split": Shared(("--split",), "dataset split", {"default": "val", "show_default": True}),
+    # every command that decodes images: the bound each image's header is checked against
+    # before decoding (images_header.py); set process-wide, so it takes no function parameter
+    "max_pixels": Shared(("--max-pixels",), "refuse an image whose header declares more pixels, "
+                         "before decoding it (default 64000000; a decompression bomb stops here)",
+                         {"type": click.IntRange(min=1), "default": None, "expose_value": False,
+                          "is_eager": True, "callback": _max_pixels}),
     "runner_option": Shared(("--runner-option", "runner_option"),
                             "KEY=VALUE for the model's runner (repeatable; e.g. cuda_graphs=true, "
                             "mode=throughput, streams=2); a name the backend does not take is refused",

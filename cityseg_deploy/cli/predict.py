@@ -12,6 +12,7 @@ from .options import option, runner_options
 
 
 @app.command("predict")
+@option("max_pixels")
 @click.argument("model")
 @click.option("--data", "data_root", default=None, help="Cityscapes-layout root (scored on the way)")
 @click.option("--images", default=None,

@@ -28,6 +28,7 @@ def _load_segmenter(path: str, *, device: str, threads: int | None, **options):
 
 
 @app.command()
+@option("max_pixels")
 @click.argument("source", nargs=-1, required=True)
 @click.option("--model", "model_path", required=True, help="Any artifact: .pt, .onnx, .engine, .pt2, OpenVINO IR.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
@@ -65,7 +66,7 @@ def segment(source: tuple[str, ...], model_path: str, out: str | None, labels_di
     """Segment SOURCE: a video file, image folder or glob, camera index (0), rtsp/rtmp/http URL,
     or a .txt/.streams list of those (processed one after another; with --engine ray, all at
     once, one Ray actor per stream)."""
-    from ..video import PipelineOptions, Window, parse_sources, run_sources
+    from ..video import PipelineOptions, Window, run_sources, sources_of
     from ..video.pipeline import check_outputs, iter_results_summary, output_paths
 
     if out is None and labels_dir is None and not show:
@@ -83,7 +84,7 @@ def segment(source: tuple[str, ...], model_path: str, out: str | None, labels_di
                                       realtime=realtime, mode=mode, alpha=alpha,
                                       label_format=label_format, fourcc=fourcc))
         return
-    sources = [s for spec in source for s in parse_sources(spec, reconnect=reconnect)]
+    sources = sources_of(source, reconnect=reconnect)  # unique, path-derived output names
     check_outputs(output_paths(sources, out, labels_dir), overwrite=overwrite)  # before any work
     sources[0].open()  # fail on an unopenable source before paying for the model
     window = Window() if show else None

@@ -14,6 +14,7 @@ from .options import option
 
 
 @app.command()
+@option("max_pixels")
 @click.option("--recipe", "recipe", required=True,
               help="recipe YAML path, or a name from training/ (e.g. unet_small)")
 @click.option("--data", "data_root", required=True, type=click.Path(),

@@ -199,11 +199,16 @@ def export(model_path: str | os.PathLike, *, format: str = "onnx", precision: st
     job.log(f"cityseg export: {source.name} ({job.meta.arch}, {job.meta.num_classes} classes) → "
             f"{fmt.cli} {precision}, input {job.input_name} {shape_in} "
             f"{'uint8' if job.preprocess else 'float32'}, output {job.output_name} {shape_out}{calib}")
-    if accuracy is not None:
-        from .accuracy_control import export_with_max_drop
+    from ..runlock import folder_lock
 
-        return export_with_max_drop(job, out_path, precision, fmt, exporter, **accuracy)
-    return exporter(job, out_path, precision)
+    # one writer per artifact: a second export to the same --out is refused while this one runs
+    with folder_lock(out_path.parent, what=f"export to {out_path.name}",
+                     name=f".{out_path.name}.lock", remove=True):
+        if accuracy is not None:
+            from .accuracy_control import export_with_max_drop
+
+            return export_with_max_drop(job, out_path, precision, fmt, exporter, **accuracy)
+        return exporter(job, out_path, precision)
 
 
 def next_commands(result: ExportResult, model_path: str | os.PathLike, data: str | None = None) -> list[str]:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import io
+import os
 import warnings
 from pathlib import Path
 
@@ -42,6 +44,25 @@ class HalfPrecision(torch.nn.Module):
         return self.model(x.to(self.dtype).contiguous(memory_format=torch.channels_last)).float()
 
 
+def check_room_for_package(model: torch.nn.Module, out: Path) -> None:
+    """Refuse, before compiling, an output folder without room for the package.
+
+    Why: on a full disk the package writer (C++) throws from a destructor and the process ends
+    in ``terminate called ... c10::Error`` (exit 134) — no Python handler runs, so no error line.
+    The estimate: the weights twice (the package's copy and the temporary beside it) plus 32 MB
+    for the compiled library and its metadata.
+    """
+    from ..fileio import free_bytes
+
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    needed = 2 * weights + (32 << 20)
+    free = free_bytes(out.parent)
+    if free is not None and free < needed:
+        raise CitysegError(f"{out}: cannot write ({os.strerror(errno.ENOSPC)}); {free / 1e6:.1f} MB "
+                           f"free on its filesystem, an AOTInductor package of this model needs about "
+                           f"{needed / 1e6:.0f} MB — free some space or write elsewhere")
+
+
 def export_aoti(job: ExportJob, out: Path, precision: str = "fp32") -> ExportResult:
     from . import verify
     from .graph import _dynamic_shapes, example_input, wrapped_model
@@ -56,6 +77,7 @@ def export_aoti(job: ExportJob, out: Path, precision: str = "fp32") -> ExportRes
         model = HalfPrecision(model, HALF[precision])
     model = model.eval().to(device)
     x = example_input(job).to(device)
+    check_room_for_package(model, out)
     checks: dict = {}
     side = sidecar_path(out)
     io_ = job.io(precision, device=device.type, torch_version=torch.__version__)  # the sidecar's

@@ -137,6 +137,11 @@ def torch_to_onnx(job: ExportJob, path: Path) -> str:
             program.save(str(path))
         return "dynamo"
     except Exception as exc:  # noqa: BLE001 - any exporter failure: try the other exporter
+        from ..fileio import storage_error
+
+        full = storage_error(exc, path)
+        if full is not None:  # a full disk fails the other exporter too: say so now
+            raise full from None
         job.log(f"  note: the dynamo exporter failed for {job.meta.arch} ({exporter_reason(exc)}); "
                 f"using the TorchScript exporter")
     axes = None

@@ -139,8 +139,11 @@ def _tensor_text(t: Tensor, batched: bool) -> str:
 
 def config_text(name: str, kind: str, inputs: list[Tensor], outputs: list[Tensor], *, max_batch: int,
                 instance_kind: str, instances: int, parameters: dict[str, str],
-                batch_wait_us: int = 2000) -> str:
-    """The ``config.pbtxt`` text (Triton's ModelConfig in protobuf text format)."""
+                batch_wait_us: int = 2000, warmup_size: tuple[int, int] | None = None) -> str:
+    """The ``config.pbtxt`` text (Triton's ModelConfig in protobuf text format).
+
+    ``warmup_size``: (H, W) that replaces free height/width dims in the warm-up sample (zeros
+    through every input, batch 1), so the first client does not pay the model's first run."""
     key, value, filename = PLATFORM[kind]
     batched = max_batch > 0
     lines = [f"name: {_quote(name)}", f"{key}: {_quote(value)}", f"max_batch_size: {max_batch if batched else 0}"]
@@ -151,9 +154,29 @@ def config_text(name: str, kind: str, inputs: list[Tensor], outputs: list[Tensor
     lines.append(f"instance_group [\n  {{\n    count: {instances}\n    kind: {instance_kind}\n  }}\n]")
     if batched:
         lines.append(f"dynamic_batching {{\n  max_queue_delay_microseconds: {batch_wait_us}\n}}")
+    if warmup_size is not None:
+        lines.append(_warmup_text(inputs, batched, warmup_size))
     for k, v in parameters.items():
         lines.append(f"parameters {{\n  key: {_quote(k)}\n  value {{\n    string_value: {_quote(v)}\n  }}\n}}")
     return "\n".join(lines) + "\n"
+
+
+def _warmup_text(inputs: list[Tensor], batched: bool, size: tuple[int, int]) -> str:
+    """``model_warmup``: one all-zeros request of batch 1 at the model's input size."""
+    entries = []
+    for t in inputs:
+        dims = list(t.dims[1:] if batched else t.dims)
+        if not batched and dims and dims[0] == -1:
+            dims[0] = 1
+        free = [i for i, d in enumerate(dims) if d == -1]
+        for i, value in zip(free, size):  # NHWC: H, W lead; NCHW: after C — free dims in order
+            dims[i] = int(value)
+        if any(d <= 0 for d in dims):
+            raise CitysegError(f"tensor {t.name!r} dims {t.dims}: no warm-up shape (more than H and W free)")
+        entries.append(f"  inputs {{\n    key: {_quote(t.name)}\n    value {{\n      data_type: {t.data_type}\n"
+                       f"      dims: [ {', '.join(map(str, dims))} ]\n      zero_data: true\n    }}\n  }}")
+    return ("model_warmup [\n  {\n    name: \"zeros\"\n    batch_size: 1\n" + "\n".join(entries)
+            + "\n  }\n]")
 
 
 def metadata_parameters(meta, io: dict[str, Any]) -> dict[str, str]:
@@ -173,15 +196,25 @@ def _safe_name(text: str) -> str:
     return name
 
 
-def export_triton(model: str | Path, repo: str | Path, *, name: str | None = None, max_batch: int = 8,
-                  device: str | None = None, instances: int = 1, log=lambda *_: None,
+def export_triton(model: str | Path, repo: str | Path, *, name: str | None = None,
+                  max_batch: int | None = None, device: str | None = None, instances: int = 1,
+                  overwrite: bool = False, logits: bool = False, log=lambda *_: None,
                   **onnx_options: Any) -> Path:
     """Write ``repo/<name>/`` (config + version 1) for ``model``; returns the model folder.
 
     A checkpoint is exported to ONNX first (``onnx_options`` go to that export; batch dynamic
-    unless ``dynamic=False``).  ``device``: ``cuda`` → ``KIND_GPU`` instances, ``cpu`` →
-    ``KIND_CPU`` (default: GPU for a TensorRT engine, CPU otherwise).  The folder is replaced
-    atomically; when ``tritonclient`` is installed it is checked with :func:`verify_model_dir`.
+    unless ``dynamic=False``), by default with ``preprocess`` and ``argmax`` in the graph: uint8
+    NHWC pixels in, uint8 labels out — 0.4 MB in and 0.1 MB out per 256x512 image where float
+    in and logits out move 1.6 MB and 10 MB (``logits=True`` keeps the float graph).
+    ``max_batch``: Triton's ``max_batch_size`` — default 8 when the graph's batch is free, 0 for a
+    static graph; a value above a static graph's batch is refused (it would silently be 0).
+    ``device``: ``cuda`` → ``KIND_GPU`` instances, ``cpu`` → ``KIND_CPU`` (default: GPU for a
+    TensorRT engine, CPU otherwise); ``instances``: the instance group's count.  An int8 ONNX graph
+    for CPU instances is written in the form cityseg's onnxruntime runner rewrites it to
+    (:mod:`cityseg_deploy.graphs.ort_int8`), so Triton's labels equal ``cityseg predict``'s.
+    An existing ``repo/<name>`` is refused unless ``overwrite`` (a second model of the same file
+    stem needs ``name``).  Written atomically; checked with :func:`verify_model_dir` when
+    ``tritonclient`` is installed.
     """
     import tempfile
 
@@ -190,19 +223,30 @@ def export_triton(model: str | Path, repo: str | Path, *, name: str | None = Non
     name = name or (Path(model).name if is_deploy_folder(model) else None)
     source = artifact_of(model)  # a deploy folder: the artifact it chose
     kind = artifact_kind(source)
-    if max_batch < 0:
+    if max_batch is not None and max_batch < 0:
         raise CitysegError(f"--batch {max_batch}: must be >= 0")
+    if instances < 1:
+        raise CitysegError(f"--instances {instances}: must be >= 1")
+    name = _safe_name(name or source.name.removesuffix("_openvino_model").rsplit(".", 1)[0])
+    folder = Path(repo) / name
+    if folder.exists() and not overwrite:
+        raise CitysegError(f"{folder} exists (Triton model {name!r}); give --name NAME for another "
+                           f"model in this repository, or --overwrite to replace it")
     with tempfile.TemporaryDirectory(prefix="cityseg-triton-") as scratch:
         if kind in ("torch",):
             from . import export
 
             onnx_options.setdefault("dynamic", True)
+            if not logits:
+                onnx_options.setdefault("preprocess", True)
+                onnx_options.setdefault("argmax", True)
             onnx_options.pop("format", None)
             res = export(source, format="onnx", out=str(Path(scratch) / f"{source.stem}.onnx"), log=log,
                          **onnx_options)
             artifact, kind = Path(res.path), "onnx"
-        elif onnx_options:
-            raise CitysegError(f"{source}: {', '.join(sorted(onnx_options))} apply when exporting a "
+        elif onnx_options or logits:
+            given = sorted(onnx_options) + (["logits"] if logits else [])
+            raise CitysegError(f"{source}: {', '.join(given)} apply when exporting a "
                                f"checkpoint; this {kind} artifact is copied as it is")
         else:
             artifact = source
@@ -213,25 +257,49 @@ def export_triton(model: str | Path, repo: str | Path, *, name: str | None = Non
         files = openvino_files(artifact)[:2] if kind == "openvino" else (artifact,)
         inputs, outputs = model_io(kind, files[0])
         batch_free = all(t.dims and t.dims[0] == -1 for t in inputs + outputs)
-        max_batch = max_batch if batch_free else 0
+        static = None if batch_free else (inputs[0].dims[0] if inputs and inputs[0].dims else 1)
+        if max_batch is None:
+            max_batch = 8 if batch_free else 0
+            if not batch_free:
+                log(f"{source.name}: a static batch-{static} graph: max_batch_size 0 (no dynamic "
+                    f"batching); export the checkpoint with --format triton for a batch-dynamic one")
+        elif not batch_free and max_batch > 0:
+            raise CitysegError(f"--batch {max_batch}: {source} is a static batch-{static} graph, so "
+                               f"Triton could not batch it (max_batch_size would be 0); export the "
+                               f"checkpoint with --format triton (batch dynamic), or drop --batch")
+        if io.get("input") != "uint8_nhwc" or io.get("output") != "labels":
+            log(f"{source.name}: takes {io.get('input', 'float_nchw')} and returns {io.get('output', 'logits')}; "
+                f"export the checkpoint with --format triton for uint8 pixels in and labels out")
         instance_kind = ("KIND_GPU" if (device or ("cuda" if kind == "tensorrt" else "cpu")).startswith("cuda")
                          else "KIND_CPU")
-        name = _safe_name(name or source.name.removesuffix("_openvino_model").rsplit(".", 1)[0])
+        params = metadata_parameters(meta, io)
+        model_bytes = None
+        if kind == "onnx" and instance_kind == "KIND_CPU" and io.get("precision") == "int8":
+            from ..graphs.ort_int8 import onnxruntime_cpu_graph
+
+            graph, changes = onnxruntime_cpu_graph(files[0])
+            if changes:
+                model_bytes = graph
+                params["cityseg_ort_cpu_rewrite"] = json.dumps(changes)
+        size = tuple(io.get("size") or meta.input_size)
         text = config_text(name, kind, inputs, outputs, max_batch=max_batch, instance_kind=instance_kind,
-                           instances=instances, parameters=metadata_parameters(meta, io))
-        folder = Path(repo) / name
+                           instances=instances, parameters=params, warmup_size=(int(size[0]), int(size[1])))
         with atomic_path(folder, is_dir=True) as tmp:
             (tmp / "1").mkdir()
             (tmp / "config.pbtxt").write_text(text)
-            target = PLATFORM[kind][2]
-            shutil.copyfile(files[0], tmp / "1" / target)
+            target = tmp / "1" / PLATFORM[kind][2]
+            if model_bytes is not None:
+                target.write_bytes(model_bytes)
+            else:
+                shutil.copyfile(files[0], target)
             if kind == "openvino":
                 shutil.copyfile(files[1], tmp / "1" / "model.bin")
             try:
                 verify_model_dir(tmp, name=name)
             except ImportError:
                 log("tritonclient not installed: config.pbtxt not checked against Triton's schema")
-    log(f"triton model {name}: {folder} ({PLATFORM[kind][1]}, max_batch_size {max_batch}, {instance_kind})")
+    log(f"triton model {name}: {folder} ({PLATFORM[kind][1]}, max_batch_size {max_batch}, "
+        f"{instances} x {instance_kind})")
     return folder
 
 
@@ -240,8 +308,10 @@ def export_triton_repo(model: str | Path, out: str | Path | None, precision: str
                        **options: Any) -> ExportResult:
     """The ``triton`` format's exporter (formats.py): ``export(MODEL, format="triton", out=REPO)``.
 
-    ``batch`` is the repository's ``max_batch_size`` [8]; the other options given (not None or
-    False) go to the ONNX export of a checkpoint, as :func:`export_triton` says.
+    ``batch`` is the repository's ``max_batch_size`` [8 for a free batch, 0 for a static graph;
+    refused above a static graph's batch]; ``name``, ``instances``, ``overwrite`` and ``logits`` are
+    :func:`export_triton`'s; the other options given (not None or False) go to the ONNX export of
+    a checkpoint, as :func:`export_triton` says.
     """
     import time
 
@@ -251,8 +321,8 @@ def export_triton_repo(model: str | Path, out: str | Path | None, precision: str
     if precision != "fp32":
         given["precision"] = precision
     start = time.perf_counter()
-    folder = export_triton(model, out, max_batch=8 if batch is None else batch, device=device,
-                           log=log, **given)
+    own = {k: given.pop(k) for k in ("name", "instances", "overwrite", "logits") if k in given}
+    folder = export_triton(model, out, max_batch=batch, device=device, log=log, **own, **given)
     return ExportResult(folder, "triton", precision, time.perf_counter() - start, path_mb(folder) or 0.0)
 
 

@@ -96,7 +96,10 @@ class OpenVINOSegmenter(Segmenter):
 
     def _add_argmax(self, model):
         """Append TopK(k=1) over classes → uint8 labels as a second result (logits stay output 0)."""
-        import openvino.opset13 as ops
+        try:
+            import openvino.opset13 as ops
+        except ImportError:  # OpenVINO before 2025 (the 2024.4 floor) keeps it under runtime
+            import openvino.runtime.opset13 as ops
 
         src = model.get_results()[0].input_value(0)
         topk = ops.topk(src, ops.constant(np.int64(1)), axis=1, mode="max", sort="none",

@@ -9,6 +9,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from ..errors import CitysegError
+from ..images_header import TooManyPixels, check_pixels
+from ..native_logs import quiet_native
+
 #: largest accepted request body (bytes); a 2048x1024 Cityscapes PNG is ~2-4 MB
 MAX_BODY_BYTES = 32 * 1024 * 1024
 #: what ``format=`` may ask for (``predict --format``'s choices)
@@ -59,14 +63,23 @@ def is_truncated(data: bytes) -> bool:
     return False
 
 
-def decode_upload(data: bytes) -> np.ndarray:
-    """An uploaded PNG/JPEG (or any format OpenCV reads) → HxWx3 uint8 RGB, as ``predict`` reads files."""
+def decode_upload(data: bytes, max_pixels: int | None = None) -> np.ndarray:
+    """An uploaded PNG/JPEG (or any format OpenCV reads) → HxWx3 uint8 RGB, as ``predict`` reads
+    files; an image whose header declares more than ``max_pixels`` (default: ``--max-pixels``,
+    64 MP) is refused with 413 before decoding."""
     if not data:
         raise BadRequest(400, "empty body: POST the encoded image (PNG or JPEG)")
     if is_truncated(data):
         raise BadRequest(400, "truncated image: the PNG/JPEG ends before its end marker")
+    try:  # the header's size against --max-pixels, before decoding (a decompression bomb)
+        check_pixels(data, "the request body", limit=max_pixels)
+    except TooManyPixels as exc:
+        raise BadRequest(413, str(exc)) from None
+    except CitysegError:
+        raise BadRequest(400, "not a decodable 8-bit image (send a PNG or JPEG)") from None
     try:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        with quiet_native():
+            image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     except cv2.error:
         image = None
     if image is None or image.dtype != np.uint8:

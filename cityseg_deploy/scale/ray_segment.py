@@ -76,18 +76,13 @@ def ray_segment(specs: list[str], model: str, ray_opts: RayOptions, *, out: str 
     Returns (one summary dict per stream that ran, count skipped because complete).
     """
     from ..artifacts import read_artifact_meta
-    from ..video import parse_sources
+    from ..video import sources_of
     from ..video.pipeline import output_paths
     from .cluster import cluster_cpus, connect, job_progress
     from .ray_batch import _path_of
 
     ray_opts.validate()
-    sources = [s for spec in specs for s in parse_sources(spec, reconnect=reconnect)]
-    stems: dict[str, int] = {}
-    for s in sources:  # outputs of several SOURCE arguments must not collide either
-        stems[s.stem] = stems.get(s.stem, 0) + 1
-        if stems[s.stem] > 1:
-            s.stem = f"{s.stem}_{stems[s.stem]}"
+    sources = sources_of(specs, reconnect=reconnect)  # the same output names as single-process
     read_artifact_meta(_path_of(model))  # a bad model fails here, before any actor starts
     paths = output_paths(sources, out, labels_dir)
     for o, _ in paths:

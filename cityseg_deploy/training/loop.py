@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 import shlex
 import time
@@ -36,6 +37,7 @@ from ..labels import LabelSet, get_label_set
 from ..metrics.confusion import ConfusionMatrix
 from ..models.checkpoint import ModelMeta, read_checkpoint, save_checkpoint
 from ..models.registry import build_model, get_default_cfg, get_entry
+from ..runlock import folder_lock
 from . import distributed as ddp
 from .losses import SegmentationLoss
 from .recipe import Recipe, load_recipe, recipe_from_dict
@@ -375,6 +377,7 @@ class Run:
     state: dict[str, Any] = field(default_factory=_fresh_counters)  # saved in last.pt as is
     best_metrics: dict | None = None
     last_metrics: dict | None = None
+    saved_epoch: int | None = None  # the epoch boundary last.pt holds (set as it is written)
     tb: Any = None            # TensorBoard writer on rank 0, when tensorboard imports
 
     @property
@@ -563,6 +566,7 @@ def save_epoch(run: Run, stats: dict[str, float], metrics: dict, *, improved: bo
     if improved:
         save_checkpoint(plan.best_path, run.model, plan.meta)
     save_checkpoint(plan.last_path, run.model, plan.meta, train_state=run.train_state())
+    run.saved_epoch = epoch  # what last.pt holds now, whatever interrupts the rest
     write_run_files(run, stopped_early=False)
     if run.tb is not None:
         for key in ("per_pixel", "miou"):
@@ -608,22 +612,39 @@ def train_epochs(run: Run, *, progress: bool, say: Callable[[str], None]) -> boo
 
     Ctrl-C becomes :class:`TrainingInterrupted`, naming the epoch boundary ``last.pt`` holds.
     """
-    saved_epoch = run.state["epoch"]
+    if run.saved_epoch is None:
+        run.saved_epoch = run.state["epoch"]
+    phase = "train"
     try:
         while run.state["epoch"] < run.plan.recipe.epochs:
+            phase = "train"
             stats, metrics = train_and_validate(run, progress=progress)
+            phase = "save"
             improved = record_epoch(run, stats, metrics)
             if run.env.is_main:
                 save_epoch(run, stats, metrics, improved=improved, say=say)
+            else:
+                run.saved_epoch = run.state["epoch"]
             ddp.barrier(run.env)
-            saved_epoch = run.state["epoch"]
+            phase = "boundary"
             if should_stop_early(run, say):
                 return True
     except KeyboardInterrupt:
-        plan = run.plan
+        # Why the phase: the old message counted epochs from a variable set after the whole
+        # boundary, so a Ctrl-C while the report and curves were written (last.pt already
+        # holding epoch e) said "interrupted in epoch e; last.pt holds epoch e-1".
+        plan, saved = run.plan, run.saved_epoch
+        if phase == "train":
+            where, lost = (f"interrupted in epoch {saved + 1}",
+                           " (the interrupted epoch's steps are not kept)")
+        elif saved < run.state["epoch"]:
+            where, lost = (f"interrupted while saving epoch {run.state['epoch']}",
+                           f" (epoch {run.state['epoch']}'s training is not kept)")
+        else:
+            where, lost = f"interrupted after epoch {saved}", ""
         raise TrainingInterrupted(
-            f"interrupted in epoch {saved_epoch + 1}; {plan.last_path} holds the state after epoch "
-            f"{saved_epoch} (the interrupted epoch's steps are not kept); continue with: "
+            f"{where}; {plan.last_path} holds the state after epoch "
+            f"{saved}{lost}; continue with: "
             f"cityseg train --recipe RECIPE --data {shlex.quote(str(plan.data_root))} "
             f"--out {shlex.quote(str(plan.out_dir))} --resume (the run's own options are "
             "saved with it)") from None
@@ -671,8 +692,18 @@ def fit(recipe: Recipe | str | Path | dict, data_root: str | Path, out_dir: str 
     # errors about missing splits, the folder and the checkpoint come before any process group or file
     base_train, base_val = open_splits(plan)
     check_out_dir(plan.out_dir, resume=resume, overwrite=overwrite)
-    checkpoint = read_resume_checkpoint(plan.last_path, plan.meta) if resume else None
+    with contextlib.ExitStack() as held:
+        if int(os.environ.get("RANK", "0")) == 0:  # the writing rank holds the run folder
+            held.enter_context(folder_lock(plan.out_dir, what="train", remove=True))
+        return _fit_locked(plan, base_train, base_val, resume=resume, overwrite=overwrite,
+                           progress=progress, say=say)
 
+
+def _fit_locked(plan: RunPlan, base_train: CityscapesDataset, base_val: CityscapesDataset, *,
+                resume: bool, overwrite: bool, progress: bool,
+                say: Callable[[str], None]) -> dict[str, Any]:
+    """:func:`fit` past its checks, with the run folder locked."""
+    checkpoint = read_resume_checkpoint(plan.last_path, plan.meta) if resume else None
     env = ddp.init_distributed(plan.device.type)
     run: Run | None = None
     try:

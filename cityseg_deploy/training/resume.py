@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import CitysegError
+from ..runlock import LOCK_NAME
 from ..models.checkpoint import ModelMeta, read_checkpoint
 
 RUN_FILES = ("best.pt", "last.pt", "log.csv", "report.md", "curves.png", "tensorboard")
@@ -56,7 +57,8 @@ def check_out_dir(out_dir: Path, *, resume: bool, overwrite: bool) -> None:
     if not resume and last_path.is_file() and not overwrite:
         raise CitysegError(f"{out_dir}: already holds a training run (last.pt); continue it with "
                            "--resume, or choose another --out (or --overwrite)")
-    if not resume and not overwrite and out_dir.is_dir() and any(out_dir.iterdir()):
+    if not resume and not overwrite and out_dir.is_dir() and any(
+            p.name != LOCK_NAME for p in out_dir.iterdir()):
         raise CitysegError(f"{out_dir}: not empty; train into a new or empty folder, or pass "
                            "--overwrite to replace the run files there")
     if out_dir.exists() and not out_dir.is_dir():

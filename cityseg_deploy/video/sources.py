@@ -256,17 +256,76 @@ def open_one(spec: str, *, reconnect: int = 5, fps: float | None = None,
     return VideoSource(str(path), reconnect=reconnect, capture_factory=capture_factory)
 
 
-def read_list(path: Path, *, what: str = "sources") -> list[str]:
+#: list files may name list files; deeper than this is refused (a generated chain, not a cycle)
+MAX_LIST_DEPTH = 16
+#: entries all lists of one argument may expand to (lists naming a list 10 times, 16 deep, would
+#: be 10^16: the list-file form of a billion-laughs bomb), and the largest list file read
+MAX_LIST_ENTRIES = 100_000
+MAX_LIST_BYTES = 16 << 20
+
+
+def _is_list(entry: str) -> bool:
+    return Path(entry).suffix.lower() in LIST_EXTS and Path(entry).is_file()
+
+
+def _list_lines(path: Path) -> list[str]:
+    """The list's lines as UTF-8 text; a file in another encoding names its first bad line."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_LIST_BYTES + 1)
+    except OSError as exc:
+        raise CitysegError(f"{path}: cannot read the list file "
+                           f"({exc.strerror or type(exc).__name__})") from None
+    if len(data) > MAX_LIST_BYTES:
+        raise CitysegError(f"{path}: a list file over {MAX_LIST_BYTES >> 20} MB; is it a list? "
+                           "split it, or name a folder or glob instead")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise CitysegError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at column "
+                           f"{column}; a Latin-1 or other 8-bit file?); save the list as UTF-8") from None
+    return text.splitlines()
+
+
+def read_list(path: Path, *, what: str = "sources", _within: tuple[Path, ...] = (),
+              _count: list[int] | None = None) -> list[str]:
     """A list file's entries, one a line (``#`` comments and blank lines skipped); relative
-    paths are taken relative to the list file's folder, so a list travels with its files."""
-    lines = [ln.strip() for ln in path.read_text().splitlines()]
-    entries = [ln for ln in lines if ln and not ln.startswith("#")]
-    if not entries:
+    paths are taken relative to the list file's folder, so a list travels with its files.
+
+    An entry that is itself a list file is expanded in place; a list that names itself, or two
+    that name each other, is refused naming the file and line (it used to recurse until
+    ``RecursionError``).
+    """
+    path = Path(path)
+    here = path.resolve()
+    chain = (*_within, here)
+    count = [0] if _count is None else _count  # entries so far, across every nested list
+    lines = [ln.strip() for ln in _list_lines(path)]
+    numbered = [(i, ln) for i, ln in enumerate(lines, 1) if ln and not ln.startswith("#")]
+    if not numbered:
         raise CitysegError(f"{path}: list file names no {what}; put one per line")
-    specs = []
-    for entry in entries:
+    specs: list[str] = []
+    for lineno, entry in numbered:
         if not (URL_RE.match(entry) or re.fullmatch(r"\d+", entry) or Path(entry).is_absolute()):
             entry = str(path.parent / entry)
+        if _is_list(entry):
+            target = Path(entry).resolve()
+            if target in chain:
+                loop = " -> ".join(str(p) for p in chain[chain.index(target):]) + f" -> {target}"
+                raise CitysegError(f"{path}:{lineno}: names {entry}, a list file already being read "
+                                   f"({loop}); a list cannot include itself — remove that line")
+            if len(chain) >= MAX_LIST_DEPTH:
+                raise CitysegError(f"{path}:{lineno}: list files nested more than {MAX_LIST_DEPTH} "
+                                   f"deep; name the {what} directly")
+            specs.extend(read_list(Path(entry), what=what, _within=chain, _count=count))
+            continue
+        count[0] += 1
+        if count[0] > MAX_LIST_ENTRIES:
+            raise CitysegError(f"{path}:{lineno}: the list files expand to more than "
+                               f"{MAX_LIST_ENTRIES:,} entries (a list named many times over?); "
+                               f"name the {what} directly")
         specs.append(entry)
     return specs
 
@@ -310,10 +369,66 @@ def parse_sources(spec: str, **kwargs: Any) -> list[Source]:
         sources = [open_one(s, **kwargs) for s in read_list(path, what="sources")]
     else:
         sources = [open_one(spec, **kwargs)]
-    seen: dict[str, int] = {}
-    for src in sources:
-        n = seen.get(src.stem, 0)
-        seen[src.stem] = n + 1
-        if n:
-            src.stem = f"{src.stem}_{n}"
+    unique_stems(sources)
     return sources
+
+
+def sources_of(specs: list[str] | tuple[str, ...], **kwargs: Any) -> list[Source]:
+    """Every SOURCE argument (each a source or a list file) → sources with unique output stems,
+    named across all arguments at once (``segment a/cam.avi b/cam.avi`` → ``a_cam``, ``b_cam``)."""
+    sources = [src for spec in specs for src in parse_sources(spec, **kwargs)]
+    unique_stems(sources)
+    return sources
+
+
+def _identity(src: Source) -> str:
+    """What makes a source itself: its absolute path, its URL without credentials, its camera."""
+    if isinstance(src, VideoSource):
+        if src.camera:
+            return f"camera:{src.target}"
+        if src.url:
+            return strip_userinfo(str(src.target))
+        return os.path.abspath(str(src.target))
+    return os.path.abspath(src.name) if not _is_glob(src.name) else src.name
+
+
+def _qualified(src: Source, identity: str, base: str) -> str:
+    """``<parent folder>_<stem>`` for a file or folder source; the stem itself otherwise."""
+    if isinstance(src, VideoSource) and (src.camera or src.url):
+        return base
+    parent = Path(identity).parent.name
+    parent = re.sub(r"[^A-Za-z0-9_-]+", "_", parent).strip("_")
+    return f"{parent}_{base}" if parent else base
+
+
+def unique_stems(sources: list[Source]) -> None:
+    """Give every source an output stem no other source has, derived from its path.
+
+    Why: several sources named ``cam`` wrote the same outputs, and the old counter suffix
+    (``cam_1``) collided with a real ``cam_1.avi``.  A stem shared by several sources becomes
+    ``<parent folder>_<stem>``; one still shared (``a/cam`` and ``a_cam``) gets 8 hex digits of
+    its path's SHA-1 — a name made from what the source is, never from the order it came in, so
+    no rename can land on another source's name.  The same source given twice is refused.
+    """
+    import hashlib
+    from collections import Counter
+
+    for src in sources:  # the stem the source came with, kept across calls
+        if not hasattr(src, "base_stem"):
+            src.base_stem = src.stem
+    ids = [_identity(s) for s in sources]
+    twice = [i for i, n in Counter(ids).items() if n > 1]
+    if twice:
+        raise CitysegError(f"{redact(twice[0])}: given more than once (directly or through a list "
+                           "file); its outputs would overwrite each other — name each source once")
+    names = [s.base_stem for s in sources]
+    shared = Counter(names)
+    names = [_qualified(s, i, n) if shared[n] > 1 else n for s, i, n in zip(sources, ids, names)]
+    shared = Counter(names)
+    names = [f"{n}-{hashlib.sha1(i.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
+             if shared[n] > 1 else n for i, n in zip(ids, names)]
+    clash = [n for n, c in Counter(names).items() if c > 1]
+    if clash:  # pragma: no cover - distinct paths whose hashes and names both coincide
+        raise CitysegError(f"sources: two would write outputs named {clash[0]!r}; rename one")
+    for src, name in zip(sources, names):
+        src.stem = name

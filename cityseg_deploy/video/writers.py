@@ -8,6 +8,7 @@ because OpenCV picks the container from the extension.
 """
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -16,7 +17,10 @@ import cv2
 import numpy as np
 
 from ..errors import CitysegError
-from ..fileio import clean_stale_temporaries, new_file_mode, write_png
+from ..fileio import clean_stale_temporaries, free_bytes, new_file_mode, storage_error, write_png
+
+#: below this much free space the encoder's next writes fail (FFmpeg drops them silently)
+MIN_FREE_BYTES = 256 * 1024
 
 # Container suffix -> FourCC OpenCV's bundled FFmpeg can encode (avc1/H.264 needs an encoder the
 # pip wheels lack; ask for it with --fourcc avc1 where your OpenCV has one).
@@ -63,8 +67,15 @@ class VideoSink:
             self._open(h, w)
         elif (h, w) != self.size:  # image folders may mix sizes; a video cannot
             frame_bgr = cv2.resize(frame_bgr, (self.size[1], self.size[0]), interpolation=cv2.INTER_AREA)
-        self._writer.write(frame_bgr)
+        self._writer.write(frame_bgr)  # returns nothing: a failed write is seen only on disk
         self.frames += 1
+        free = free_bytes(self.tmp)
+        if free is not None and free < MIN_FREE_BYTES:
+            self.close(keep=False)
+            raise CitysegError(f"--out {self.path}: cannot write ({os.strerror(errno.ENOSPC)}); "
+                               f"{free / 1e6:.1f} MB free on its filesystem after frame "
+                               f"{self.frames} — free some space or write elsewhere"
+                               + ("; the previous file is kept" if self.path.exists() else ""))
 
     def close(self, *, keep: bool = True) -> Path | None:
         """Finish the container; rename it into place (``keep``) or delete it.  Idempotent."""
@@ -75,12 +86,48 @@ class VideoSink:
         if tmp is None:
             return None
         if keep and self.frames:
+            try:
+                self._verify(tmp)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
             # mkstemp made it 0600; a video gets the bits every other artifact gets (the umask's).
             os.chmod(tmp, self.path.stat().st_mode & 0o777 if self.path.is_file() else new_file_mode())
             os.replace(tmp, self.path)
             return self.path
         tmp.unlink(missing_ok=True)
         return None
+
+    def _verify(self, tmp: Path) -> None:
+        """Reopen the finished file and check it holds every frame written, before it replaces
+        anything under the final name.
+
+        Why: ``cv2.VideoWriter.write`` reports nothing; on a full disk ``segment`` said "60 frames
+        -> v.mp4" for an unplayable 100 KB file and had replaced a good ``v.mp4`` with it.  The
+        count comes from the container's index, and the last frame is decoded to prove the data
+        behind it is there.
+        """
+        cap = cv2.VideoCapture(str(tmp))
+        try:
+            count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
+            last_ok = False
+            if count == self.frames:
+                cap.set(cv2.CAP_PROP_POS_FRAMES, count - 1)
+                ok, image = cap.read()
+                last_ok = bool(ok) and image is not None and image.shape[:2] == self.size
+        finally:
+            cap.release()
+        if count == self.frames and last_ok:
+            return
+        kept = "; the previous file is kept" if self.path.exists() else ""
+        full = storage_error(OSError(errno.ENOSPC, "")) if (free_bytes(tmp) or 0) < MIN_FREE_BYTES else None
+        if full is not None:
+            raise CitysegError(f"--out {self.path}: cannot write ({os.strerror(errno.ENOSPC)}); "
+                               f"{(free_bytes(tmp) or 0) / 1e6:.1f} MB free on its filesystem — the "
+                               f"encoded file holds {count} of {self.frames} frames{kept}")
+        raise CitysegError(f"--out {self.path}: the encoded file reads back {count} of "
+                           f"{self.frames} frames (a failing disk or encoder?){kept}; nothing was "
+                           "written under that name")
 
 
 class LabelPngSink:
