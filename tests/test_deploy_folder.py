@@ -84,12 +84,21 @@ def test_every_command_takes_a_deploy_folder(exported, synth_root, tmp_path, cap
     assert "warning" not in capsys.readouterr().err  # this machine's own record: no warning
 
 
-def test_serve_replica_runs_the_recorded_runner(exported):
+def test_serve_takes_a_deploy_folder(exported, monkeypatch):
+    """What ``cityseg serve`` does with MODEL before and inside a replica: name the app, check
+    batching against the graph (the artifact's, not the folder's), load the recorded runner."""
     pytest.importorskip("ray", reason="the 'scale' extra (ray[serve]) is not installed")
-    from cityseg_deploy.scale.serve import SegmentService
+    from cityseg_deploy.scale import serve
 
-    service = getattr(SegmentService, "func_or_class", SegmentService)(str(exported["folder"]))
-    assert service.health()["backend"] == "onnxruntime"
+    folder = str(exported["folder"])
+    assert serve.app_name(folder) == "dl_deploy"
+    assert serve.static_batch(folder) == 1  # the static batch-1 ONNX graph inside
+    with pytest.raises(deploy.CitysegError, match="static batch-1"):
+        serve.check_batching(folder, 4)
+    monkeypatch.setattr(serve.ModelReplica, "_report", lambda self: None)  # no Ray board here
+    replica = serve.ModelReplica(folder, "cpu", None, 1, 5.0, board=None)
+    assert replica.segmenter.backend == "onnxruntime" and replica.segmenter.threads == 1
+    replica.segmenter.close()
 
 
 @pytest.mark.slow
