@@ -123,7 +123,7 @@ def step_options(cfg: QuickstartConfig, step: str) -> dict[str, Any]:
         return {**exported, "model": arch}
     benched = {**exported, "models": list(cfg.models), "bench_iters": cfg.bench_iters,
                "threads": cfg.threads}
-    if kind == "bench":
+    if kind in ("bench", "deploy"):  # deploy: the rule applied to check + bench
         return benched
     return {**benched, "video_frames": cfg.video_frames}  # segment
 
@@ -153,6 +153,8 @@ def step_paths(cfg: QuickstartConfig, step: str) -> list[Path]:
         return [out / "check" / arch]
     if kind == "bench":
         return [out / "bench"]
+    if kind == "deploy":
+        return [out / "deploy"]
     return [out / "video"]
 
 
@@ -467,7 +469,7 @@ def step_names(cfg: QuickstartConfig) -> list[str]:
     """The steps of this configuration, in order (an earlier run's other models are not)."""
     per_model = [f"{kind}:{arch}" for arch in cfg.models for kind in ("train",)]
     per_model += [f"{kind}:{arch}" for arch in cfg.models for kind in ("export", "check")]
-    return ["data", *per_model, "bench", "segment"]
+    return ["data", *per_model, "bench", "deploy", "segment"]
 
 
 def _steps_section(state: State, names: list[str]) -> list[str]:
@@ -603,7 +605,7 @@ def choose_artifact(arch: str, baseline_path: str, check_doc: dict, bench_rows: 
             "verdict": verdict, "rows": rows}
 
 
-def write_deploy_folders(cfg: QuickstartConfig, state: State) -> dict[str, Any]:
+def step_deploy(cfg: QuickstartConfig, state: State) -> dict[str, Any]:
     """``DIR/deploy/<network>/``: each network's choice as a deploy folder (the record
     ``cityseg optimize`` writes), so the choice is a MODEL every command runs."""
     from .artifacts import artifact_kind, read_artifact_meta
@@ -701,7 +703,7 @@ def _run_steps(cfg: QuickstartConfig) -> Path:
                 bench_entries.append({"model": info["path"], "label": f"{arch} {label}", "group": arch})
     _step(cfg, state, "bench", "benchmark every artifact", lambda: step_bench(cfg, bench_entries))
     _step(cfg, state, "deploy", "write a deploy folder per network",
-          lambda: write_deploy_folders(cfg, state))
+          lambda: step_deploy(cfg, state))
     _step(cfg, state, "segment", "segment a generated video",
           lambda: step_segment(cfg, _pick_video_model(cfg, state)))
     report = write_report(cfg, state)
