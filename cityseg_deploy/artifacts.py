@@ -22,7 +22,7 @@ from typing import Any
 
 from . import formats
 from .errors import CitysegError
-from .fileio import recover_swap, write_text_atomic
+from .fileio import recover_pair, recover_swap, write_text_atomic
 from .models.checkpoint import ModelMeta
 from .precision import PRECISIONS
 
@@ -42,6 +42,8 @@ def artifact_kind(path: str | os.PathLike) -> str:
     path = Path(path)
     by_suffix = formats.kind_by_suffix()
     folders = [f for f in formats.runnable() if f.folder]
+    if by_suffix.get(path.suffix.lower()) in ("aoti", "tensorrt"):
+        recover_pair(path, sidecar_path(path))  # a package + sidecar swap a kill interrupted
     if not path.exists():  # an IR folder swap a kill interrupted: put the previous folder back
         in_folder = any(by_suffix.get(path.suffix.lower()) == f.name for f in folders)
         recover_swap(path.parent if in_folder else path)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import CitysegError
-from .precision import PRECISIONS
+from .precision import RUN_PRECISIONS as PRECISIONS  # tf32 too: a run precision
 
 RECORD = "deploy.json"
 FORMAT = "cityseg-deploy"

@@ -34,3 +34,23 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
         if line.strip():
             return line.strip()[:limit]
     return type(exc).__name__
+
+
+def short_repr(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters without ever building the whole text.
+
+    Why: error messages quote user data (a profile key's value, a checkpoint's ``arch_args``);
+    ``f"{value!r}"[:300]`` builds the full text first, which for a YAML alias bomb or a pickle of
+    shared references (a 2^60-element nested list in 1.5 KB) never finishes.  :mod:`reprlib`
+    stops after a few items per container and a few levels, whatever the value holds.
+    """
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxdict, r.maxlist, r.maxtuple, r.maxset = 3, 6, 6, 6, 6
+    r.maxstring, r.maxother, r.maxlong = limit, limit, 40
+    try:
+        text = r.repr(value)
+    except Exception:  # noqa: BLE001 - an int past Python's digit limit, a repr that raises
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -192,18 +192,22 @@ def storage_error(exc: BaseException, path: str | os.PathLike | None = None) -> 
 
 
 @contextlib.contextmanager
-def atomic_path(final: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Path]:
+def atomic_path(final: str | os.PathLike, *, is_dir: bool = False, clean_stale: bool = True) -> Iterator[Path]:
     """Yield a temporary path next to ``final``; rename it onto ``final`` only if the block succeeds.
 
     The temporary lives in the same directory so the rename is atomic on POSIX.  On any exception
     (including KeyboardInterrupt) the temporary is removed and the exception propagates.  Stale
     temporaries of the same target from a killed earlier run are removed first; a folder replaces
     its predecessor by a swap that never loses both (:func:`_swap_dir_in`).
+    ``clean_stale=False`` skips that scan, for a writer of many files in one folder that cleaned
+    it once (the scan lists the whole folder: per frame of a video it made writing O(frames²) —
+    8.9 ms a PNG at 1000 frames).
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{final.name}."
-    clean_stale_temporaries(final.parent, prefix, (".tmp", final.suffix))
+    if clean_stale:
+        clean_stale_temporaries(final.parent, prefix, (".tmp", final.suffix))
     if is_dir:
         recover_swap(final)
     fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=final.parent)
@@ -232,8 +236,8 @@ def atomic_path(final: str | os.PathLike, *, is_dir: bool = False) -> Iterator[P
         raise
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_path(path) as tmp:
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, clean_stale: bool = True) -> None:
+    with atomic_path(path, clean_stale=clean_stale) as tmp:
         tmp.write_bytes(data)
 
 
@@ -274,14 +278,16 @@ def child_path(root: str | os.PathLike, name: str, *, what: str) -> Path:
     return child
 
 
-def write_png(path: str | os.PathLike, array: np.ndarray, *, rgb: bool = False) -> None:
-    """Write a uint8 PNG atomically (``rgb=True``: the array is RGB, converted to OpenCV's BGR)."""
+def write_png(path: str | os.PathLike, array: np.ndarray, *, rgb: bool = False,
+              clean_stale: bool = True) -> None:
+    """Write a uint8 PNG atomically (``rgb=True``: the array is RGB, converted to OpenCV's BGR;
+    ``clean_stale``: see :func:`atomic_path`)."""
     if rgb:
         array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
     ok, buf = cv2.imencode(".png", array)
     if not ok:
         raise CitysegError(f"could not encode PNG for {path}")
-    write_bytes_atomic(path, buf.tobytes())
+    write_bytes_atomic(path, buf.tobytes(), clean_stale=clean_stale)
 
 
 def _decode(path: Path, flags: int) -> np.ndarray:
@@ -364,3 +370,107 @@ def png_header_size(path: str | os.PathLike) -> tuple[int, int]:
     if tail != _IEND:
         raise CitysegError(f"{path}: truncated PNG (no IEND chunk at its end); re-create or remove it")
     return check_bound((height, width), str(path))
+
+
+# --------------------------------------------------------------------------- file + sidecar pairs
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive advisory lock on the folder itself (flock on its descriptor): a pair swap and
+    a reader's recovery of one never interleave.  No lock file is left behind."""
+    import fcntl
+
+    fd = os.open(str(folder), os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def recover_pair(main: str | os.PathLike, side: str | os.PathLike) -> None:
+    """Finish or undo a pair swap (:func:`swap_pair_in`) that a kill interrupted.
+
+    The swap moves the old pair aside, then the new sidecar in, then the new main file in: the
+    main file reappears under its final name only once the new pair is complete.  So with files
+    aside and the main file present, the swap was done (only the clean-up was missed); with the
+    main file absent, the old pair goes back, over a new sidecar that may already be in place.
+    Readers call this (``artifacts.artifact_kind``), so a kill never leaves an unusable pair; in a
+    folder the reader may not write, it leaves things as they are.
+    """
+    main, side = Path(main), Path(side)
+    a_main, a_side = aside_path(main), aside_path(side)
+    if not (a_main.exists() or a_side.exists()):
+        return
+    try:
+        with _folder_lock(main.parent):
+            if main.exists():
+                a_side.unlink(missing_ok=True)
+                a_main.unlink(missing_ok=True)
+                return
+            if a_side.exists():
+                os.replace(a_side, side)
+            if a_main.exists():
+                os.replace(a_main, main)
+    except OSError:
+        pass
+
+
+def swap_pair_in(new_main: Path, new_side: Path, main: Path, side: Path) -> None:
+    """Replace the pair (``main``, ``side``) by (``new_main``, ``new_side``) so that a kill at any
+    point leaves one complete pair, old or new (after :func:`recover_pair`).
+
+    Order: old main aside, old sidecar aside, new sidecar in, new main in, asides deleted (the
+    sidecar's first).  An exception (Ctrl-C) before the new main is in puts the old pair back.
+    """
+    a_main, a_side = aside_path(main), aside_path(side)
+    with _folder_lock(main.parent):
+        done: list[str] = []
+        try:
+            for old, aside in ((main, a_main), (side, a_side)):
+                aside.unlink(missing_ok=True)
+                if old.exists():
+                    os.replace(old, aside)
+            os.replace(new_side, side)
+            done.append("side in")
+            os.replace(new_main, main)
+        except BaseException:
+            if not main.exists():  # the new main file did not arrive
+                if a_side.exists():
+                    os.replace(a_side, side)
+                elif "side in" in done:
+                    side.unlink(missing_ok=True)  # a first export: no sidecar without its file
+                if a_main.exists():
+                    os.replace(a_main, main)
+            raise
+        a_side.unlink(missing_ok=True)
+        a_main.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_pair(main: str | os.PathLike, side: str | os.PathLike) -> Iterator[tuple[Path, Path]]:
+    """Yield temporary paths for a file and its sidecar; swap both in only if the block succeeds.
+
+    Why: a ``.pt2``/engine and its ``.json`` sidecar are one artifact; written one after the other,
+    a kill in between left the new file without a sidecar and the previous good pair gone.  Both
+    are written aside, then :func:`swap_pair_in` replaces the old pair; on any exception the
+    temporaries go and the old pair stays.
+    """
+    main, side = Path(main), Path(side)
+    main.parent.mkdir(parents=True, exist_ok=True)
+    recover_pair(main, side)
+    temps: list[Path] = []
+    try:
+        for final in (main, side):
+            prefix = f".{final.name}."
+            clean_stale_temporaries(final.parent, prefix, (".tmp", final.suffix))
+            fd, name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=final.parent)
+            os.close(fd)
+            temps.append(Path(name))
+        yield temps[0], temps[1]
+        for tmp, final in zip(temps, (main, side)):
+            if tmp.is_file():
+                os.chmod(tmp, final.stat().st_mode & 0o777 if final.is_file() else new_file_mode())
+        swap_pair_in(temps[0], temps[1], main, side)
+    finally:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)

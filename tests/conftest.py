@@ -12,6 +12,36 @@ import pytest
 from cityseg_deploy.data.synth import synthesize
 
 SYNTH_SIZE = (64, 128)  # (H, W)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """cityseg's per-user data folder (trust list, AOTInductor probe verdicts) in a temporary
+    folder for the session, set in the environment so that CLI children use it too: tests never
+    read or change the user's ~/.local/share/cityseg, and start from an empty trust list."""
+    import os
+
+    from cityseg_deploy.trust import DATA_ENV, TRUST_ENV
+
+    folder = tmp_path_factory.mktemp("cityseg_data")
+    saved = {k: os.environ.get(k) for k in (DATA_ENV, TRUST_ENV)}
+    os.environ[DATA_ENV] = str(folder)
+    os.environ.pop(TRUST_ENV, None)
+    yield folder
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(autouse=True)
+def no_trust_code_leak(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--trust-code`` sets a process-wide switch (trust.allow_untrusted): one in-process CLI
+    test using it must not make the next test trust every package."""
+    from cityseg_deploy.trust import TRUST_ENV
+
+    monkeypatch.delenv(TRUST_ENV, raising=False)
 SYNTH_TRAIN, SYNTH_VAL = 6, 4
 
 

@@ -107,6 +107,47 @@ def test_cli_bench_auto_measures_checkpoint_and_onnx(ckpt, tmp_path, capsys):
     assert "(cached measurement)" in capsys.readouterr().out
 
 
+def test_auto_takes_model_at_precision(ckpt, tmp_path):
+    """``MODEL@fp32`` used to be looked up as a file named ``m.pt@fp32`` ("no such file")."""
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"")
+    cuda = default_candidates(f"{ckpt}@fp32", "cuda", extra=[f"{onnx}@fp16"])
+    assert [(c.name, c.spec, c.precision) for c in cuda] == [
+        ("torch fp32 channels_last + CUDA graphs", str(ckpt), "fp32"),
+        ("torch fp32 NCHW + CUDA graphs", str(ckpt), "fp32"),
+        ("onnx m.onnx + CUDA graph", str(onnx), "fp16"),
+        ("onnx m.onnx NHWC + CUDA graph", str(onnx), "fp16")]
+    cpu = default_candidates(f"{ckpt}@bf16", "cpu")
+    assert [(c.name, c.spec, c.precision) for c in cpu] == [("torch m.pt@bf16", str(ckpt), "bf16")]
+
+
+def test_auto_row_is_its_own_measurement(ckpt, tmp_path, capsys):
+    """The bench row of the winner is the measurement auto chose it by (it was re-measured, and
+    on an H200 read 8.0 ms for a runner auto had timed at 3.38 ms); a cached choice is measured
+    again and the row keeps the cached figure beside it."""
+    out = tmp_path / "b.json"
+    assert run(["bench", f"{ckpt}@fp32", "--backend", "auto", "--iters", "2", "--warmup", "0",
+                "--threads", "1", "--no-progress", "--json", str(out)]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("auto: "))
+    chosen = float(re.search(r"torch m\.pt@fp32: ([0-9.]+) ms", line).group(1))
+    row = json.loads(out.read_text())["results"][0]
+    assert row["precision"] == "fp32" and row["auto_cached"] is False
+    assert row["latency_ms"]["median"] == pytest.approx(chosen, abs=5e-3)  # printed to 2 decimals
+    assert row["latency_ms"]["median"] == pytest.approx(row["auto_measured_ms"], abs=5e-4)
+    assert run(["bench", f"{ckpt}@fp32", "--backend", "auto", "--iters", "2", "--warmup", "0",
+                "--threads", "1", "--no-progress", "--json", str(out)]) == 0
+    again = json.loads(out.read_text())["results"][0]
+    assert again["auto_cached"] is True and again["auto_measured_ms"] == row["auto_measured_ms"]
+
+
+def test_auto_row_note_says_why_a_cached_figure_differs():
+    from cityseg_deploy.cli.bench import auto_row_note
+
+    row = {"status": "ok", "latency_ms": {"median": 8.0}, "auto_measured_ms": 3.38, "auto_cached": True}
+    assert "cached measurement was 3.38 ms" in auto_row_note([row])
+    assert auto_row_note([dict(row, latency_ms={"median": 3.5})]) is None
+
+
 def test_cli_auto_times_candidates_at_the_threads_asked_and_keys_the_cache_by_them(ckpt, monkeypatch,
                                                                                      capsys):
     """``bench --backend auto --threads 1``: each candidate is timed with 1 thread (the flag used

@@ -69,9 +69,26 @@ def agreement(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_cuda_fp32_is_ieee_fp32(ckpt, images):
-    seg = runtime.load(ckpt, device="cuda")
+    seg = runtime.load(f"{ckpt}@fp32", device="cuda")
     assert seg.describe()["tf32"] is False
     assert rel_err(cpu_logits(ckpt, images), seg.predict_logits(images)) < 1e-3
+
+
+def test_cuda_default_is_fp16_channels_last_graphs(ckpt, images):
+    """A plain checkpoint on CUDA: fp16 weights, channels_last, CUDA graphs — and the runner line
+    says so; its labels agree with the CPU fp32 reference as fp16 must."""
+    seg = runtime.load(ckpt, device="cuda")
+    d = seg.describe()
+    assert (d["precision"], d["weights"], d["channels_last"], d["cuda_graphs"]) == ("fp16", "fp16", True, True)
+    assert seg.runner().startswith("torch fp16 channels_last cuda-graphs on cuda")
+    assert agreement(cpu_logits(ckpt, images), seg.predict_logits(images)) >= 0.97
+
+
+def test_cuda_tf32_is_asked_for(ckpt, images):
+    seg = runtime.load(f"{ckpt}@tf32", device="cuda")
+    d = seg.describe()
+    assert (d["precision"], d["weights"], d["tf32"]) == ("tf32", "fp32", True)
+    assert rel_err(cpu_logits(ckpt, images), seg.predict_logits(images)) < 2e-2
 
 
 @pytest.mark.parametrize("autocast", [False, True], ids=["half_weights", "autocast"])
@@ -87,7 +104,7 @@ def test_cuda_half_channels_last(ckpt, images, precision, min_agree, max_rel, au
 
 
 def test_cuda_graphs_replay_new_inputs(ckpt, images):
-    eager = runtime.load(ckpt, device="cuda", precision="fp16")
+    eager = runtime.load(ckpt, device="cuda", precision="fp16", cuda_graphs=False)
     graphed = runtime.load(ckpt, device="cuda", precision="fp16", cuda_graphs=True)
     first = graphed.predict_logits(images[:2])
     second = graphed.predict_logits(images[2:])  # same shape: the captured graph replays
@@ -101,15 +118,15 @@ def test_cuda_graphs_replay_new_inputs(ckpt, images):
 def test_cuda_inference_rewrites_match_plain_runner(ckpt, images):
     """Affine pre-activation BNs and in-place concatenation (DenseASPP) change no label: the
     fp32 runner with them equals the one without them and the CPU reference."""
-    plain = runtime.load(ckpt, device="cuda", bn_affine=False, concat_in_place=False)
-    fast = runtime.load(ckpt, device="cuda", cuda_graphs=True)
+    plain = runtime.load(ckpt, device="cuda", precision="fp32", bn_affine=False, concat_in_place=False)
+    fast = runtime.load(ckpt, device="cuda", precision="fp32", cuda_graphs=True)
     ref = cpu_logits(ckpt, images)
     assert rel_err(ref, fast.predict_logits(images)) < 1e-3
     assert rel_err(plain.predict_logits(images), fast.predict_logits(images)) < 1e-3
 
 
 def test_torch_compile_equals_eager(deeplab, images):
-    seg = runtime.load(deeplab, device="cuda", compile=True)
+    seg = runtime.load(deeplab, device="cuda", precision="fp32", compile=True)
     assert rel_err(cpu_logits(deeplab, images), seg.predict_logits(images)) < 1e-3
 
 
@@ -192,3 +209,24 @@ def test_torchrun_nccl_world_size_one(synth_root, tmp_path):
     assert ckpt["meta"]["extra"]["world_size"] == 1
     assert ckpt["train_state"]["step"] == 3  # 6 train images, batch 2
     assert all(t.device.type == "cpu" for t in ckpt["state_dict"].values())
+
+
+def test_segment_device_stage_on_cuda(ckpt, images):
+    """The GPU inference stage of segment (pinned upload, overlay on the device, two batches in
+    flight) gives predict()'s labels and the OpenCV renderer's frames."""
+    from cityseg_deploy.video import Renderer
+    from cityseg_deploy.video.device_stage import TorchDeviceStage, device_stage
+
+    seg = runtime.load(ckpt, device="cuda")
+    render = Renderer(seg.meta.palette, mode="overlay", alpha=0.5)
+    stage = device_stage(seg, render)
+    assert isinstance(stage, TorchDeviceStage) and stage.cuda
+    stage.warm_up(2)
+    frames = list(images)
+    a, b = stage.submit(frames[:2]), stage.submit(frames[2:])
+    (la, da), (lb, db) = stage.collect(a), stage.collect(b)
+    labels = np.concatenate([la, lb])
+    want = seg.predict(images)
+    assert (labels == want).mean() >= 0.99  # same runner, fp16; batches of 2 vs 4 may pick other kernels
+    for image, lab, drawn in zip(frames, labels, da + db):
+        assert np.abs(drawn.astype(int) - render(image, lab).astype(int)).max() <= 1

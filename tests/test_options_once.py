@@ -132,4 +132,6 @@ def test_precision_names_are_one_tuple():
     def f(precision):  # pragma: no cover - only its option is read
         pass
 
-    assert tuple(f.__click_params__[0].type.choices) == precision.PRECISIONS
+    # the run-stage option takes what a runner can be asked for: the artifact precisions + tf32
+    assert tuple(f.__click_params__[0].type.choices) == precision.RUN_PRECISIONS
+    assert precision.RUN_PRECISIONS[:len(precision.PRECISIONS)] == precision.PRECISIONS

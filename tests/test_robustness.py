@@ -502,14 +502,14 @@ def test_export_interrupted_mid_write_leaves_nothing(small_ckpt, synth_root, tmp
 
 
 def test_aoti_export_interrupted_mid_write_leaves_nothing(small_ckpt, tmp_path, monkeypatch, capsys):
+    from cityseg_deploy.export import aoti
+
     ckpt = Path(shutil.copy(small_ckpt, tmp_path / "m.pt"))
 
     def compile_then_ctrl_c(program, package_path, **kwargs):
         _half_then_ctrl_c(package_path)
 
-    import torch._inductor
-
-    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", compile_then_ctrl_c)
+    monkeypatch.setattr(aoti, "compile_package", compile_then_ctrl_c)  # the child's C++ compile
     assert run(["export", str(ckpt), "--format", "aoti", "--no-verify"]) == 130
     assert error_line(capsys) == "error: interrupted"
     _only(tmp_path, "m.pt")  # no .pt2, no .pt2.json sidecar
@@ -517,44 +517,47 @@ def test_aoti_export_interrupted_mid_write_leaves_nothing(small_ckpt, tmp_path, 
 
 def _fake_aoti_compile(program, package_path, **kwargs):
     """Stand-in for the minute-long C++ compile: a small file where the package goes."""
-    Path(package_path).write_bytes(b"PK\x03\x04 fake AOTI package")
+    Path(package_path).write_bytes(b"PK\x03\x04 fake AOTI package " + str(package_path).encode())
 
 
-@pytest.mark.parametrize("cut", ["package_rename", "sidecar_after_previous_export"])
+@pytest.mark.parametrize("cut", ["package_rename", "sidecar_after_previous_export",
+                                 "package_rename_after_previous_export"])
 def test_aoti_export_interrupted_never_leaves_a_lone_sidecar_or_package(small_ckpt, tmp_path,
                                                                         monkeypatch, capsys, cut):
-    """Ctrl-C as the package lands (after its sidecar used to be written), or as its sidecar is
-    written over a previous export's pair: neither file remains, so none is stale or orphaned."""
+    """Ctrl-C as the package lands, or as its sidecar is written: never a lone sidecar or
+    package.  Over a previous export's pair, that pair stays as it was (issue 27 item 11: it used
+    to be deleted, sidecar first; fileio.atomic_pair swaps the two files in as one)."""
     import os
-
-    import torch._inductor
 
     from cityseg_deploy.export import aoti
 
     ckpt = Path(shutil.copy(small_ckpt, tmp_path / "m.pt"))
     argv = ["export", str(ckpt), "--format", "aoti", "--no-verify"]
-    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", _fake_aoti_compile)
-    if cut == "package_rename":
+    monkeypatch.setattr(aoti, "compile_package", _fake_aoti_compile)
+    before = {}
+    if cut.endswith("after_previous_export"):
+        assert run(argv) == 0  # the previous export: m.pt2 and m.pt2.json
+        capsys.readouterr()
+        _only(tmp_path, "m.pt", "m.pt2", "m.pt2.json")
+        before = {name: (tmp_path / name).read_bytes() for name in ("m.pt2", "m.pt2.json")}
+    if cut.startswith("package_rename"):
         real_replace = os.replace
 
         def replace(src, dst, *args, **kwargs):
-            if str(dst).endswith(".pt2"):
+            if str(dst).endswith("m.pt2") and not Path(src).name.endswith(".old"):
                 raise KeyboardInterrupt
             return real_replace(src, dst, *args, **kwargs)
 
         monkeypatch.setattr(os, "replace", replace)
     else:
-        assert run(argv) == 0  # the previous export: m.pt2 and m.pt2.json
-        capsys.readouterr()
-        _only(tmp_path, "m.pt", "m.pt2", "m.pt2.json")
-
         def sidecar_then_ctrl_c(*args, **kwargs):
             raise KeyboardInterrupt
 
-        monkeypatch.setattr(aoti, "write_sidecar", sidecar_then_ctrl_c)
+        monkeypatch.setattr(aoti, "pack", sidecar_then_ctrl_c)
     assert run(argv) == 130
     assert error_line(capsys) == "error: interrupted"
-    _only(tmp_path, "m.pt")
+    _only(tmp_path, "m.pt", *before)
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
 
 
 def test_ctrl_c_in_any_command_says_interrupted(tmp_path, monkeypatch, capsys):

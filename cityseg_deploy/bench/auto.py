@@ -39,37 +39,46 @@ class Choice:
     reason: str
     measured: dict[str, float | str]  # candidate name -> median end-to-end ms, or the failure
     cached: bool
+    row: dict[str, Any] | None = None  # the winner's full bench row, when measured in this process
 
 
 def default_candidates(model: str | os.PathLike, device: str, *, compile: bool = False,
                        extra: Sequence[str | os.PathLike] = ()) -> list[Candidate]:
     """What ``auto`` tries for ``model`` on ``device``: for a checkpoint on CUDA the PyTorch
-    fp16 runners (channels_last and NCHW, both from CUDA graphs; torch.compile when ``compile``,
-    since compiling costs 30-60 s once); on CPU the checkpoint as it is.  ``extra`` artifacts
-    (an .onnx, an OpenVINO IR ...) join as they are, with onnxruntime's CUDA graph on CUDA."""
+    runners at its precision (``MODEL@fp32``; fp16 when none is given) — channels_last and
+    NCHW, both from CUDA graphs; torch.compile when ``compile``, since compiling costs 30-60 s
+    once; on CPU the checkpoint as it is.  ``extra`` artifacts (an .onnx, an OpenVINO IR ...)
+    join as they are, with onnxruntime's CUDA graph on CUDA.  Any of them may carry
+    ``@precision`` (it used to be taken for a file name: "no such file")."""
     from ..artifacts import artifact_kind
+    from ..runtime import parse_model_spec
 
-    path = Path(model)
+    spec, asked = parse_model_spec(model)
+    path = Path(spec)
     cuda = str(device).startswith("cuda")
     found: list[Candidate] = []
     if artifact_kind(path) == "torch" and cuda:
-        found += [Candidate("torch fp16 channels_last + CUDA graphs", str(path), "fp16", {"cuda_graphs": True}),
-                  Candidate("torch fp16 NCHW + CUDA graphs", str(path), "fp16",
+        p = asked or "fp16"
+        found += [Candidate(f"torch {p} channels_last + CUDA graphs", str(path), p, {"cuda_graphs": True}),
+                  Candidate(f"torch {p} NCHW + CUDA graphs", str(path), p,
                             {"cuda_graphs": True, "channels_last": False})]
         if compile:
-            found.append(Candidate("torch fp16 torch.compile + CUDA graphs", str(path), "fp16",
+            found.append(Candidate(f"torch {p} torch.compile + CUDA graphs", str(path), p,
                                    {"compile": True, "cuda_graphs": True}))
     else:
-        found.append(Candidate(f"{artifact_kind(path)} {path.name}", str(path)))
-    for other in extra:
-        other = Path(other)
+        found.append(Candidate(f"{artifact_kind(path)} {path.name}" + (f"@{asked}" if asked else ""),
+                               str(path), asked))
+    for other_spec in extra:
+        other_spec, other_asked = parse_model_spec(other_spec)
+        other = Path(other_spec)
         kind = artifact_kind(other)
         if cuda and kind == "onnx":  # NHWC kernels won on the H200 for DeepLabV3 (3.47 vs 3.74 ms)
-            found += [Candidate(f"onnx {other.name} + CUDA graph", str(other), None, {"cuda_graph": True}),
-                      Candidate(f"onnx {other.name} NHWC + CUDA graph", str(other), None,
+            found += [Candidate(f"onnx {other.name} + CUDA graph", str(other), other_asked, {"cuda_graph": True}),
+                      Candidate(f"onnx {other.name} NHWC + CUDA graph", str(other), other_asked,
                                 {"cuda_graph": True, "cuda_options": {"prefer_nhwc": "1"}})]
         else:
-            found.append(Candidate(f"{kind} {other.name}", str(other)))
+            found.append(Candidate(f"{kind} {other.name}" + (f"@{other_asked}" if other_asked else ""),
+                                   str(other), other_asked))
     return found
 
 
@@ -125,10 +134,12 @@ def choose(candidates: Sequence[Candidate], *, device: str, size: Sequence[int] 
     if measure is None:
         from .benchmark import bench_one as measure
     measured: dict[str, float | str] = {}
+    rows: dict[str, dict[str, Any]] = {}
     with torch_threads(threads):
         for c in candidates:
             row = measure(c.spec, device=device, batch=batch, size=size, warmup=warmup, iters=iters,
                           threads=threads, precision=c.precision, label=c.name, options=dict(c.options))
+            rows[c.name] = row
             measured[c.name] = (round(row["latency_ms"]["median"], 3) if row.get("status") == "ok"
                                 else f"failed: {row.get('error')}")
     timed = {n: v for n, v in measured.items() if isinstance(v, float)}
@@ -143,4 +154,4 @@ def choose(candidates: Sequence[Candidate], *, device: str, size: Sequence[int] 
     data[key] = {"pick": pick, "reason": reason, "measured": measured}
     store.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(store, json.dumps(data, indent=2) + "\n")
-    return Choice(by_name[pick], reason, measured, cached=False)
+    return Choice(by_name[pick], reason, measured, cached=False, row=rows[pick])

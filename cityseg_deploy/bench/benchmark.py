@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import CitysegError, first_line
 from ..fileio import path_mb, write_text_atomic
+from ..runtime.base import describe_runner
 from ..runtime.openvino_backend import PlainOpenVINO
 from ..system.machine import load_average, machine_info, machine_line
 from ..system.threads import torch_threads
@@ -129,6 +130,7 @@ def bench_one(spec: str, *, device: str = "cpu", batch: int = 1, size: Sequence[
         row["backend"] = seg.backend
         row["precision"] = seg.precision
         row["detail"] = seg.describe()
+        row["runner"] = describe_runner(row["detail"])  # bench's own runners (plain OpenVINO) too
         run_size = tuple(size) if size else tuple(seg.input_size)
         row["size"] = list(run_size)
         timer = StageTimer(device if cuda else "cpu")
@@ -273,7 +275,8 @@ def benchmark(models: Sequence, *, device: str = "cpu", batches: Sequence[int] =
               sgemm: bool = False, progress: bool = True, json_path=None, md_path=None,
               plot_path=None, title: str | None = None) -> dict:
     """Measure every model (path, ``path@precision`` or a dict with ``model``, ``label``,
-    ``precision``, ``runner``, ``options``, ``group``) at every batch x size; returns the bench
+    ``precision``, ``runner``, ``options``, ``group``, ``measured_row``: a row :func:`bench_one`
+    already measured with these settings, used as it is) at every batch x size; returns the bench
     JSON dict.  Ratios refer to ``reference`` or to the first row of the same ``group``."""
     with torch_threads(threads):  # set for the run, put back after it (system/threads.py)
         return _benchmark(models, device=device, batches=batches, sizes=sizes, warmup=warmup,
@@ -300,12 +303,20 @@ def _benchmark(models, *, device, batches, sizes, warmup, iters, duration, threa
         for b, s in settings:
             if bar is not None:
                 bar.set_postfix_str(f"{entry.get('label') or Path(str(entry['model'])).name} b{b}")
-            row = bench_one(str(entry["model"]), device=device, batch=b, size=s, warmup=warmup,
-                            iters=iters, duration=duration, threads=threads,
-                            precision=entry.get("precision", precision), runner=entry.get("runner"),
-                            label=entry.get("label"), options=entry.get("options"))
+            measured = entry.get("measured_row")
+            if measured is not None and len(settings) == 1:
+                # measured already, in this process, with these settings (--backend auto's winner):
+                # the row is that measurement, not a second one that could disagree with it
+                row = dict(measured, model=entry.get("label") or measured["model"])
+            else:
+                row = bench_one(str(entry["model"]), device=device, batch=b, size=s, warmup=warmup,
+                                iters=iters, duration=duration, threads=threads,
+                                precision=entry.get("precision", precision), runner=entry.get("runner"),
+                                label=entry.get("label"), options=entry.get("options"))
             if entry.get("group") is not None:
                 row["group"] = str(entry["group"])
+            if entry.get("auto_measured_ms") is not None:  # auto's cached figure, beside this one
+                row.update(auto_measured_ms=entry["auto_measured_ms"], auto_cached=True)
             results.append(row)
             if bar is not None:
                 bar.update(1)

@@ -14,20 +14,16 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import CitysegError
+from ..errors import CitysegError, short_repr
 from ..fileio import write_text_atomic
 
 
 def load_suite(path: str | os.PathLike) -> dict[str, Any]:
-    import yaml
-
     from ..resources import resolve
+    from ..yamlfile import read_yaml
 
     path = resolve("suite", path)  # a path, or a bare name of a shipped suite (cpu_backends)
-    try:
-        suite = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise CitysegError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    suite = read_yaml(path)
     check_suite(suite, str(path))
     suite["_file"] = str(path)
     return suite
@@ -196,7 +192,7 @@ def run_suite(path: str | os.PathLike, *, work: str | os.PathLike | None = None,
     for row in suite["rows"]:
         art = row.get("artifact", "checkpoint")
         if art not in paths:
-            raise CitysegError(f"{suite['_file']}: row {row.get('label')!r} names unknown artifact {art!r}")
+            raise CitysegError(f"{suite['_file']}: row {short_repr(row.get('label'))} names unknown artifact {short_repr(art)}")
         entries.append({"model": str(paths[art]), "label": row.get("label"), "precision": row.get("precision"),
                         "runner": row.get("runner"), "options": row.get("options")})
     report = benchmark(entries, device=s.get("device", "cpu"), batches=[int(s.get("batch", 1))],

@@ -21,6 +21,7 @@ from .options import option, runner_options
 @click.option("--out", default=None, help="folder for Markdown/CSV tables, JSON and the delta plot")
 @option("device")
 @option("threads")
+@option("trust_code")
 @option("batch")
 @option("runner_option")
 @click.option("--logit-images", type=int, default=4, show_default=True,
@@ -66,6 +67,9 @@ def check_cmd(baseline, candidates, data_root, split, json_path, max_miou_drop, 
                    batch=batch, max_miou_drop=max_miou_drop, out=out, json_path=json_path,
                    logit_images=logit_images, progress=not no_progress, emulate_bf16=emulate_bf16,
                    baseline_size=baseline_size, engine=engine, runner_options=options)
+    for doc in [report.get("baseline") or {}] + list(report.get("candidates") or []):
+        if doc.get("runner"):
+            click.echo(f"runner ({doc.get('model')}): {doc['runner']}")
     click.echo(report["markdown"])
     if out:
         click.echo(f"wrote tables, check.json and check_delta.png to {out}")

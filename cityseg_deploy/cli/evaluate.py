@@ -23,6 +23,7 @@ from .options import option, runner_options
 @option("device")
 @option("precision")
 @option("threads")
+@option("trust_code")
 @option("batch")
 @option("runner_option")
 @click.option("--no-progress", is_flag=True)
@@ -54,6 +55,8 @@ def eval_cmd(model, data_root, split, json_path, pred_dir, pred_format, label_se
                        threads=threads, batch=batch, label_set=label_set, progress=not no_progress,
                        engine=engine, **options)
     name = doc["model"]
+    if doc.get("runner"):
+        click.echo(f"runner: {doc['runner']}")
     click.echo(table2_markdown({name: doc}))
     click.echo(table1_markdown({name: doc}))
     if json_path:

@@ -11,7 +11,7 @@ import click
 
 from ._app import app, parse_size
 from .options import option
-from ..errors import CitysegError, first_line
+from ..errors import CitysegError, short_repr
 from ..export import format_table
 from ..export.formats import get_format
 from ..export.options import BY_NAME, OPTIONS, Option, check_applies, check_value, closest, share
@@ -41,23 +41,19 @@ def export_options(command):
 
 def _keys(where: str, mapping: dict) -> dict:
     if not all(isinstance(k, str) for k in mapping):
-        raise CitysegError(f"{where}: every key must be a name, got {sorted(map(repr, mapping))[:5]}")
+        raise CitysegError(f"{where}: every key must be a name, got {[short_repr(k) for k in list(mapping)[:5]]}")
     return {k.replace("-", "_"): v for k, v in mapping.items()}
 
 
 def read_profile(path: str) -> list[dict]:
     """A profile: common keys plus ``exports: [{format, precision, ...}, ...]``, every key known
     and of its type (a bad profile fails here, naming the key, before any export starts)."""
-    import yaml
-
     from ..resources import resolve
+    from ..yamlfile import read_yaml
 
     p = resolve("profile", path)  # a path, or a bare name of a shipped profile (smoke, cpu, ...)
     where = f"--profile {p}"
-    try:
-        doc = yaml.safe_load(p.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise CitysegError(f"{where}: not valid YAML ({first_line(exc)})") from None
+    doc = read_yaml(p, where)
     if doc is None:
         doc = {}
     if not isinstance(doc, dict):
@@ -69,7 +65,7 @@ def read_profile(path: str) -> list[dict]:
     entries = [_keys(where, e) for e in entries]
     unknown = sorted((set(doc) | {k for e in entries for k in e}) - PROFILE_KEYS)
     if unknown:
-        raise CitysegError(f"{where}: unknown keys {unknown}{closest(unknown[0])} "
+        raise CitysegError(f"{where}: unknown keys {short_repr(unknown, 200)}{closest(unknown[0][:100])} "
                            f"(known: {sorted(PROFILE_KEYS)})")
     doc = _typed(where, doc)
     jobs = share([_typed(where, e) for e in entries], doc, over=False)
@@ -108,6 +104,7 @@ def _epilog() -> str:
 @export_options
 @click.option("--profile", default=None,
               help="export profile: a YAML path or a shipped name (smoke, cpu, edge, tensorrt; see export/)")
+@option("trust_code")
 def export_cmd(model: str, profile: str | None, **options) -> None:
     """Export MODEL (a cityseg checkpoint) to ONNX, TensorRT, AOTInductor, OpenVINO or a Triton
     model repository.

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import click
 
 from ..errors import CitysegError
-from ..precision import PRECISIONS
+from ..precision import RUN_PRECISIONS
 from ._app import parse_size
 
 
@@ -33,6 +33,14 @@ def _sizes(ctx, param, value):
 
 def _batches(ctx, param, value):
     return int_list(value, "--batch")
+
+
+def _trust_code(ctx, param, value):
+    if value:  # the process-wide switch (trust.py); each untrusted file loaded is named in a warning
+        from ..trust import allow_untrusted
+
+        allow_untrusted()
+    return value
 
 
 def _max_pixels(ctx, param, value):
@@ -59,7 +67,7 @@ SHARED: dict[str, Shared] = {
     "batches": Shared(("--batch", "batches"), "images per inference call: N, or N,N,... for a row each",
                       {"default": "1", "show_default": True, "callback": _batches}),
     "precision": Shared(("--precision",), "run precision where the backend chooses it (or MODEL@bf16)",
-                        {"type": click.Choice(PRECISIONS), "default": None}),
+                        {"type": click.Choice(RUN_PRECISIONS), "default": None}),
     "size": Shared(("--size",), "size HxW (height x width)",
                    {"default": None, "metavar": "HxW", "callback": _size}),
     "sizes": Shared(("--size", "sizes"), "input HxW, or HxW,HxW,... for a row each (default: each "
@@ -67,6 +75,10 @@ SHARED: dict[str, Shared] = {
     "json": Shared(("--json", "json_path"), "write the JSON report here", {"default": None, "metavar": "FILE"}),
     "md": Shared(("--md", "md_path"), "write the Markdown report here", {"default": None, "metavar": "FILE"}),
     "split": Shared(("--split",), "dataset split", {"default": "val", "show_default": True}),
+    # every command that loads a model; not passed to the command (it sets trust.py's switch)
+    "trust_code": Shared(("--trust-code",), "load .pt2 packages and TensorRT engines that this "
+                         "machine's 'cityseg export' did not write (they run native code when loaded)",
+                         {"is_flag": True, "expose_value": False, "callback": _trust_code}),
     # every command that decodes images: the bound each image's header is checked against
     # before decoding (images_header.py); set process-wide, so it takes no function parameter
     "max_pixels": Shared(("--max-pixels",), "refuse an image whose header declares more pixels, "

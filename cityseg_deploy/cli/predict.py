@@ -25,6 +25,7 @@ from .options import option, runner_options
 @option("device")
 @option("precision")
 @option("threads")
+@option("trust_code")
 @option("batch")
 @option("runner_option")
 @click.option("--no-progress", is_flag=True)
@@ -72,9 +73,13 @@ def predict_cmd(model, data_root, images, split, out, fmt, device, precision, th
                             precision=precision, threads=threads, batch=batch, progress=not no_progress,
                             layout=layout, **options)
         if res["metrics"] is None:  # a model of another label set (coco21, custom2): nothing to score
+            if res.get("runner"):
+                click.echo(f"runner: {res['runner']}")
             click.echo(f"wrote {res['written']} {fmt} PNGs to {res['out']} (not scored: the model's "
                        "label set is not a Cityscapes one)")
             return
+    if res.get("runner"):
+        click.echo(f"runner: {res['runner']}")
     click.echo(f"wrote {res['written']} {fmt} PNGs to {res['out']} (mIoU on the way: "
                f"{100 * res['metrics']['miou']:.2f}); {_predict_hint(model, data_root, split, res['out'], fmt)}")
 
@@ -94,6 +99,8 @@ def _predict_images(model, images, out, ray, *, fmt, device, precision, threads,
 
         res = predict_images(model, images, out, fmt=fmt, device=device, precision=precision,
                              threads=threads, batch=batch, progress=progress, **options)
+    if res.get("runner"):
+        click.echo(f"runner: {res['runner']}")
     click.echo(f"wrote {res['written']} {fmt} PNGs to {res['out']}")
 
 

@@ -40,6 +40,7 @@ from .options import option, runner_options
               help="Ray cluster: auto | HOST:PORT | ray://HOST:PORT (default: start a local one)")
 @option("device")
 @option("threads")
+@option("trust_code")
 @option("runner_option")
 def serve_cmd(model, name, route_prefix, host, port, replicas, gpus_per_replica, cpus_per_replica, max_batch,
               batch_wait_ms, max_queue, timeout_s, body_timeout_s, max_per_client, max_body_mb, address,
@@ -50,7 +51,7 @@ def serve_cmd(model, name, route_prefix, host, port, replicas, gpus_per_replica,
 
     runner = runner_options(runner_option, model)  # a misspelt option fails before Ray starts
     require_ray("serve", serve=True)
-    from ..scale.serve import ServeOptions, serve_until_signal, start
+    from ..scale.serve import ServeOptions, serve_until_signal, service_runner, start
 
     options = ServeOptions(replicas=replicas, cpus_per_replica=cpus_per_replica,
                            gpus_per_replica=gpus_per_replica, max_batch=max_batch, batch_wait_ms=batch_wait_ms,
@@ -60,6 +61,9 @@ def serve_cmd(model, name, route_prefix, host, port, replicas, gpus_per_replica,
     served = start(model, name=name, route_prefix=route_prefix, host=host, port=port, address=address,
                    options=options)
     url = served.url
+    runner_line = service_runner(url)
+    if runner_line:
+        click.echo(f"runner: {runner_line}")
     shared = " (joined the cluster's running Serve: one HTTP port per cluster)" if served.joined_running_serve else ""
     click.echo(f"serving {served.name} ({model}) on {url}{shared}: POST {url}/v1/segment (Content-Type "
                f"image/png|jpeg, ?format=labelIds|trainIds|color), GET {url}/v1/health, GET {url}/metrics, "

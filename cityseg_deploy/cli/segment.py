@@ -42,6 +42,7 @@ def _load_segmenter(path: str, *, device: str, threads: int | None, **options):
 @option("batch")
 @option("device")
 @option("threads")
+@option("trust_code")
 @option("runner_option")
 @click.option("--mode", type=click.Choice(["overlay", "side-by-side", "mask"]), default="overlay",
               show_default=True)
@@ -89,6 +90,10 @@ def segment(source: tuple[str, ...], model_path: str, out: str | None, labels_di
     sources[0].open()  # fail on an unopenable source before paying for the model
     window = Window() if show else None
     segmenter = _load_segmenter(model_path, device=device, threads=threads, **options)
+    from ..runtime.base import runner_of
+
+    if runner_of(segmenter):
+        click.echo(f"runner: {runner_of(segmenter)}")
     label_lut = None
     if label_format == "labelIds":
         from ..labels import LABEL_SETS

@@ -189,7 +189,8 @@ def _run_models(specs: Sequence[str], names: Sequence[str], run: _Run,
     docs: list[dict] = []
     base_seg = None
     for k, (spec, name) in enumerate(zip(specs, names)):
-        seg = _load(spec, run, size=baseline_at if k == 0 else None)
+        seg = _load(baseline_spec(spec, run.device) if k == 0 else spec, run,
+                    size=baseline_at if k == 0 else None)
         if base_seg is None:
             base_seg = seg
         elif seg.meta.num_classes != base_seg.meta.num_classes:
@@ -207,6 +208,19 @@ def _run_models(specs: Sequence[str], names: Sequence[str], run: _Run,
         if seg is not base_seg:
             seg.close()
     return results, docs
+
+
+def baseline_spec(spec: str, device: str) -> str:
+    """The baseline as it runs: a plain checkpoint on CUDA runs IEEE fp32 (``CKPT@fp32``), not
+    the fp16 every other command defaults to there — the reference is the network's own
+    arithmetic, so an fp16 candidate is measured against fp32, not against itself."""
+    from ..artifacts import artifact_kind
+    from ..runtime import parse_model_spec
+
+    path, precision = parse_model_spec(spec)
+    if precision is None and str(device).startswith("cuda") and artifact_kind(Path(path)) == "torch":
+        return f"{path}@fp32"
+    return spec
 
 
 def _load(spec: str, run: _Run, size: tuple[int, int] | None):
@@ -237,8 +251,10 @@ def _model_doc(result: dict, name: str, spec: str, seg, split: str) -> dict:
     precision = seg.precision
     if getattr(seg, "emulated_bf16", False):
         precision = f"{precision} (emulated)"
+    from ..runtime.base import runner_of
+
     doc.update(path=spec, backend=seg.backend, precision=precision, device=seg.device, split=split,
-               input_size=[int(v) for v in seg.input_size])
+               input_size=[int(v) for v in seg.input_size], runner=runner_of(seg))
     control = (getattr(seg, "io", None) or {}).get("accuracy_control")
     if control:  # written by export --max-drop: what was kept in float, what export measured
         doc["accuracy_control"] = {k: control.get(k) for k in

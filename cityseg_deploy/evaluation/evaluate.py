@@ -120,6 +120,7 @@ def evaluate(model, data_root: str | os.PathLike, *, split: str = "val", device:
     :class:`cityseg_deploy.scale.ray_batch.RayEngine` for a Ray actor pool).
     """
     from .. import runtime
+    from ..runtime.base import runner_of
 
     loader = engine or runtime
     segmenter = model if hasattr(model, "run") else loader.load(
@@ -129,7 +130,8 @@ def evaluate(model, data_root: str | os.PathLike, *, split: str = "val", device:
     result = cm.compute(segmenter.meta.class_names)
     doc = eval_json(result, name or str(model if not hasattr(model, "run") else segmenter.path))
     doc.update(split=split, backend=segmenter.backend, precision=segmenter.precision,
-               device=segmenter.device, images=int(len(find_samples(data_root, split))))
+               device=segmenter.device, images=int(len(find_samples(data_root, split))),
+               runner=runner_of(segmenter))
     return doc
 
 

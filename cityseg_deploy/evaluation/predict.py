@@ -22,6 +22,7 @@ import numpy as np
 from ..errors import CitysegError
 from ..fileio import write_png
 from ..labels import LABEL_SETS
+from ..runtime.base import runner_of
 from .evaluate import _image_samples, label_set_of_model, run_split
 
 FORMATS = ("labelIds", "trainIds", "color", "overlay")
@@ -144,7 +145,7 @@ def predict_images(model, images: str, out: str | os.PathLike, *, fmt: str = "la
     finally:
         if hasattr(bar, "close"):
             bar.close()
-    return {"written": len(pairs), "out": str(out), "format": fmt}
+    return {"written": len(pairs), "out": str(out), "format": fmt, "runner": runner_of(segmenter)}
 
 
 def check_flat_names(samples) -> None:
@@ -190,4 +191,5 @@ def predict_split(model, data_root: str | os.PathLike, out: str | os.PathLike, *
     cm = run_split(segmenter, data_root, split=split, batch=batch, progress=progress,
                    desc=f"predict {Path(segmenter.path).name}", on_prediction=save, score=score)
     return {"written": len(written), "out": str(out), "format": fmt,
-            "metrics": cm.compute(meta.class_names) if cm is not None else None}
+            "metrics": cm.compute(meta.class_names) if cm is not None else None,
+            "runner": runner_of(segmenter)}

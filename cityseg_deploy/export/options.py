@@ -11,7 +11,7 @@ import difflib
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import CitysegError
+from ..errors import CitysegError, short_repr
 from ..precision import PRECISIONS
 from .. import formats as registry
 from .formats import export_formats, get_format
@@ -130,7 +130,7 @@ def check_names(options: dict[str, Any], where: str = "export: ") -> None:
     """Refuse a keyword that is no export option (``export(ckpt, opset=17)`` is one; ``opst`` not)."""
     for name in options:
         if name not in BY_NAME:
-            raise CitysegError(f"{where}unknown option {name!r}{closest(name)} "
+            raise CitysegError(f"{where}unknown option {short_repr(name)}{closest(str(name)[:100])} "
                                f"(known: {', '.join(BY_NAME)})")
 
 
@@ -144,7 +144,7 @@ def check_applies(fmt: str, precision: str, options: dict[str, Any]) -> None:
         if not opt.applies(fmt, precision):
             raise CitysegError(f"{opt.flag} applies to {opt.scope()} only")
         if opt.choices and value not in opt.choices:
-            raise CitysegError(f"{opt.flag} {value!r}: choose {_either(opt.choices)}")
+            raise CitysegError(f"{opt.flag} {short_repr(value)}: choose {_either(opt.choices)}")
 
 
 def share(exports: list[dict[str, Any]], shared: dict[str, Any], *,
@@ -179,7 +179,7 @@ def check_value(where: str, key: str, value: Any) -> Any:
     kind = opt.kind
 
     def bad(expected: str) -> CitysegError:
-        return CitysegError(f"{where}: key {key!r} must be {expected}, got {value!r}"[:300])
+        return CitysegError(f"{where}: key {key!r} must be {expected}, got {short_repr(value)}")
 
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if kind in ("str", "path") and not isinstance(value, str):

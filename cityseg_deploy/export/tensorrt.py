@@ -8,7 +8,8 @@
 - ``set_memory_pool_limit(WORKSPACE, workspace_gb)``, ``builder_optimization_level`` and a timing
   cache file ``<engine>.timing.cache`` reused by later builds;
 - the engine file is a pure plan (loadable by trtexec/Triton); metadata goes to the sidecar
-  ``<engine>.json`` (artifacts.write_sidecar) with TensorRT, CUDA and GPU versions.
+  ``<engine>.json`` with TensorRT, CUDA and GPU versions, swapped in with the engine as one pair
+  (``fileio.atomic_pair``); the engine's sha256 goes on the trust list (``trust.py``).
 
 The graph passes the static operator check (trt_ops) before the builder runs.
 """
@@ -18,9 +19,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import sidecar_path, write_sidecar
+from ..artifacts import pack, sidecar_path
 from ..errors import CitysegError
-from ..fileio import atomic_path, path_mb, write_bytes_atomic
+from ..fileio import atomic_pair, path_mb, write_bytes_atomic
+from ..trust import record
 from ..system.timing import Timer
 from .job import ExportJob
 from .result import ExportResult
@@ -121,12 +123,15 @@ def export_trt(job: ExportJob, out: Path, precision: str = "fp32") -> ExportResu
         plan, info = build_engine(onnx_path, job, timing_cache)
         checks: dict[str, Any] = dict(info)
         io_ = job.io(precision, **versions(), profile=info["profile"], onnx=onnx_path.name)
-        with atomic_path(out) as tmp:
+        # engine and sidecar swapped in as a pair (fileio.atomic_pair); the engine's bytes go on
+        # the trust list first (trust.py), so the runtime loads what this export built
+        with atomic_pair(out, sidecar_path(out)) as (tmp, side_tmp):
             tmp.write_bytes(plan)
+            io_["package_sha256"] = record(out, "tensorrt", plan)
             if job.verify:  # the runtime's runner, handed the sidecar it will get
                 checks.update(verify.check(job, tmp, "tensorrt", precision, out.name,
                                            metadata=(job.meta, io_), device=job.device))
-            write_sidecar(out, job.meta, io_)
+            side_tmp.write_text(pack(job.meta, io_))
         _ = work
     return ExportResult(out, "trt", precision, t.seconds, path_mb(out, sidecar_path(out)),
                         checks, intermediates)

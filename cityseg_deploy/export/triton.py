@@ -92,6 +92,9 @@ def _openvino_io(xml: Path) -> tuple[list[Tensor], list[Tensor]]:
 
 
 def _tensorrt_io(path: Path) -> tuple[list[Tensor], list[Tensor]]:
+    from ..trust import read_trusted
+
+    plan, _ = read_trusted(path, "tensorrt")  # an engine may carry plugin code: trusted ones only
     try:
         import tensorrt as trt
     except ImportError:
@@ -104,7 +107,7 @@ def _tensorrt_io(path: Path) -> tuple[list[Tensor], list[Tensor]]:
     if hasattr(trt, "bfloat16"):
         types[trt.bfloat16] = "TYPE_BF16"
     runtime = trt.Runtime(trt.Logger(trt.Logger.ERROR))
-    engine = runtime.deserialize_cuda_engine(path.read_bytes())
+    engine = runtime.deserialize_cuda_engine(plan)
     if engine is None:
         raise CitysegError(f"{path}: not a TensorRT engine this TensorRT can read")
     ins, outs = [], []

@@ -63,8 +63,10 @@ def runner(path, kind: str, *, metadata=None, device: str = "cpu") -> "Segmenter
     from ..runtime import open_artifact
     from ..system.machine import session_threads
 
+    # trust_code: the bytes this export itself just compiled or built (also on the trust list,
+    # unless that list could not be written)
     return open_artifact(path, kind, metadata=metadata, device=device,
-                         threads=session_threads() or None)
+                         threads=session_threads() or None, trust_code=True)
 
 
 def run_batched(job: ExportJob, seg: "Segmenter", images: np.ndarray) -> np.ndarray:

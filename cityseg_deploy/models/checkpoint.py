@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..errors import CitysegError
+from ..errors import CitysegError, short_repr
 from ..fileio import atomic_path
 from .safe_load import load_weights_file
 
@@ -83,6 +83,55 @@ MAX_INPUT_SIDE = 8192
 _REQUIRED = ("arch", "arch_args", "label_set", "class_names", "palette", "mean", "std", "input_size")
 
 
+# Bounds on the free-form parts of the metadata (``arch_args``, ``extra``): a pickle can share one
+# list between many places, so 270 KB hold a 2^60-element nested list; every walk, copy or repr
+# of it (dataclasses.asdict, json.dumps, an error message) would never end.
+MAX_META_NODES = 100_000
+MAX_META_DEPTH = 32
+MAX_META_TEXT = 65_536
+_PLAIN_LEAVES = (str, int, float, bool, type(None))
+
+
+def check_plain(value: Any, where: str, field: str) -> None:
+    """Refuse ``value`` unless it is plain data (numbers, strings, lists, tuples, mappings with
+    string keys) of at most :data:`MAX_META_NODES` values and :data:`MAX_META_DEPTH` levels.
+
+    Every visit counts, shared references included, so a bomb stops after the budget's worth of
+    steps instead of being walked (or printed) in full.
+    """
+    def bad(why: str) -> CitysegError:
+        return CitysegError(f"{where}: metadata field {field!r} {why}; re-create the file with cityseg")
+
+    budget = MAX_META_NODES
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        budget -= 1
+        if budget < 0:
+            raise bad(f"holds more than {MAX_META_NODES} values (shared references counted "
+                      f"each time they are reached)")
+        if depth > MAX_META_DEPTH:
+            raise bad(f"is nested more than {MAX_META_DEPTH} levels deep")
+        if isinstance(item, dict):
+            children = list(item.items()) if len(item) <= budget else None
+            if children is None:
+                raise bad(f"holds more than {MAX_META_NODES} values")
+            for key, child in children:
+                if not isinstance(key, str) or len(key) > 256:
+                    raise bad("has a key that is not a short string")
+                stack.append((child, depth + 1))
+        elif isinstance(item, (list, tuple)):
+            if len(item) > budget:
+                raise bad(f"holds more than {MAX_META_NODES} values")
+            stack.extend((child, depth + 1) for child in item)
+        elif not isinstance(item, _PLAIN_LEAVES):
+            raise bad(f"holds a {type(item).__name__}; only numbers, strings, lists and mappings")
+        elif isinstance(item, str) and len(item) > MAX_META_TEXT:
+            raise bad(f"holds a string of {len(item)} characters (at most {MAX_META_TEXT})")
+        elif isinstance(item, int) and item.bit_length() > 256:
+            raise bad("holds an integer too large to be a setting")
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -113,12 +162,15 @@ def check_meta_dict(data: Any, where: str = "model metadata") -> None:
     args = data["arch_args"]
     if not isinstance(args, dict) or not all(isinstance(k, str) and k.isidentifier() for k in args):
         raise bad("arch_args", "must map argument names to values")
+    check_plain(args, where, "arch_args")
+    if "extra" in data:
+        check_plain(data["extra"], where, "extra")
     names = data["class_names"]
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise bad("class_names", "must be a list of strings")
     claimed = args.get("num_classes", len(names))
     if not _is_int(claimed) or not 1 <= claimed <= MAX_CLASSES:
-        raise bad("arch_args.num_classes", f"is {claimed!r}: expected 1 to {MAX_CLASSES} "
+        raise bad("arch_args.num_classes", f"is {short_repr(claimed)}: expected 1 to {MAX_CLASSES} "
                                            f"(labels are uint8, 255 = ignore)")
     if len(names) != claimed:
         raise bad("class_names", f"has {len(names)} names for {claimed} classes")
@@ -140,7 +192,7 @@ def check_meta_dict(data: Any, where: str = "model metadata") -> None:
     size = data["input_size"]
     if (not isinstance(size, list) or len(size) != 2
             or not all(_is_int(v) and 1 <= v <= MAX_INPUT_SIDE for v in size)):
-        raise bad("input_size", f"is {size!r}: expected [H, W] of 1 to {MAX_INPUT_SIDE} pixels")
+        raise bad("input_size", f"is {short_repr(size)}: expected [H, W] of 1 to {MAX_INPUT_SIDE} pixels")
     for key in ("format_version",):
         if key in data and not _is_int(data[key]):
             raise bad(key, "must be an integer")
@@ -219,7 +271,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CitysegError(f"{path}: weights do not fit {meta.arch}: missing {missing[:5]}"
                            f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
                            f"{'...' if len(unexpected) > 5 else ''}, shapes (file vs "
-                           f"{meta.arch_args}) {mismatched[:3]}{'...' if len(mismatched) > 3 else ''}")
+                           f"{short_repr(meta.arch_args, 200)}) {mismatched[:3]}{'...' if len(mismatched) > 3 else ''}")
     del skeleton
     model = build_model(meta.arch, **meta.arch_args)
     model.load_state_dict(state_dict, strict=True)

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import torch.nn as nn
 
-from ..errors import CitysegError
+from ..errors import CitysegError, first_line, short_repr
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -54,9 +54,9 @@ def _ensure_loaded() -> None:
 def get_entry(arch: str) -> ModelEntry:
     _ensure_loaded()
     if arch not in _REGISTRY:
-        close = difflib.get_close_matches(arch, list(_REGISTRY), n=1)
+        close = difflib.get_close_matches(str(arch)[:100], list(_REGISTRY), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise CitysegError(f"unknown architecture {arch!r}{hint} (see 'cityseg models')")
+        raise CitysegError(f"unknown architecture {short_repr(arch)}{hint} (see 'cityseg models')")
     return _REGISTRY[arch]
 
 
@@ -76,4 +76,5 @@ def build_model(arch: str, **kwargs: Any) -> nn.Module:
     try:
         return entry.builder(**kwargs)
     except TypeError as exc:
-        raise CitysegError(f"architecture {arch!r}: bad arguments {kwargs}: {exc}") from None
+        raise CitysegError(f"architecture {short_repr(arch)}: bad arguments {short_repr(kwargs, 200)}: "
+                           f"{first_line(exc)}") from None

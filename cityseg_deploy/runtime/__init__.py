@@ -17,6 +17,8 @@ from ..artifacts import artifact_kind
 from ..deploy import is_deploy_folder, resolve as resolve_deploy
 from ..errors import CitysegError
 from ..models.checkpoint import ModelMeta
+from ..precision import RUN_PRECISIONS
+from ..trust import NATIVE_KINDS
 from .base import PRECISIONS, Segmenter, check_precision
 
 
@@ -42,7 +44,7 @@ def backend_options(cls: type[Segmenter]) -> tuple[str, ...]:
     :func:`open_artifact`'s): the keyword parameters of its constructor (declared once, there)."""
     params = inspect.signature(cls.__init__).parameters.values()
     return tuple(p.name for p in params if p.kind is p.KEYWORD_ONLY
-                 and p.name not in ("device", "precision", "threads", "metadata"))
+                 and p.name not in ("device", "precision", "threads", "metadata", "trust_code"))
 
 
 def takes_option(spec: str | os.PathLike, name: str) -> bool:
@@ -63,25 +65,36 @@ def check_options(path: str | os.PathLike, kind: str, options: dict[str, Any]) -
                            f"(it takes {', '.join(takes)})")
 
 
+def check_run_precision(path: str | os.PathLike, kind: str, precision: str | None) -> None:
+    """Refuse a run-only precision (``tf32``) for a runner that cannot honour it: exported graphs
+    run the precision they hold, so ``model.onnx@tf32`` would be an fp32 row under another name."""
+    if precision == "tf32" and kind != "torch":
+        raise CitysegError(f"{path}: tf32 is a run mode of the PyTorch runner on CUDA (a checkpoint, "
+                           f"CKPT@tf32); a {kind} artifact runs the precision its graph holds")
+
+
 def parse_model_spec(spec: str | os.PathLike) -> tuple[str, str | None]:
     """``"ckpt.pt@bf16"`` → ``("ckpt.pt", "bf16")``; a plain path → ``(path, None)``."""
     text = str(spec)
     head, sep, tail = text.rpartition("@")
-    if sep and tail in PRECISIONS and head:
+    if sep and tail in RUN_PRECISIONS and head:
         return head, tail
     return text, None
 
 
 def load(path: str | os.PathLike, *, device: str = "cpu", precision: str | None = None,
-         threads: int | None = None, **options: Any) -> Segmenter:
+         threads: int | None = None, trust_code: bool | None = None, **options: Any) -> Segmenter:
     """The ``Segmenter`` for any artifact (checkpoint, .onnx, engine, .pt2, OpenVINO IR) or
     deploy folder (``cityseg optimize``: its artifact, precision, runner options and threads).
 
-    ``precision``: for a checkpoint fp32 | fp16 | bf16 (autocast); for OpenVINO fp32 | bf16
+    ``precision``: for a checkpoint fp32 | tf32 | fp16 | bf16 (None: fp16 + channels_last + CUDA
+    graphs on CUDA, fp32 on CPU — :mod:`.torch_defaults`); for OpenVINO fp32 | bf16
     (inference precision hint); graphs with baked-in precision refuse another.
     ``threads``: CPU threads.  ``options`` go to the backend (e.g. ``size=(H, W)``,
     ``compile=True``, ``cuda_graphs=True`` for torch; ``mode``/``streams`` for OpenVINO); one
     the backend does not take is a CitysegError naming it (:func:`backend_options` lists them).
+    ``trust_code``: for native-code artifacts (.pt2, TensorRT engines) not written by this
+    machine's export — True loads them anyway, None follows ``--trust-code`` (``trust.py``).
     """
     path, spec_precision = parse_model_spec(path)
     if is_deploy_folder(path):  # cityseg optimize's folder: its pick, with its runner options
@@ -90,6 +103,9 @@ def load(path: str | os.PathLike, *, device: str = "cpu", precision: str | None 
     precision = check_precision(precision or spec_precision)
     kind = artifact_kind(Path(path))
     check_options(path, kind, options)
+    check_run_precision(path, kind, precision)
+    if kind in NATIVE_KINDS:
+        options["trust_code"] = trust_code
     return backend_class(kind)(Path(path), device=device, precision=precision, threads=threads,
                                **options)
 
@@ -112,7 +128,8 @@ def _from_deploy_folder(folder: str, device: str, precision: str | None, threads
 
 def open_artifact(path: str | os.PathLike, kind: str, *,
                   metadata: tuple[ModelMeta, dict[str, Any]] | None = None, device: str = "cpu",
-                  precision: str | None = None, threads: int | None = None, **options: Any) -> Segmenter:
+                  precision: str | None = None, threads: int | None = None,
+                  trust_code: bool | None = None, **options: Any) -> Segmenter:
     """The ``Segmenter`` :func:`load` would give for an artifact not (yet) under its final name.
 
     Why: export checks the file it wrote, at its temporary name, through the runner users get.
@@ -125,6 +142,9 @@ def open_artifact(path: str | os.PathLike, kind: str, *,
         raise CitysegError(f"{path}: open_artifact runs exported graphs "
                            f"({', '.join(graphs)}), not {kind!r}")
     check_options(path, kind, options)
+    check_run_precision(path, kind, precision)
+    if kind in NATIVE_KINDS:  # export checks what it just built: trust_code=True (verify.runner)
+        options["trust_code"] = trust_code
     return backend_class(kind)(Path(path), device=device, precision=check_precision(precision),
                                threads=threads, metadata=metadata, **options)
 

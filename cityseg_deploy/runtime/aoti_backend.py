@@ -2,11 +2,16 @@
 
 The package is compiled for one device (its sidecar's ``io["device"]``, cpu by default) and, for
 static exports, one input shape; the metadata sidecar says which.
+
+A package is native code: it loads only if this machine's export wrote it or with ``--trust-code``
+(``trust.py``), checked on the bytes that are then loaded, and only after a child process loaded
+and ran it without dying (``aoti_probe.py``), so a crashing package is an error line, not a crash.
 """
 from __future__ import annotations
 
+import io as _io
 import os
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -14,8 +19,10 @@ from ..artifacts import sidecar_path
 from ..errors import CitysegError, first_line
 from ..system.threads import default_threads
 from ..models.checkpoint import ModelMeta
+from ..trust import read_trusted
+from .aoti_probe import probe
 from .base import Segmenter, artifact_metadata, check_precision
-from .graph_check import check_aoti_input, check_output
+from .graph_check import check_aoti_input, check_output, check_pairing
 
 
 class AOTISegmenter(Segmenter):
@@ -23,7 +30,8 @@ class AOTISegmenter(Segmenter):
 
     def __init__(self, path: str | os.PathLike, *, device: str = "cpu", precision: str | None = None,
                  threads: int | None = None, size: Sequence[int] | None = None,
-                 metadata: tuple[ModelMeta, dict[str, Any]] | None = None):
+                 metadata: tuple[ModelMeta, dict[str, Any]] | None = None,
+                 trust_code: bool | None = None):
         import torch
 
         meta, io = artifact_metadata(path, "aoti", metadata)
@@ -41,10 +49,15 @@ class AOTISegmenter(Segmenter):
         super().__init__(path, meta, io, device=str(device), precision=io.get("precision", "fp32"),
                          threads=threads, size=size)
         self.hold_threads(threads or (default_threads() if wanted == "cpu" else None))
+        data, digest = read_trusted(path, "aoti", trust_code=trust_code)  # before any dlopen
+        check_pairing(path, io, digest)
+        h, w = self.input_size
+        probe(path, digest, str(device) if wanted == "cuda" else "cpu",
+              (1 if io.get("dynamic") else int(io.get("batch", 1)), 3, h, w))
         try:
             from torch._inductor import aoti_load_package
 
-            self.runner = aoti_load_package(str(path))
+            self.runner = aoti_load_package(_io.BytesIO(data))  # the bytes checked, not the path again
         except Exception as exc:
             raise CitysegError(f"{path}: not a loadable AOTInductor package ({type(exc).__name__}: "
                                f"{first_line(exc, 200)}); re-export it "

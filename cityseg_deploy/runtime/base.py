@@ -24,14 +24,14 @@ from ..artifacts import check_meta_io, read_artifact_meta
 from ..system.timing import NullTimer
 from ..errors import CitysegError
 from ..models.checkpoint import ModelMeta
-from ..precision import PRECISIONS
+from ..precision import PRECISIONS, RUN_PRECISIONS
 
 _NULL = NullTimer()
 
 
 def check_precision(precision: str | None) -> str | None:
-    if precision is not None and precision not in PRECISIONS:
-        raise CitysegError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision is not None and precision not in RUN_PRECISIONS:
+        raise CitysegError(f"precision {precision!r}: choose one of {', '.join(RUN_PRECISIONS)}")
     return precision
 
 
@@ -151,6 +151,43 @@ def labels_array(y) -> np.ndarray:
     return y.astype(np.uint8, copy=False)
 
 
+_FLAGS = (("channels_last", "channels_last"), ("cuda_graphs", "cuda-graphs"),
+          ("cuda_graph", "cuda-graph"), ("compiled", "torch.compile"))
+
+
+def describe_runner(d: dict[str, Any]) -> str:
+    """``describe()`` → ``"torch fp16 channels_last cuda-graphs on cuda:0 (threads n/a)"``.
+
+    Why from the dict: every backend already reports what it runs there (providers, inference
+    hints, graphs); one formatter keeps the line the same shape for all of them.  CPU threads
+    matter only where the host computes: on a GPU they read ``n/a``.
+    """
+    words = [str(d.get("backend", "?")), str(d.get("inference_precision") or d.get("precision") or "?")]
+    for key, word in _FLAGS:
+        value = d.get(key)
+        if value:
+            words.append(word if value is True else f"{word}={value}")
+    if d.get("autocast"):
+        words.append(f"autocast-{d['autocast']}")
+    device = str(d.get("device", "cpu"))
+    where = d.get("ov_device") or device
+    gpu = device.startswith("cuda") or str(where).upper().startswith("GPU")
+    threads = d.get("threads")
+    shown = ("threads n/a" if gpu else f"{threads} thread{'' if threads == 1 else 's'}" if threads
+             else "default threads")
+    line = f"{' '.join(words)} on {where} ({shown})"
+    if d.get("fallback"):
+        line += f"; {d['fallback']}"
+    return line
+
+
+def runner_of(segmenter: Any) -> str | None:
+    """``segmenter.runner()`` for a Segmenter; None for a stand-in that runs elsewhere (a Ray
+    engine's remote model: its actors say what ran)."""
+    runner = getattr(segmenter, "runner", None)
+    return runner() if callable(runner) else None
+
+
 class Segmenter:
     """Base runner.  Subclasses set ``backend`` and implement ``compute`` (and the hooks they need).
 
@@ -191,7 +228,13 @@ class Segmenter:
         """What actually runs (backend, device, precision, providers, hints ...), for reports."""
         return {"backend": self.backend, "device": self.device, "precision": self.precision,
                 "input_size": list(self.input_size), "input": self.input_format,
-                "output": "logits" if self.outputs_logits else "labels"}
+                "output": "logits" if self.outputs_logits else "labels", "threads": self.threads}
+
+    def runner(self) -> str:
+        """What runs, in words, for every command that runs a model (printed as ``runner: …``,
+        stored as JSON's ``runner``): ``torch fp16 channels_last cuda-graphs on cuda:0 (threads
+        n/a)``, ``onnxruntime int8 on cpu (2 threads)``.  Built from :meth:`describe` only."""
+        return describe_runner(self.describe())
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.path.name!r}, backend={self.backend}, "

@@ -57,6 +57,19 @@ def _names(io: dict[str, Any], kind: str) -> list[str]:
     return ["batch", "size[0] (height)", "size[1] (width)"]
 
 
+def check_pairing(path, io: dict[str, Any], digest: str) -> None:
+    """A sidecar that names its file's sha256 (exports since issue 27) describes that file only.
+
+    Why: a ``.pt2``/engine and its ``.json`` are replaced as a pair, but a copy by hand can still
+    put one package next to another's sidecar; the sizes and classes would then be believed.
+    """
+    claimed = io.get("package_sha256")
+    if claimed is not None and claimed != digest:
+        raise CitysegError(f"{path}.json: this sidecar describes another file (sha256 "
+                           f"{str(claimed)[:16]}..., the file is {digest[:16]}...); keep each "
+                           f"package with its own sidecar, or re-export it")
+
+
 def check_onnx(path, meta, io: dict[str, Any]) -> None:
     """Input/output names, dtypes and static dims, Q/DQ for int8, fp16 tensors for fp16."""
     import onnx

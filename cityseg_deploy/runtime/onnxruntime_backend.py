@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import CitysegError, first_line
 from ..lazy import lazy_import
-from ..system.threads import default_threads
+from ..system.threads import default_threads, spinning_allowed
 from ..models.checkpoint import ModelMeta
 from .base import Segmenter, artifact_metadata, check_precision, device_normaliser
 from ..graphs.ort_int8 import onnxruntime_cpu_graph
@@ -51,9 +51,15 @@ class OnnxRuntimeSegmenter(Segmenter):
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
+        self.pool_threads = None
         if threads or not str(device).startswith("cuda"):  # default: the CPUs this process may use
-            so.intra_op_num_threads = int(threads or default_threads())
+            so.intra_op_num_threads = self.pool_threads = int(threads or default_threads())
             so.inter_op_num_threads = 1
+        self.spinning = spinning_allowed()
+        if not self.spinning:  # the pool sleeps between operators, as OpenMP's do (system/threads.py)
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        self.session_options = so
         available = ort.get_available_providers()
         self.cuda = str(device).startswith("cuda")
         if providers is None:
@@ -111,6 +117,8 @@ class OnnxRuntimeSegmenter(Segmenter):
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         d["providers"] = self.session.get_providers()
+        d["threads"] = self.pool_threads
+        d["spinning"] = self.spinning
         d["cuda_graph"] = self.cuda_graph
         if self.int8_rewrite:
             d["int8_rewrite"] = dict(self.int8_rewrite)

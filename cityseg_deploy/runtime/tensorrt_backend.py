@@ -9,13 +9,15 @@ error says both before TensorRT fails with something less readable.
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from ..errors import CitysegError
 from ..lazy import lazy_import
 from ..models.checkpoint import ModelMeta
+from ..trust import read_trusted
+from .graph_check import check_pairing
 from .base import Segmenter, artifact_metadata, check_precision
 
 
@@ -47,8 +49,13 @@ class TensorRTSegmenter(Segmenter):
 
     def __init__(self, path: str | os.PathLike, *, device: str = "cuda", precision: str | None = None,
                  threads: int | None = None, size: Sequence[int] | None = None,
-                 metadata: tuple[ModelMeta, dict[str, Any]] | None = None):
+                 metadata: tuple[ModelMeta, dict[str, Any]] | None = None,
+                 trust_code: bool | None = None):
         meta, io = artifact_metadata(path, "tensorrt", metadata)
+        # An engine may carry plugin code: the trust list first, on the bytes deserialized below
+        # (before TensorRT is even imported, so the gate holds where TensorRT is missing too).
+        plan, digest = read_trusted(path, "tensorrt", trust_code=trust_code)
+        check_pairing(path, io, digest)
         precision = check_precision(precision)
         if precision and precision != io.get("precision", "fp32"):
             raise CitysegError(f"{path}: this engine is {io.get('precision', 'fp32')}; build a "
@@ -66,7 +73,7 @@ class TensorRTSegmenter(Segmenter):
         self.logger = trt.Logger(trt.Logger.ERROR)
         self.runtime = trt.Runtime(self.logger)
         with torch.cuda.device(self.torch_device):
-            self.engine = self.runtime.deserialize_cuda_engine(open(path, "rb").read())
+            self.engine = self.runtime.deserialize_cuda_engine(plan)
         if self.engine is None:
             raise CitysegError(f"{path}: TensorRT {trt.__version__} cannot deserialize this engine "
                                f"(corrupt, or built by TensorRT {io.get('tensorrt_version', '?')} on "

@@ -38,6 +38,7 @@ from ..errors import CitysegError
 from ..models.checkpoint import load_checkpoint
 from ..models.fuse import fold_batchnorm, optimise_for_inference
 from .base import Segmenter, check_precision, device_normaliser
+from .torch_defaults import fp16_fallback, torch_run_plan
 
 HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -69,6 +70,12 @@ def cast_plan(device_type: str, precision: str, *, autocast: bool = False,
     return CastPlan(plan_weights, plan_autocast, bool(channels_last))
 
 
+def overflowing_parameters(model: torch.nn.Module, dtype: torch.dtype) -> list[str]:
+    """Names of the parameters that are not finite once cast to ``dtype`` (fp16 tops out at 65504;
+    a folded BN with a tiny variance can push a conv weight past it)."""
+    return [n for n, p in model.named_parameters() if not torch.isfinite(p.detach().to(dtype)).all()]
+
+
 def resolve_device(device: str) -> torch.device:
     try:
         dev = torch.device(device)
@@ -87,15 +94,17 @@ class TorchSegmenter(Segmenter):
 
     def __init__(self, path: str | os.PathLike, *, device: str = "cpu", precision: str | None = None,
                  threads: int | None = None, size: Sequence[int] | None = None,
-                 compile: bool | str = False, cuda_graphs: bool = False, tf32: bool = False,
+                 compile: bool | str = False, cuda_graphs: bool | None = None, tf32: bool = False,
                  channels_last: bool | None = None, allow_emulated_bf16: bool = False,
                  fuse_bn: bool = True, autocast: bool = False, bn_affine: bool = True,
                  concat_in_place: bool = True, cudnn_benchmark_limit: int | None = None):
-        precision = check_precision(precision) or "fp32"
         dev = resolve_device(device)
+        run = torch_run_plan(dev.type, check_precision(precision), cuda_graphs=cuda_graphs, tf32=tf32)
+        precision = run.precision
         model, meta = load_checkpoint(path)
         super().__init__(path, meta, default_io(meta, dynamic=True, precision=precision),
                          device=str(dev), precision=precision, threads=threads, size=size)
+        self.fallback: str | None = None  # why the default precision was not used, if it was not
         self.hold_threads(threads or (default_threads() if dev.type == "cpu" else None))
         if precision == "int8":
             raise CitysegError(f"{path}: the PyTorch runner has no int8 path; export an int8 graph "
@@ -112,23 +121,39 @@ class TorchSegmenter(Segmenter):
         if dev.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
             raise CitysegError("precision bf16: this GPU does not support bf16; use fp16")
         self.torch_device = dev
-        self.plan = cast_plan(dev.type, precision, autocast=autocast, channels_last=channels_last)
-        self.memory_format = torch.channels_last if self.plan.channels_last else torch.contiguous_format
-        if dev.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-            if cudnn_benchmark_limit is not None:  # 0 = time every cuDNN algorithm (default: 10)
-                torch.backends.cudnn.benchmark_limit = int(cudnn_benchmark_limit)
-        self.tf32 = bool(tf32)
         model.eval()
         self.bn_folded = 0
         if fuse_bn:  # in place: this model is the runner's own copy, fresh from the checkpoint file
             model, self.bn_folded = fold_batchnorm(model, inplace=True)
         self.rewrites = optimise_for_inference(model, bn_affine=bn_affine, concat_in_place=concat_in_place)
+        if run.precision == "fp16" and not autocast:
+            # fp16 overflow, checked on the fp32 weights before any cast (folding BN can push a
+            # weight past fp16's 65504): the default falls back to fp32, an explicit fp16 refuses
+            bad = overflowing_parameters(model, torch.float16)
+            if bad:
+                fallback = fp16_fallback(run)
+                if fallback is None:
+                    raise CitysegError(f"{path}: {len(bad)} parameter(s) overflow in fp16 "
+                                       f"(first: {bad[0]}); use autocast=True, fuse_bn=False or fp32")
+                self.fallback = (f"fp16 overflows in {len(bad)} parameter(s) (first: {bad[0]}); "
+                                 "running IEEE fp32")
+                run = fallback
+                self.precision = self.io["precision"] = run.precision
+        self.run_plan = run
+        self.plan = cast_plan(dev.type, run.precision, autocast=autocast, channels_last=channels_last)
+        self.memory_format = torch.channels_last if self.plan.channels_last else torch.contiguous_format
+        if dev.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            if cudnn_benchmark_limit is not None:  # 0 = time every cuDNN algorithm (default: 10)
+                torch.backends.cudnn.benchmark_limit = int(cudnn_benchmark_limit)
+        self.tf32 = run.tf32
+        if run.tf32:
+            self.precision = "tf32"  # fp32 weights, TF32 products: reported as what runs
         self.model = model.to(dev).to(self.plan.weights, memory_format=self.memory_format)
-        if self.plan.weights != torch.float32:
+        if self.plan.weights != torch.float32:  # bf16 (and anything the check above let through)
             bad = [n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()]
             if bad:
-                raise CitysegError(f"{path}: {len(bad)} parameter(s) overflow in {precision} "
+                raise CitysegError(f"{path}: {len(bad)} parameter(s) overflow in {self.precision} "
                                    f"(first: {bad[0]}); use autocast=True or fuse_bn=False")
         self._normalise = device_normaliser(self.mean, self.std, dev)
         if compile:
@@ -141,7 +166,7 @@ class TorchSegmenter(Segmenter):
         else:
             self._forward = self.model
         self.compiled = compile if isinstance(compile, str) else bool(compile)
-        self.cuda_graphs = bool(cuda_graphs) and dev.type == "cuda"
+        self.cuda_graphs = run.cuda_graphs
         self._graphs: dict[tuple, tuple] = {}
 
     def describe(self) -> dict[str, Any]:
@@ -151,7 +176,9 @@ class TorchSegmenter(Segmenter):
                  autocast=DTYPE_NAMES[self.plan.autocast] if self.plan.autocast else None,
                  tf32=self.tf32 if self.torch_device.type == "cuda" else None,
                  cuda_graphs=self.cuda_graphs, threads=torch.get_num_threads(),
-                 emulated_bf16=self.emulated_bf16)
+                 emulated_bf16=self.emulated_bf16, default_precision=self.run_plan.defaulted)
+        if self.fallback:
+            d["fallback"] = self.fallback
         return d
 
     # uint8 NHWC travels; normalisation happens on the device

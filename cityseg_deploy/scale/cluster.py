@@ -29,6 +29,10 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, what: st
         return ray
     kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False,
                               "configure_logging": True}
+    from ..trust import TRUST_ENV, untrusted_allowed
+
+    if untrusted_allowed():  # --trust-code holds in the workers too, on a remote cluster as well
+        kwargs["runtime_env"] = {"env_vars": {TRUST_ENV: "1"}}
     if address:
         kwargs["address"] = address
     else:

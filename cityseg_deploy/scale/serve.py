@@ -131,6 +131,7 @@ class ModelReplica:
         doc = {"replica": self.id, "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id()[:12],
                "backend": seg.backend, "precision": seg.precision, "device": seg.device,
                "threads": seg.threads if hasattr(seg, "threads") else None,
+               "runner": seg.runner() if hasattr(seg, "runner") else None,
                "graph_max_batch": seg.max_batch, "batch_counts": dict(self.batch_counts),
                "recent_batch_sizes": self.recent[-20:], "images": self.images,
                "model_seconds": round(self.model_seconds, 4)}
@@ -199,6 +200,7 @@ class Ingress:
         o = self.opts
         return {"status": "ok" if reps else "starting", "name": self.name, "model": self.file,
                 "backend": first.get("backend"), "precision": first.get("precision", self.io.get("precision")),
+                "runner": first.get("runner"),
                 "device": first.get("device", o.device), "label_set": self.labels.name,
                 "num_classes": len(self.meta.class_names), "classes": list(self.meta.class_names),
                 "input_size": list(self.io.get("size") or self.meta.input_size), "max_batch": o.max_batch,
@@ -607,6 +609,20 @@ def _shutdown_serve(timeout_s: float = 30.0) -> None:
             break
         time.sleep(0.2)
     _set_global_client(None)
+
+
+def service_runner(url: str, timeout: float = 10.0) -> str | None:
+    """The runner a replica loaded (from ``GET /v1/health``), for the serve command's runner
+    line; None when the health answer does not come or no replica reported yet (the server
+    still serves)."""
+    import json
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/v1/health", timeout=timeout) as answer:
+            return json.loads(answer.read().decode()).get("runner")
+    except (OSError, ValueError):
+        return None
 
 
 def serve_until_signal(served: Served, echo: Callable[[str], None] = print) -> int:

@@ -82,6 +82,15 @@ def yield_when_idle() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+def spinning_allowed() -> bool:
+    """Whether a thread pool may spin between parallel regions: not under
+    ``OMP_WAIT_POLICY=PASSIVE`` (the CLI's default, :func:`yield_when_idle`).  Why a function
+    other pools ask: onnxruntime's intra-op pool spins by default whatever OpenMP does — on 2 CPUs
+    with two busy processes its int8 DeepLabV3-small frame took 147 ms instead of 52
+    (bench/results/shared_load_h25_only.md); it now follows the same policy."""
+    return os.environ.get("OMP_WAIT_POLICY", "").strip().upper() != "PASSIVE"
+
+
 class TorchThreads:
     """Holds torch's intra-op thread count at ``n`` until :meth:`restore` (a runner's lifetime).
 
@@ -122,4 +131,5 @@ def quiet_torch() -> TorchThreads:
 
 
 __all__ = ["TorchThreads", "available_cpus", "cgroup_cpu_limit", "default_threads", "quiet_torch",
+           "spinning_allowed",
            "torch_threads", "yield_when_idle"]

@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-import yaml
-
 from .. import resources
-from ..errors import CitysegError, first_line
+from ..errors import CitysegError, short_repr
+from ..yamlfile import parse_yaml, read_yaml
 
 
 @dataclass
@@ -91,7 +90,7 @@ def _type_name(hint: Any) -> str:
 def _convert(value: Any, hint: Any, key: str) -> Any:
     """``value`` checked (and lightly coerced: int → float, '1e-5' → float) against ``hint``."""
     origin = typing.get_origin(hint)
-    bad = CitysegError(f"recipe key '{key}': expected {_type_name(hint)}, got {value!r}")
+    bad = CitysegError(f"recipe key '{key}': expected {_type_name(hint)}, got {short_repr(value)}")
     if origin in (Union, types.UnionType):
         args = typing.get_args(hint)
         if value is None and type(None) in args:
@@ -155,9 +154,9 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         import difflib
 
         key = unknown[0]
-        close = difflib.get_close_matches(str(key), list(fields), n=1)
+        close = difflib.get_close_matches(str(key)[:100], list(fields), n=1)
         hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known keys: {', '.join(fields)}"
-        raise CitysegError(f"recipe key {prefix + str(key)!r}: unknown{hint}")
+        raise CitysegError(f"recipe key {short_repr(prefix + str(key))}: unknown{hint}")
     missing = [name for name, f in fields.items() if name not in data
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
@@ -169,7 +168,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
 def _check_values(recipe: Recipe) -> None:
     def positive(key: str, value) -> None:
         if value is not None and value <= 0:
-            raise CitysegError(f"recipe key {key!r}: must be positive, got {value}")
+            raise CitysegError(f"recipe key {key!r}: must be positive, got {short_repr(value)}")
 
     positive("epochs", recipe.epochs)
     positive("batch_size", recipe.batch_size)
@@ -182,10 +181,10 @@ def _check_values(recipe: Recipe) -> None:
     for key, size in (("train_size", recipe.train_size), ("val_size", recipe.val_size),
                       ("augment.crop", recipe.augment.crop)):
         if size is not None and (len(size) != 2 or min(size) <= 0):
-            raise CitysegError(f"recipe key {key!r}: expected [H, W] of positive ints, got {size}")
+            raise CitysegError(f"recipe key {key!r}: expected [H, W] of positive ints, got {short_repr(size)}")
     scale = recipe.augment.scale
     if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
-        raise CitysegError(f"recipe key 'augment.scale': expected [min, max] with 0 < min <= max, got {scale}")
+        raise CitysegError(f"recipe key 'augment.scale': expected [min, max] with 0 < min <= max, got {short_repr(scale)}")
     if not 0 <= recipe.augment.hflip <= 1:
         raise CitysegError("recipe key 'augment.hflip': a probability between 0 and 1")
 
@@ -219,11 +218,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     """``"augment.scale=[1, 1]"`` → ``("augment.scale", [1, 1])`` (value parsed as YAML)."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
-        raise CitysegError(f"--set {text!r}: expected key=value, for example --set lr=0.001")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as exc:
-        raise CitysegError(f"--set {text!r}: value is not valid YAML ({exc})") from None
+        raise CitysegError(f"--set {short_repr(text)}: expected key=value, for example --set lr=0.001")
+    value = parse_yaml(raw, f"--set {short_repr(text)}") if raw.strip() else None
     return key.strip(), value
 
 
@@ -238,7 +234,7 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
             if child is None:
                 child = node[part] = {}
             elif not isinstance(child, dict):
-                raise CitysegError(f"--set {dotted}: {part!r} is not a mapping in the recipe")
+                raise CitysegError(f"--set {short_repr(dotted)}: {short_repr(part)} is not a mapping in the recipe")
             node = child
         node[parts[-1]] = value
     return data
@@ -255,19 +251,16 @@ def merge_resume_overrides(saved: dict[str, Any] | None, given: dict[str, Any]
     notes = []
     for key, value in given.items():
         if key not in saved:
-            notes.append(f"{key}={value!r} added on resume (the run was started without it)")
+            notes.append(f"{key}={short_repr(value)} added on resume (the run was started without it)")
         elif saved[key] != value:
-            notes.append(f"{key} changed on resume: {saved[key]!r} -> {value!r}")
+            notes.append(f"{key} changed on resume: {short_repr(saved[key])} -> {short_repr(value)}")
     return {**saved, **given}, notes
 
 
 def load_recipe(name_or_path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> Recipe:
     """Read, override (dotted keys) and validate a recipe."""
     path = resolve_recipe_path(name_or_path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise CitysegError(f"{path}: not valid YAML ({first_line(exc)})") from None
+    data = read_yaml(path)
     if data is None:
         data = {}
     if not isinstance(data, dict):

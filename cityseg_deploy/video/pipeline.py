@@ -34,9 +34,11 @@ import numpy as np
 
 from ..fileio import child_path
 from ..errors import CitysegError
+from .device_stage import HostStage, TorchDeviceStage, device_stage
+from .encode import ThreadedVideoSink, hardware_params, probe_hardware
 from .overlay import Renderer
 from .sources import Frame, Source
-from .writers import LabelPngSink, VideoSink, Window, check_labels_dir, clear_labels_dir
+from .writers import FOURCC_BY_SUFFIX, LabelPngSink, VideoSink, Window, check_labels_dir, clear_labels_dir
 
 END = object()   # sentinel closing a stage's output
 POLL_S = 0.05    # how often a blocked stage re-checks the stop event
@@ -136,6 +138,8 @@ class PipelineOptions:
     queue_frames: int = 8                 # per bounded queue, in frames (at least 2 batches)
     progress: bool = False
     overwrite: bool = False               # --labels-dir may hold an earlier run's frames: replace them
+    png_workers: int | None = None        # label PNG writers (None: from the CPUs, 0: in the writer)
+    threaded_encode: bool = True          # encode the video in its own thread
 
 
 @dataclass
@@ -157,6 +161,8 @@ class SourceResult:
     interrupted: bool = False             # Ctrl-C: outputs kept with the frames so far
     quit: bool = False                    # q pressed in the --show window
     realtime: bool = False
+    encoder: str | None = None            # what encoded the video (hardware / threaded CPU ...)
+    stage: str | None = None              # where inference and drawing ran
 
     @property
     def pipeline_fps(self) -> float:
@@ -170,6 +176,10 @@ class SourceResult:
         stages = ", ".join(f"{s} {self.ms_per_frame(s):.1f} ms" for s in self.seconds)
         line = (f"speed: {stages} per frame; pipeline {self.pipeline_fps:.1f} FPS "
                 f"({self.frames} frames in {self.wall_s:.2f} s)")
+        if self.stage:
+            line += f"; inference on {self.stage}"
+        if self.encoder:
+            line += f"; encoder: {self.encoder}"
         if self.realtime:
             line += f"; realtime: dropped {self.dropped} stale frames"
         return line
@@ -205,6 +215,7 @@ class _Stages:
     q_frames: FifoQueue | LatestQueue
     q_labels: FifoQueue
     q_render: FifoQueue
+    infer: HostStage | TorchDeviceStage
     # stop: everything ends now (error, main-thread Ctrl-C, q)
     # halt: only the reader ends; later stages finish what they hold
     stop: threading.Event = field(default_factory=threading.Event)
@@ -219,10 +230,12 @@ class _Stages:
         batch = 1 if result.realtime else max(1, int(opts.batch))
         cap = max(opts.queue_frames, 2 * batch)
         render = Renderer(segmenter.meta.palette, mode=opts.mode, alpha=opts.alpha) if draw else None
+        infer = device_stage(segmenter, render)
+        result.stage = infer.name
         return cls(source=source, segmenter=segmenter, opts=opts, result=result, render=render,
                    batch=batch, stride=max(1, int(opts.vid_stride)),
                    q_frames=LatestQueue() if result.realtime else FifoQueue(cap),
-                   q_labels=FifoQueue(cap), q_render=FifoQueue(cap))
+                   q_labels=FifoQueue(cap), q_render=FifoQueue(cap), infer=infer)
 
     def threads(self) -> list[threading.Thread]:
         return [threading.Thread(target=self._guarded, args=(fn, down),
@@ -254,15 +267,28 @@ class _Stages:
             source.close()
 
     def runner(self) -> None:
-        """Segment batches of frames; pass (frame, labels) on in order."""
-        while True:
-            items, ended = self._next_batch()
-            if not items:
-                break
-            for frame, lab in zip(items, self._predict(items)):
-                self.q_labels.put((frame, lab), self.stop)
-            if ended:
-                break
+        """Segment batches of frames; pass (frame, labels, drawn or None) on in order.
+
+        Up to ``infer.depth`` batches are in flight: batch k+1 is submitted before batch k is
+        collected, so a device computes while this thread feeds it (depth 1: one at a time)."""
+        in_flight: list[tuple[list[Frame], Any]] = []
+        ended = False
+        while not ended or in_flight:
+            items: list[Frame] = []
+            if not ended:
+                items, ended = self._next_batch()
+                if items:
+                    t0 = time.perf_counter()
+                    in_flight.append((items, self.infer.submit([f.image for f in items])))
+                    self.result.seconds["inference"] += time.perf_counter() - t0
+            if in_flight and (len(in_flight) >= self.infer.depth or ended or not items):
+                done, handle = in_flight.pop(0)
+                t0 = time.perf_counter()
+                labels, drawn = self.infer.collect(handle)
+                self.result.seconds["inference"] += time.perf_counter() - t0
+                for k, frame in enumerate(done):
+                    self.q_labels.put((frame, labels[k], drawn[k] if drawn is not None else None),
+                                      self.stop)
         self.q_labels.close(self.stop)
 
     def _next_batch(self) -> tuple[list[Frame], bool]:
@@ -278,27 +304,17 @@ class _Stages:
             items.append(nxt)
         return items, False
 
-    def _predict(self, items: list[Frame]) -> np.ndarray:
-        """(N, H, W) labels; one stacked batch when the frames share a shape, else a list."""
-        t0 = time.perf_counter()
-        images = [f.image for f in items]
-        same = all(im.shape == images[0].shape for im in images)
-        labels = np.asarray(self.segmenter.predict(np.stack(images) if same else images))
-        if labels.ndim == 2:
-            labels = labels[None]
-        self.result.seconds["inference"] += time.perf_counter() - t0
-        return labels
-
     def renderer(self) -> None:
         """Draw each frame's labels (overlay / side-by-side / mask) when a video or window wants it."""
         while True:
             item = self.q_labels.get(self.stop)
             if item is END:
                 break
-            frame, lab = item
-            t0 = time.perf_counter()
-            drawn = self.render(frame.image, lab) if self.render is not None else None
-            self.result.seconds["render"] += time.perf_counter() - t0
+            frame, lab, drawn = item
+            if drawn is None and self.render is not None:  # the host draws (the device did not)
+                t0 = time.perf_counter()
+                drawn = self.render(frame.image, lab)
+                self.result.seconds["render"] += time.perf_counter() - t0
             self.q_render.put((frame.index, lab, drawn), self.stop)
         self.q_render.close(self.stop)
 
@@ -376,8 +392,9 @@ def run_source(source: Source, segmenter: SegmenterLike, *, out: str | os.PathLi
     result = SourceResult(source=source.name, size=source.size, fps=source.fps, realtime=realtime)
     stages = _Stages.for_source(source, segmenter, opts, result,
                                 draw=out is not None or window is not None)
-    video = VideoSink(out, source.fps, fourcc=opts.fourcc) if out is not None else None
-    pngs = LabelPngSink(labels_dir, lut=opts.label_lut) if labels_dir is not None else None
+    video, result.encoder = open_video(out, source.fps, opts) if out is not None else (None, None)
+    pngs = (LabelPngSink(labels_dir, lut=opts.label_lut, workers=png_workers(opts))
+            if labels_dir is not None else None)
     result.labels_dir = Path(labels_dir) if labels_dir is not None else None
     threads = stages.threads()
     from tqdm import tqdm
@@ -385,6 +402,7 @@ def run_source(source: Source, segmenter: SegmenterLike, *, out: str | os.PathLi
     bar = tqdm(total=_expected_frames(source, opts), unit="frame", desc=source.stem,
                disable=not opts.progress, leave=False)
     ok = False
+    stages.infer.warm_up(stages.batch)
     start = time.perf_counter()
     try:
         for t in threads:
@@ -396,14 +414,54 @@ def run_source(source: Source, segmenter: SegmenterLike, *, out: str | os.PathLi
     except KeyboardInterrupt:
         result.interrupted = True
     finally:
-        result.wall_s = time.perf_counter() - start
         stages.shut_down(threads)
         bar.close()
-        if video is not None:
-            result.out = video.close(keep=ok or result.interrupted)
+        _close_sinks(result, video, pngs, keep=ok or result.interrupted, raising=ok)
+        result.wall_s = time.perf_counter() - start  # with the frames still queued for writing
     result.dropped = stages.q_frames.dropped
     result.warning = source.warning
     return result
+
+
+def png_workers(opts: PipelineOptions) -> int:
+    """Label PNG writer threads: as asked, else one per two CPUs this process may use (0-4)."""
+    if opts.png_workers is not None:
+        return max(0, int(opts.png_workers))
+    return min(4, len(os.sched_getaffinity(0)) // 2) if hasattr(os, "sched_getaffinity") else 1
+
+
+def open_video(out: str | os.PathLike, fps: float, opts: PipelineOptions
+               ) -> tuple[VideoSink | ThreadedVideoSink, str]:
+    """The video sink and the name of its encoder: hardware where OpenCV grants one for the
+    FourCC (read back, never assumed), else the CPU encoder — in its own thread unless
+    ``threaded_encode`` is off."""
+    fourcc = opts.fourcc or FOURCC_BY_SUFFIX.get(Path(out).suffix.lower())
+    hardware = probe_hardware(fourcc) if fourcc and len(fourcc) == 4 else None
+    sink = VideoSink(out, fps, fourcc=opts.fourcc, params=hardware_params() if hardware else None)
+    name = f"{sink.fourcc} {'hardware (' + hardware + ')' if hardware else 'CPU'}"
+    if not opts.threaded_encode:
+        return sink, name
+    return ThreadedVideoSink(sink), name + ", own thread"
+
+
+def _close_sinks(result: SourceResult, video, pngs, *, keep: bool, raising: bool) -> None:
+    """Drain and close the sinks; their errors raise only when the run itself succeeded (else
+    the run's own error is the one to see, and the partial video goes)."""
+    try:
+        if pngs is not None:
+            pngs.close()
+    except BaseException:
+        keep = False
+        if raising:
+            if video is not None:
+                video.close(keep=False)
+            raise
+    if video is not None:
+        try:
+            result.out = video.close(keep=keep)
+        except BaseException:
+            if raising:
+                raise
 
 
 def output_paths(sources: list[Source], out: str | os.PathLike | None,
@@ -467,6 +525,8 @@ def iter_results_summary(results: Iterable[SourceResult]) -> SourceResult:
         total.dropped += r.dropped
         total.wall_s += r.wall_s
         total.realtime = total.realtime or r.realtime
+        total.stage = total.stage or r.stage        # one runner for every source
+        total.encoder = total.encoder or r.encoder
         for k, v in r.seconds.items():
             total.seconds[k] += v
     return total

@@ -1,0 +1,124 @@
+"""onnxruntime's intra-op pool spinning on vs off, quiet and under generated load (issue 24 item 6).
+
+Why: with the OpenMP pools told to yield (``OMP_WAIT_POLICY=PASSIVE``, the CLI's default),
+onnxruntime's own pool still spun between operators (its ``session.intra_op.allow_spinning``
+defaults to on): on 2 CPUs with two busy processes an int8 DeepLabV3-small frame took ~147 ms
+where it took ~52 ms without them (bench/results/shared_load_h25_only.md), so the quickstart's
+backend ratios moved with the load.  The runner now follows the same wait policy (spinning off
+under PASSIVE).  This script times both settings through the real runner (``runtime.load``; the
+policy is read when the session is made), interleaved, with ``--busy`` processes and without.
+
+    python bench/ort_spinning_ab.py [--busy 2] [--rounds 4]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def build(tmp: Path, size: tuple[int, int]) -> Path:
+    import torch
+
+    from cityseg_deploy.data.synth import synthesize
+    from cityseg_deploy.export import export
+    from cityseg_deploy.models.checkpoint import ModelMeta, save_checkpoint
+    from cityseg_deploy.models.registry import build_model
+
+    torch.manual_seed(0)
+    meta = ModelMeta.for_arch("deeplabv3_small", input_size=size)
+    ckpt = tmp / "dl.pt"
+    save_checkpoint(ckpt, build_model("deeplabv3_small", **meta.arch_args).eval(), meta)
+    data = synthesize(tmp / "data", n_train=4, n_val=2, size=(64, 128), seed=0)
+    return export(ckpt, format="onnx", precision="int8", calib_data=data, out=tmp / "dl_int8.onnx",
+                  log=None).path
+
+
+def load(path: Path, spin: bool, threads: int):
+    from cityseg_deploy import runtime
+
+    os.environ["OMP_WAIT_POLICY"] = "ACTIVE" if spin else "PASSIVE"
+    seg = runtime.load(path, threads=threads)
+    assert seg.describe()["spinning"] is spin, seg.describe()
+    return seg
+
+
+def median_ms(seg, image, n: int) -> float:
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        seg.predict(image)
+        times.append(1e3 * (time.perf_counter() - t))
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--busy", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--size", default="128x256")
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "ort_spinning_ab")
+    args = ap.parse_args(argv)
+    import numpy as np
+
+    from cityseg_deploy.system.machine import machine_info
+
+    size = tuple(int(v) for v in args.size.split("x"))
+    image = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx = build(Path(tmp), size)
+        segs = {spin: load(onnx, spin, args.threads) for spin in (True, False)}
+        for seg in segs.values():
+            median_ms(seg, image, 2)
+        rows = []
+        for busy in (0, args.busy):
+            procs = [subprocess.Popen([sys.executable, "-c", "while True:\n    pass\n"]) for _ in range(busy)]
+            time.sleep(1.0 if busy else 0.0)
+            try:
+                for r in range(args.rounds):
+                    for spin in ((True, False) if r % 2 == 0 else (False, True)):
+                        rows.append({"busy": busy, "round": r, "spinning": spin,
+                                     "load_before": os.getloadavg()[0],
+                                     "median_ms": median_ms(segs[spin], image, args.iters)})
+            finally:
+                for p in procs:
+                    p.kill()
+                    p.wait()
+    summary = {f"busy={b} spinning={'on' if s else 'off'}":
+               statistics.median(r["median_ms"] for r in rows if r["busy"] == b and r["spinning"] is s)
+               for b in (0, args.busy) for s in (True, False)}
+    info = machine_info()
+    doc = {"machine": {"cpu": info.get("cpu"), "cpu_flags": info.get("cpu_flags"),
+                       "cpus_usable": len(os.sched_getaffinity(0))},
+           "setup": {"model": "deeplabv3_small int8 ONNX (random init)", "size": list(size),
+                     "threads": args.threads, "iters": args.iters}, "rows": rows, "summary_ms": summary}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
+    loads = [r["load_before"] for r in rows]
+    md = [f"# onnxruntime pool spinning on/off ({doc['machine']['cpu']}, {doc['machine']['cpus_usable']} CPUs)", "",
+          f"CPU flags: {' '.join(doc['machine']['cpu_flags'] or [])}; {doc['setup']['model']} at "
+          f"{size[0]}x{size[1]}, {args.threads} threads, median of {args.iters} predict() calls per "
+          f"round, {args.rounds} interleaved rounds per condition; 1-min load average "
+          f"{min(loads):.1f}–{max(loads):.1f} (background jobs included).", "",
+          "| condition | spinning on (ms) | spinning off (ms) |", "| --- | --- | --- |"]
+    for b in (0, args.busy):
+        md.append(f"| {b} busy processes | {summary[f'busy={b} spinning=on']:.1f} | "
+                  f"{summary[f'busy={b} spinning=off']:.1f} |")
+    args.out.with_suffix(".md").write_text("\n".join(md + [""]))
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

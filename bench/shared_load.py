@@ -1,0 +1,237 @@
+"""Do cityseg's thread pools hold up on a shared machine?  (issue 24 item 6, the benchmark)
+
+On 2 vCPUs with other work running, torch eager once took 361 ms where it takes ~20 ms quiet
+(OpenMP spinning on an oversubscribed machine), training ran ~10x slower, and the quickstart's
+backend ratios measured the load rather than the backends.  This script makes the load itself —
+``--busy`` competing processes (pure-Python busy loops, or numpy matmul loops) — and measures,
+in interleaved rounds (quiet, loaded, loaded, quiet, ...) so drifting background load hits both
+conditions alike:
+
+- torch eager latency (``cityseg bench CKPT``, median end to end) loaded vs quiet: target <= 2x;
+- one training epoch of a tiny preset (``cityseg train``, the epoch's own seconds from log.csv)
+  loaded vs quiet: target <= 2.5x;
+- the backend ratio onnxruntime int8 / torch (speed) loaded vs quiet: within 25 %.
+
+Every measurement runs as a user would run it: a fresh ``python -m cityseg_deploy`` process
+with the default thread policy (no --threads), so what is measured is the policy.  The machine
+(CPU model + flags, CPUs usable, thread environment) and the 1-minute load average before and
+after every measurement are recorded next to the figures.
+
+    python bench/shared_load.py [--rounds 3] [--busy 2] [--busy-kind python|matmul]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+TARGETS = {"torch_latency_x": 2.0, "train_epoch_x": 2.5, "backend_ratio_change": 0.25}
+BUSY = {"python": "while True:\n    pass\n",
+        "matmul": "import numpy as np\na = np.ones((512, 512))\nwhile True:\n    a @ a\n"}
+THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+              "CITYSEG_THREADS", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    """``python -m cityseg_deploy ARGS`` as a user runs it; its failure stops the benchmark."""
+    proc = subprocess.run([sys.executable, "-m", "cityseg_deploy", *args], cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise SystemExit(f"cityseg {' '.join(args[:2])} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    return proc
+
+
+class Load:
+    """``n`` busy processes of ``kind`` while the block runs (each one thread: numpy's BLAS pool
+    is pinned to 1 so the load is exactly ``n`` runnable threads)."""
+
+    def __init__(self, n: int, kind: str) -> None:
+        self.n, self.kind, self.procs = n, kind, []
+
+    def __enter__(self) -> "Load":
+        env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        self.procs = [subprocess.Popen([sys.executable, "-c", BUSY[self.kind]], env=env,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                      for _ in range(self.n)]
+        time.sleep(1.0)  # let them reach the run queue
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.procs = []
+
+
+def prepare(tmp: Path, size: tuple[int, int], train_size: tuple[int, int]) -> dict[str, Path]:
+    """Synthetic data, a random DeepLabV3-small checkpoint, its int8 ONNX graph, a tiny recipe."""
+    data = tmp / "data"
+    cli("data", "synth", str(data), "--train", "8", "--val", "2", "--size", f"{train_size[0]}x{train_size[1]}")
+    sys.path.insert(0, str(REPO))
+    import torch
+
+    from cityseg_deploy.models.checkpoint import ModelMeta, save_checkpoint
+    from cityseg_deploy.models.registry import build_model
+
+    torch.manual_seed(0)
+    meta = ModelMeta.for_arch("deeplabv3_small", input_size=size)
+    ckpt = tmp / "dl.pt"
+    save_checkpoint(ckpt, build_model("deeplabv3_small", **meta.arch_args).eval(), meta)
+    onnx = tmp / "dl_int8.onnx"
+    cli("export", str(ckpt), "--format", "onnx", "--precision", "int8", "--calib-data", str(data),
+        "--out", str(onnx))
+    recipe = tmp / "tiny.yaml"
+    recipe.write_text(
+        "model: unet_small\narch_args: {}\nlabel_set: cityscapes10\nepochs: 1\nbatch_size: 4\n"
+        "optimizer: adam\nlr: 3.0e-3\nloss: ce+dice\n"
+        f"train_size: [{train_size[0]}, {train_size[1]}]\nval_size: [{train_size[0]}, {train_size[1]}]\n"
+        "augment: {scale: [1.0, 1.0], crop: null, hflip: 0.5, jitter: false}\namp: auto\nseed: 0\nworkers: 0\n")
+    return {"data": data, "ckpt": ckpt, "onnx": onnx, "recipe": recipe}
+
+
+def measure_bench(files: dict[str, Path], tmp: Path, iters: int) -> dict:
+    """torch eager and onnxruntime int8, median end-to-end ms, from one ``cityseg bench``."""
+    js = tmp / "bench.json"
+    cli("bench", str(files["ckpt"]), str(files["onnx"]), "--warmup", "3", "--iters", str(iters),
+        "--json", str(js), "--no-progress")
+    doc = json.loads(js.read_text())
+    rows = {r["backend"]: r for r in doc["results"]}
+    torch_ms, ort_ms = rows["torch"]["latency_ms"]["median"], rows["onnxruntime"]["latency_ms"]["median"]
+    return {"torch_ms": torch_ms, "ort_int8_ms": ort_ms, "ort_over_torch_speed": torch_ms / ort_ms,
+            "threads": doc["machine"].get("threads"),
+            "runner_torch": rows["torch"].get("runner"), "runner_ort": rows["onnxruntime"].get("runner")}
+
+
+def measure_train(files: dict[str, Path], tmp: Path, k: int) -> dict:
+    out = tmp / f"run{k}"
+    cli("train", "--recipe", str(files["recipe"]), "--data", str(files["data"]), "--out", str(out),
+        "--epochs", "1")
+    with open(out / "log.csv") as fh:
+        row = list(csv.DictReader(fh))[-1]
+    return {"train_epoch_s": float(row["seconds"])}
+
+
+def machine() -> dict:
+    sys.path.insert(0, str(REPO))
+    from cityseg_deploy.system.machine import machine_info
+
+    info = machine_info()
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": info.get("cpu"), "cpu_flags": info.get("cpu_flags"), "cpus_usable": cpus,
+            "note": "the cityseg CLI sets OMP_WAIT_POLICY=PASSIVE itself where the environment does not",
+            "cpu_count": os.cpu_count(), "versions": info.get("versions"),
+            "thread_env": {k: os.environ[k] for k in THREAD_ENV if k in os.environ}}
+
+
+def summarise(rounds: list[dict]) -> dict:
+    def med(cond: str, key: str) -> float:
+        return statistics.median(r[key] for r in rounds if r["condition"] == cond)
+
+    quiet = {k: med("quiet", k) for k in ("torch_ms", "ort_int8_ms", "ort_over_torch_speed", "train_epoch_s")}
+    loaded = {k: med("loaded", k) for k in quiet}
+    ratio_change = loaded["ort_over_torch_speed"] / quiet["ort_over_torch_speed"] - 1.0
+    figures = {"torch_latency_x": loaded["torch_ms"] / quiet["torch_ms"],
+               "train_epoch_x": loaded["train_epoch_s"] / quiet["train_epoch_s"],
+               "backend_ratio_change": ratio_change}
+    verdict = {"torch_latency_x": figures["torch_latency_x"] <= TARGETS["torch_latency_x"],
+               "train_epoch_x": figures["train_epoch_x"] <= TARGETS["train_epoch_x"],
+               "backend_ratio_change": abs(ratio_change) <= TARGETS["backend_ratio_change"]}
+    return {"quiet": quiet, "loaded": loaded, "figures": figures, "targets": TARGETS, "pass": verdict}
+
+
+def markdown(doc: dict) -> str:
+    m, s = doc["machine"], doc["summary"]
+    lines = [f"# Shared-machine benchmark ({m['cpu']}, {m['cpus_usable']} usable CPUs)", "",
+             f"Code: {doc['setup'].get('code') or 'this checkout'}.", "",
+             f"CPU flags: {' '.join(m['cpu_flags'] or [])}", "",
+             f"Load: {doc['setup']['busy']} busy {doc['setup']['busy_kind']} processes; "
+             f"thread environment: {m['thread_env'] or 'none set'}; commands run with cityseg's "
+             f"default thread policy (no --threads).  Rounds interleaved; 1-min load average "
+             f"before/after each measurement.", "",
+             "| round | condition | torch eager ms | ort int8 ms | ort/torch speed | train epoch s | load avg before → after |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in doc["rounds"]:
+        lines.append(f"| {r['round']} | {r['condition']} | {r['torch_ms']:.1f} | {r['ort_int8_ms']:.1f} | "
+                     f"{r['ort_over_torch_speed']:.2f} | {r['train_epoch_s']:.2f} | "
+                     f"{r['load_before']:.2f} → {r['load_after']:.2f} |")
+    f, t, ok = s["figures"], s["targets"], s["pass"]
+    lines += ["", "| figure (medians) | measured | target | |", "| --- | --- | --- | --- |",
+              f"| torch eager loaded / quiet | {f['torch_latency_x']:.2f}x | <= {t['torch_latency_x']}x | "
+              f"{'pass' if ok['torch_latency_x'] else 'FAIL'} |",
+              f"| train epoch loaded / quiet | {f['train_epoch_x']:.2f}x | <= {t['train_epoch_x']}x | "
+              f"{'pass' if ok['train_epoch_x'] else 'FAIL'} |",
+              f"| ort int8 / torch speed ratio, loaded vs quiet | {100 * f['backend_ratio_change']:+.1f} % | "
+              f"within ±{100 * t['backend_ratio_change']:.0f} % | {'pass' if ok['backend_ratio_change'] else 'FAIL'} |",
+              "", f"Runners: `{doc['rounds'][0]['runner_torch']}`, `{doc['rounds'][0]['runner_ort']}`.", ""]
+    quiet_load = [r["load_before"] for r in doc["rounds"] if r["condition"] == "quiet"]
+    if quiet_load and max(quiet_load) > m["cpus_usable"]:
+        lines += [f"**Background load**: the 1-min load average before the quiet measurements was "
+                  f"{min(quiet_load):.1f}–{max(quiet_load):.1f} on {m['cpus_usable']} CPUs (other jobs on "
+                  "this machine): 'quiet' was not quiet, and the loaded/quiet figures measure the "
+                  f"{doc['setup']['busy']} added processes against that background, not against an idle machine.", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3, help="each round measures quiet and loaded")
+    ap.add_argument("--busy", type=int, default=2, help="competing busy processes")
+    ap.add_argument("--busy-kind", choices=sorted(BUSY), default="python")
+    ap.add_argument("--size", default="128x256", help="inference size HxW")
+    ap.add_argument("--train-size", default="64x128")
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--out", type=Path, default=RESULTS / "shared_load")
+    ap.add_argument("--label", default=None, help="which code ran (recorded in the title block)")
+    args = ap.parse_args(argv)
+    size = tuple(int(v) for v in args.size.split("x"))
+    train_size = tuple(int(v) for v in args.train_size.split("x"))
+    rounds: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        files = prepare(tmp, size, train_size)
+        for r in range(args.rounds):
+            order = ("quiet", "loaded") if r % 2 == 0 else ("loaded", "quiet")
+            for cond in order:
+                row = {"round": r, "condition": cond, "load_before": os.getloadavg()[0]}
+                with Load(args.busy if cond == "loaded" else 0, args.busy_kind):
+                    row.update(measure_bench(files, tmp, args.iters))
+                    row.update(measure_train(files, tmp, len(rounds)))
+                row["load_after"] = os.getloadavg()[0]
+                rounds.append(row)
+                print(f"round {r} {cond}: torch {row['torch_ms']:.1f} ms, ort int8 {row['ort_int8_ms']:.1f} ms, "
+                      f"train epoch {row['train_epoch_s']:.2f} s, load {row['load_before']:.2f} → "
+                      f"{row['load_after']:.2f}", flush=True)
+    doc = {"machine": machine(), "setup": {"code": args.label, "busy": args.busy, "busy_kind": args.busy_kind,
+                                           "size": list(size), "train_size": list(train_size),
+                                           "iters": args.iters, "model": "deeplabv3_small (random init)",
+                                           "train_recipe": "unet_small, 8 images, batch 4, 1 epoch"},
+           "rounds": rounds, "summary": summarise(rounds)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(doc))
+    print(json.dumps(doc["summary"]["figures"]), json.dumps(doc["summary"]["pass"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
