@@ -48,6 +48,10 @@ def artifact_kind(path: str | os.PathLike) -> str:
         in_folder = any(by_suffix.get(path.suffix.lower()) == f.name for f in folders)
         recover_swap(path.parent if in_folder else path)
     if path.is_dir():
+        from .deploy import is_deploy_folder, resolve
+
+        if is_deploy_folder(path):  # cityseg optimize's folder: the kind of the artifact it chose
+            return resolve(path, quiet=True).kind
         for fmt in folders:
             if path.name.endswith(fmt.folder) or any(path.glob(f"*{fmt.suffixes[0]}")):
                 return fmt.name
@@ -160,7 +164,9 @@ def write_sidecar(path: str | os.PathLike, meta: ModelMeta, io: dict[str, Any]) 
 def read_artifact_meta(path: str | os.PathLike, kind: str | None = None) -> tuple[ModelMeta, dict[str, Any]]:
     """The metadata of any artifact, wherever its kind keeps it (``kind``: for a file not under
     its final name, such as an export's temporary, whose suffix does not say it)."""
-    path = Path(path)
+    from .deploy import artifact_of
+
+    path = artifact_of(path)  # a deploy folder: its chosen artifact
     kind = kind or artifact_kind(path)
     place = formats.get(kind).metadata
     if place == "checkpoint":

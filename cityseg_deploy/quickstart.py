@@ -123,7 +123,7 @@ def step_options(cfg: QuickstartConfig, step: str) -> dict[str, Any]:
         return {**exported, "model": arch}
     benched = {**exported, "models": list(cfg.models), "bench_iters": cfg.bench_iters,
                "threads": cfg.threads}
-    if kind == "bench":
+    if kind in ("bench", "deploy"):  # deploy: the rule applied to check + bench
         return benched
     return {**benched, "video_frames": cfg.video_frames}  # segment
 
@@ -153,6 +153,8 @@ def step_paths(cfg: QuickstartConfig, step: str) -> list[Path]:
         return [out / "check" / arch]
     if kind == "bench":
         return [out / "bench"]
+    if kind == "deploy":
+        return [out / "deploy"]
     return [out / "video"]
 
 
@@ -467,7 +469,7 @@ def step_names(cfg: QuickstartConfig) -> list[str]:
     """The steps of this configuration, in order (an earlier run's other models are not)."""
     per_model = [f"{kind}:{arch}" for arch in cfg.models for kind in ("train",)]
     per_model += [f"{kind}:{arch}" for arch in cfg.models for kind in ("export", "check")]
-    return ["data", *per_model, "bench", "segment"]
+    return ["data", *per_model, "bench", "deploy", "segment"]
 
 
 def _steps_section(state: State, names: list[str]) -> list[str]:
@@ -516,8 +518,10 @@ def _deploy_section(choices: dict[str, dict[str, Any]], rel: Callable[[Any], str
     lines = ["## Which artifact to deploy", "",
              f"Per network, the fastest artifact whose val mIoU is at most {MAX_MIOU_DROP:g} point "
              "below its own PyTorch baseline (Table 2 above; speed from the bench table below, "
-             "same run, this machine). Another machine can rank the backends differently: re-run "
-             "`cityseg bench` there before deploying.", "",
+             "same run, this machine). Each choice is a deploy folder, `deploy/<network>/` "
+             "(`deploy.json` + the artifact), which every command takes as MODEL (`cityseg "
+             "predict deploy/<network> --data …`); on another machine it runs with a warning — "
+             "`cityseg optimize CKPT --data ROOT` there measures that machine's fastest.", "",
              "| network | deploy | median ms | vs PyTorch | ΔmIoU (pts) | why |",
              "| --- | --- | --- | --- | --- | --- |"]
     for arch, c in choices.items():
@@ -540,49 +544,95 @@ def _deploy_section(choices: dict[str, dict[str, Any]], rel: Callable[[Any], str
 MAX_MIOU_DROP = 1.0
 
 
-def choose_artifact(arch: str, baseline_path: str, check_doc: dict, bench_rows: list[dict],
-                    max_drop: float = MAX_MIOU_DROP) -> dict[str, Any]:
-    """The artifact of network ``arch`` to deploy: the fastest one within ``max_drop`` mIoU points.
-
-    Like with like: each candidate is measured against its own network's PyTorch baseline (same
-    label set, same val images), and speeds come from the bench rows of that network's group,
-    matched by **path** (a row's ``model`` is its display label).  Returns ``{"arch", "path",
-    "label", "median_ms", "baseline_ms", "delta_miou" (pts), "reason", "rejected": [(label,
-    why)]}``; the PyTorch checkpoint itself is always eligible (drop 0).
-    """
+def _candidate_rows(arch: str, baseline_path: str, check_doc: dict, bench_rows: list[dict]
+                    ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """One row per artifact of network ``arch`` for the deploy rule (optimize/pick.py), matched
+    to its bench row by **path** (a row's ``model`` is its display label); and the artifacts
+    without a bench row, (label, why)."""
     def key(path: str) -> str:
         return str(Path(path).resolve())
 
     rows = {key(r["path"]): r for r in bench_rows
             if r.get("status") == "ok" and r.get("path") and r.get("group", arch) == arch}
-    options = [(baseline_path, 0.0)] + [(c["path"], 100 * c["delta"]["miou"])
-                                         for c in check_doc["candidates"]]
-    base_row = rows.get(key(baseline_path))
-    base_ms = base_row["latency_ms"]["median"] if base_row else None
-    eligible, rejected = [], []
-    for path, delta in options:
+    docs = [(baseline_path, check_doc.get("baseline") or {}, 0.0)] + [
+        (c["path"], c, 100 * c["delta"]["miou"]) for c in check_doc["candidates"]]
+    out, untimed = [], []
+    for path, doc, delta in docs:
         row = rows.get(key(path))
-        label = row["model"] if row else Path(path).name
         if row is None:
-            rejected.append((label, "not timed (no bench row)"))
-        elif -delta > max_drop:
-            rejected.append((label, f"ΔmIoU {delta:+.2f} pts, more than {max_drop:g} below PyTorch"))
-        else:
-            eligible.append((row["latency_ms"]["median"], path, label, delta))
-    if not eligible:  # nothing timed at all: the checkpoint, said plainly
+            untimed.append((Path(path).name, "not timed (no bench row)"))
+            continue
+        out.append({"name": row["model"], "path": path, "status": "ok", "delta_miou_pts": delta,
+                    "agreement": doc.get("agreement", 1.0 if path == baseline_path else None),
+                    "miou": doc.get("miou"), "per_pixel": doc.get("per_pixel"),
+                    "backend": row.get("backend"), "precision": row.get("precision"),
+                    "latency_ms": row["latency_ms"]})
+    return out, untimed
+
+
+def choose_artifact(arch: str, baseline_path: str, check_doc: dict, bench_rows: list[dict],
+                    max_drop: float = MAX_MIOU_DROP) -> dict[str, Any]:
+    """The artifact of network ``arch`` to deploy: the fastest one within ``max_drop`` mIoU points.
+
+    The rule is ``cityseg optimize``'s (:func:`cityseg_deploy.optimize.pick.pick`), applied to
+    this run's check and bench: like with like, each candidate against its own network's
+    PyTorch baseline (same label set, same val images), speeds from the bench rows of that
+    network's group matched by path.  Returns ``{"arch", "path", "label", "median_ms",
+    "baseline_ms", "delta_miou" (pts), "reason", "rejected": [(label, why)], "verdict",
+    "rows"}``; the PyTorch checkpoint itself is always eligible (drop 0).
+    """
+    from .optimize.pick import pick
+
+    rows, rejected = _candidate_rows(arch, baseline_path, check_doc, bench_rows)
+    base = next((r for r in rows if r["path"] == baseline_path), None)
+    base_ms = base["latency_ms"]["median"] if base else None
+    if base is None:  # the baseline untimed: the rule has no reference; the checkpoint, said plainly
         return {"arch": arch, "path": baseline_path, "label": f"{arch} torch fp32", "median_ms": None,
-                "baseline_ms": base_ms, "delta_miou": 0.0, "rejected": rejected,
-                "reason": "no artifact was timed; the PyTorch checkpoint by default"}
-    eligible.sort(key=lambda e: e[0])
-    ms, path, label, delta = eligible[0]
-    for other_ms, _, other_label, _ in eligible[1:]:
-        rejected.append((other_label, f"slower: {other_ms:.1f} ms median vs {ms:.1f} ms"))
+                "baseline_ms": None, "delta_miou": 0.0, "rejected": rejected, "verdict": None,
+                "rows": rows, "reason": "no artifact was timed; the PyTorch checkpoint by default"}
+    verdict = pick(rows, baseline=base["name"], max_drop=max_drop)
+    chosen = next(r for r in rows if r["name"] == verdict.name)
+    ms, delta = verdict.median_ms, chosen["delta_miou_pts"]
+    rejected += [(r["name"], f"ΔmIoU {-r['drop_pts']:+.2f} pts, more than {max_drop:g} below PyTorch")
+                 for r in verdict.refused]
+    rejected += [(r["name"], f"slower: {r['median_ms']:.1f} ms median vs {ms:.1f} ms") for r in verdict.slower]
     speed = (f"{base_ms / ms:.2f}x the PyTorch checkpoint's speed ({ms:.1f} vs {base_ms:.1f} ms median)"
              if base_ms else f"{ms:.1f} ms median")
     reason = (f"fastest artifact within {max_drop:g} mIoU point(s) of its PyTorch baseline: {speed}, "
               f"ΔmIoU {delta:+.2f} pts")
-    return {"arch": arch, "path": path, "label": label, "median_ms": ms, "baseline_ms": base_ms,
-            "delta_miou": delta, "reason": reason, "rejected": rejected}
+    return {"arch": arch, "path": chosen["path"], "label": verdict.name, "median_ms": ms,
+            "baseline_ms": base_ms, "delta_miou": delta, "reason": reason, "rejected": rejected,
+            "verdict": verdict, "rows": rows}
+
+
+def step_deploy(cfg: QuickstartConfig, state: State) -> dict[str, Any]:
+    """``DIR/deploy/<network>/``: each network's choice as a deploy folder (the record
+    ``cityseg optimize`` writes), so the choice is a MODEL every command runs."""
+    from .artifacts import artifact_kind, read_artifact_meta
+    from .optimize.pick import pick
+    from .optimize.record import make_record, write_deploy_folder
+
+    folders: dict[str, str] = {}
+    for arch, c in _choices(cfg, state).items():
+        verdict = c["verdict"] or pick(c["rows"], baseline=f"{arch} torch fp32", max_drop=MAX_MIOU_DROP)
+        kind = artifact_kind(c["path"])
+        meta, _ = read_artifact_meta(c["path"])
+        record = make_record(
+            source={"checkpoint": str((cfg.out / "runs" / arch / "best.pt").resolve()), "arch": meta.arch,
+                    "label_set": meta.label_set, "num_classes": meta.num_classes,
+                    "input_size": list(meta.input_size)},
+            data={"root": str(cfg.data.resolve()), "split": "val", "images": cfg.n_val},
+            device="cpu", max_drop=MAX_MIOU_DROP, threads=cfg.threads,
+            timing={"method": "cityseg bench rows, one after another (the quickstart's bench step)",
+                    "iters": cfg.bench_iters, "batch": 1},
+            candidates=[{k: v for k, v in r.items()} for r in c["rows"]], verdict=verdict,
+            winner={"name": c["label"], "kind": kind, "precision": None, "options": {}})
+        folder = cfg.out / "deploy" / arch
+        name = Path(c["path"]).name
+        record["pick"]["artifact"] = name
+        write_deploy_folder(folder, record, Path(c["path"]), name)
+        folders[arch] = str(folder)
+    return {"outputs": [str(Path(f) / "deploy.json") for f in folders.values()], "folders": folders}
 
 
 def choose_video_network(baselines: dict[str, dict]) -> tuple[str, str]:
@@ -620,7 +670,8 @@ def _pick_video_model(cfg: QuickstartConfig, state: State) -> dict[str, Any]:
     """The network for the video (:func:`choose_video_network`) and its chosen artifact."""
     choices = _choices(cfg, state)
     arch, why = choose_video_network({a: c["baseline"] for a, c in choices.items()})
-    return {"path": choices[arch]["path"], "arch": arch, "why": why, "artifact": choices[arch]["label"]}
+    folder = state.steps["deploy"]["folders"][arch]  # the deploy folder: a MODEL like any artifact
+    return {"path": folder, "arch": arch, "why": why, "artifact": choices[arch]["label"]}
 
 
 def quickstart(cfg: QuickstartConfig) -> Path:
@@ -651,6 +702,8 @@ def _run_steps(cfg: QuickstartConfig) -> Path:
             if info["status"] == "ok":
                 bench_entries.append({"model": info["path"], "label": f"{arch} {label}", "group": arch})
     _step(cfg, state, "bench", "benchmark every artifact", lambda: step_bench(cfg, bench_entries))
+    _step(cfg, state, "deploy", "write a deploy folder per network",
+          lambda: step_deploy(cfg, state))
     _step(cfg, state, "segment", "segment a generated video",
           lambda: step_segment(cfg, _pick_video_model(cfg, state)))
     report = write_report(cfg, state)

@@ -35,7 +35,11 @@ def test_quickstart_end_to_end_then_resumes(tmp_path):
     assert seg["arch"] == "denseaspp_small"  # the only 19-class network of the two
     check = json.loads((cfg.out / "check" / seg["arch"] / "check.json").read_text())
     pick = choose_artifact(seg["arch"], str(cfg.out / "runs" / seg["arch"] / "best.pt"), check, rows)
-    assert seg["model"] == pick["path"] and "only 19-class network" in text
+    # ... through the network's deploy folder, whose record names a copy of the chosen artifact
+    assert seg["model"] == str(cfg.out / "deploy" / seg["arch"]) and "only 19-class network" in text
+    record = json.loads((cfg.out / "deploy" / seg["arch"] / "deploy.json").read_text())
+    assert record["pick"]["name"] == pick["label"]
+    assert record["pick"]["artifact"] == pick["path"].rstrip("/").rsplit("/", 1)[-1]
     # A second run into the same folder reuses every finished step.
     again = QuickstartConfig(**{**cfg.__dict__, "timings": {}})
     quickstart(again)

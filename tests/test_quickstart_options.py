@@ -46,6 +46,9 @@ def stand_ins(monkeypatch):
     def bench(cfg, _entries):
         return {"outputs": [str(marker(cfg, "bench", cfg.out / "bench"))]}
 
+    def deploy(cfg, _state):
+        return {"outputs": [str(marker(cfg, "deploy", cfg.out / "deploy"))], "folders": {}}
+
     def segment(cfg, _pick):
         return {"outputs": [str(marker(cfg, "segment", cfg.out / "video"))]}
 
@@ -54,6 +57,7 @@ def stand_ins(monkeypatch):
     monkeypatch.setattr(qs, "step_export", export)
     monkeypatch.setattr(qs, "step_check", check)
     monkeypatch.setattr(qs, "step_bench", bench)
+    monkeypatch.setattr(qs, "step_deploy", deploy)
     monkeypatch.setattr(qs, "step_segment", segment)
     monkeypatch.setattr(qs, "_pick_video_model", lambda cfg, state: {})
     monkeypatch.setattr(qs, "write_report", lambda cfg, state: cfg.out / "report.md")
@@ -67,7 +71,7 @@ def _cfg(tmp_path, **kw):
 
 
 ALL = ["data", "train:unet_small", "train:deeplabv3_small", "export:unet_small", "check:unet_small",
-       "export:deeplabv3_small", "check:deeplabv3_small", "bench", "segment"]
+       "export:deeplabv3_small", "check:deeplabv3_small", "bench", "deploy", "segment"]
 
 
 def test_same_options_reuse_every_step(tmp_path, stand_ins):
@@ -109,7 +113,7 @@ def test_fewer_models_reuse_their_training_and_redo_bench(tmp_path, stand_ins):
     qs.quickstart(_cfg(tmp_path))
     stand_ins.clear()
     qs.quickstart(_cfg(tmp_path, models=("unet_small",), overwrite=True))
-    assert stand_ins == ["bench", "segment"]
+    assert stand_ins == ["bench", "deploy", "segment"]
 
 
 def test_the_report_says_which_steps_ran_and_with_what(tmp_path, stand_ins):

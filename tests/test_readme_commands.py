@@ -214,7 +214,7 @@ def test_the_docs_hold_examples_of_every_command():
     assert len(ALL) >= 30, [ex.id for ex in ALL]
     named = {argv[0] for _, argv in CITYSEG_COMMANDS} | {" ".join(argv[:2]) for _, argv in CITYSEG_COMMANDS}
     for name in ("data synth", "data check", "models", "train", "export", "eval", "predict", "check",
-                 "bench", "segment", "quickstart", "convert-weights"):
+                 "bench", "segment", "quickstart", "convert-weights", "optimize"):
         assert name in named, name
 
 

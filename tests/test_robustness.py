@@ -595,9 +595,9 @@ def _ctrl_c_in_the_nth_png(monkeypatch, n: int) -> None:
     """The n-th PNG written goes half to disk, then Ctrl-C (through the real atomic_path)."""
     calls = {"n": 0}
 
-    def write_bytes_atomic(path, data):
+    def write_bytes_atomic(path, data, **options):
         calls["n"] += 1
-        with fileio.atomic_path(path) as tmp:
+        with fileio.atomic_path(path, **options) as tmp:
             if calls["n"] == n:
                 tmp.write_bytes(data[: len(data) // 2])
                 raise KeyboardInterrupt
@@ -631,11 +631,15 @@ def test_segment_interrupted_mid_label_png(tmp_path, monkeypatch, capsys):
     assert run(["segment", str(clip), "--model", "m.pt", "--out", str(out / "o.mp4"),
                 "--labels-dir", str(out / "labels")]) == 130
     assert "interrupted" in capsys.readouterr().err
-    _only(out / "labels", *(f"frame_{i:06d}.png" for i in range(4)))
+    # label PNGs are written by a small pool: frames after the cut one may be done too, but the
+    # cut one (the 5th, frame 4) is absent and every file left is a complete PNG
+    names = sorted(p.name for p in (out / "labels").iterdir())
+    assert {f"frame_{i:06d}.png" for i in range(4)} <= set(names)
+    assert "frame_000004.png" not in names and all(n.startswith("frame_") for n in names)
     for png in (out / "labels").iterdir():
         assert fileio.read_label(png).shape == (64, 96)
     _only(out, "labels", "o.mp4")
-    assert video_info(out / "o.mp4")[0] == 5  # the 5th frame's video frame was already written
+    assert video_info(out / "o.mp4")[0] >= 5  # playable; the encoder thread may be ahead of the cut PNG
 
 
 def test_training_interrupted_while_saving_last_pt_resumes(synth_root, tmp_path, monkeypatch, capsys):

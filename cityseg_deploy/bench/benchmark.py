@@ -119,7 +119,7 @@ def bench_one(spec: str, *, device: str = "cpu", batch: int = 1, size: Sequence[
         "model": label or Path(path).name + (f"@{precision or spec_precision}" if (precision or spec_precision) else ""),
         "path": str(path), "backend": None, "precision": precision or spec_precision, "device": device,
         "batch": int(batch), "size": list(size) if size else None, "status": "failed", "error": None,
-        "latency_ms": None, "throughput_fps": None, "peak_mem_mb": None, "file_mb": path_mb(path),
+        "latency_ms": None, "throughput_fps": None, "peak_mem_mb": None, "file_mb": _artifact_mb(path),
     }
     seg = None
     try:
@@ -152,6 +152,16 @@ def bench_one(spec: str, *, device: str = "cpu", batch: int = 1, size: Sequence[
         del seg
         gc.collect()
     return row
+
+
+def _artifact_mb(path: str) -> float | None:
+    """The size of the artifact that runs: a deploy folder's chosen one, not the whole folder."""
+    from ..deploy import artifact_of
+
+    try:
+        return path_mb(artifact_of(path))
+    except CitysegError:
+        return None  # a damaged deploy record: the row fails at load and says why
 
 
 @dataclass(frozen=True)

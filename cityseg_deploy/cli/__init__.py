@@ -6,4 +6,4 @@ from ..system.threads import yield_when_idle
 yield_when_idle()  # OMP_WAIT_POLICY=PASSIVE before any sub-command imports torch (system/threads.py)
 
 from ._app import app, main, run  # noqa: F401,E402
-from . import data, models, train, export, evaluate, predict, check, bench, segment, quickstart, scale  # noqa: F401,E402
+from . import data, models, train, export, evaluate, predict, check, bench, segment, quickstart, scale, optimize  # noqa: F401,E402

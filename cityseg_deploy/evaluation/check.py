@@ -297,12 +297,14 @@ def sizes_line(sizes: dict) -> str:
 def _baseline_sizes(specs: Sequence[str], mode: str) -> tuple[tuple[int, int], tuple[int, int]]:
     """(baseline's own input size, size it runs at) from the artifacts' metadata, before any run."""
     from ..artifacts import read_artifact_meta
+    from ..deploy import artifact_of
     from ..runtime import parse_model_spec
 
     def size_of(spec: str) -> tuple[tuple[int, int], bool]:
-        meta, io = read_artifact_meta(parse_model_spec(spec)[0])
+        path = artifact_of(parse_model_spec(spec)[0])  # a deploy folder: its artifact
+        meta, io = read_artifact_meta(path)
         size = tuple(int(v) for v in (io.get("size") or meta.input_size))
-        return size, bool(io.get("dynamic")) or parse_model_spec(spec)[0].endswith((".pt", ".pth"))
+        return size, bool(io.get("dynamic")) or path.suffix in (".pt", ".pth")
 
     own, base_dynamic = size_of(specs[0])
     if mode == "own":

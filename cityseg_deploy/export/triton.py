@@ -221,7 +221,10 @@ def export_triton(model: str | Path, repo: str | Path, *, name: str | None = Non
     """
     import tempfile
 
-    source = Path(model)
+    from ..deploy import artifact_of, is_deploy_folder
+
+    name = name or (Path(model).name if is_deploy_folder(model) else None)
+    source = artifact_of(model)  # a deploy folder: the artifact it chose
     kind = artifact_kind(source)
     if max_batch is not None and max_batch < 0:
         raise CitysegError(f"--batch {max_batch}: must be >= 0")

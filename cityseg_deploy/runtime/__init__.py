@@ -14,6 +14,7 @@ from typing import Any
 
 from .. import formats
 from ..artifacts import artifact_kind
+from ..deploy import is_deploy_folder, resolve as resolve_deploy
 from ..errors import CitysegError
 from ..models.checkpoint import ModelMeta
 from ..precision import RUN_PRECISIONS
@@ -83,7 +84,8 @@ def parse_model_spec(spec: str | os.PathLike) -> tuple[str, str | None]:
 
 def load(path: str | os.PathLike, *, device: str = "cpu", precision: str | None = None,
          threads: int | None = None, trust_code: bool | None = None, **options: Any) -> Segmenter:
-    """The ``Segmenter`` for any artifact (checkpoint, .onnx, engine, .pt2, OpenVINO IR).
+    """The ``Segmenter`` for any artifact (checkpoint, .onnx, engine, .pt2, OpenVINO IR) or
+    deploy folder (``cityseg optimize``: its artifact, precision, runner options and threads).
 
     ``precision``: for a checkpoint fp32 | tf32 | fp16 | bf16 (None: fp16 + channels_last + CUDA
     graphs on CUDA, fp32 on CPU — :mod:`.torch_defaults`); for OpenVINO fp32 | bf16
@@ -95,6 +97,9 @@ def load(path: str | os.PathLike, *, device: str = "cpu", precision: str | None 
     machine's export — True loads them anyway, None follows ``--trust-code`` (``trust.py``).
     """
     path, spec_precision = parse_model_spec(path)
+    if is_deploy_folder(path):  # cityseg optimize's folder: its pick, with its runner options
+        path, spec_precision, threads, options = _from_deploy_folder(path, device, spec_precision,
+                                                                     threads, options)
     precision = check_precision(precision or spec_precision)
     kind = artifact_kind(Path(path))
     check_options(path, kind, options)
@@ -103,6 +108,22 @@ def load(path: str | os.PathLike, *, device: str = "cpu", precision: str | None 
         options["trust_code"] = trust_code
     return backend_class(kind)(Path(path), device=device, precision=precision, threads=threads,
                                **options)
+
+
+def _from_deploy_folder(folder: str, device: str, precision: str | None, threads: int | None,
+                        options: dict[str, Any]) -> tuple[str, str | None, int | None, dict[str, Any]]:
+    """(artifact, precision, threads, options) of a deploy folder; what the caller gave wins.
+
+    The record's device must be the one asked for: its runner options (CUDA graphs, a CUDA
+    execution provider) mean nothing on the other, and a CPU pick on a GPU is not "fastest".
+    """
+    found = resolve_deploy(folder)
+    asked = "cuda" if str(device).startswith("cuda") else "cpu"
+    if found.device != asked:
+        raise CitysegError(f"{folder}: optimized for --device {found.device}, asked to run on {device}; "
+                           f"pass --device {found.device}, or run 'cityseg optimize ... --device {asked}'")
+    return (str(found.artifact), precision or found.precision,
+            threads if threads is not None else found.threads, {**found.options, **options})
 
 
 def open_artifact(path: str | os.PathLike, kind: str, *,

@@ -57,7 +57,7 @@ class AOTISegmenter(Segmenter):
         try:
             from torch._inductor import aoti_load_package
 
-            self.runner = aoti_load_package(_io.BytesIO(data))  # the bytes checked, not the path again
+            self.package = aoti_load_package(_io.BytesIO(data))  # the bytes checked, not the path again
         except Exception as exc:
             raise CitysegError(f"{path}: not a loadable AOTInductor package ({type(exc).__name__}: "
                                f"{first_line(exc, 200)}); re-export it "
@@ -93,7 +93,7 @@ class AOTISegmenter(Segmenter):
         import torch
 
         with torch.inference_mode():
-            out = self.runner(x)
+            out = self.package(x)
         if isinstance(out, (list, tuple)):
             out = out[0]
         if isinstance(out, dict):

@@ -396,9 +396,10 @@ def app_name(model: str, name: str | None = None) -> str:
 def static_batch(model: str) -> int | None:
     """The batch size a static graph is fixed to, or None when the batch is free."""
     from ..artifacts import artifact_kind, read_artifact_meta
+    from ..deploy import artifact_of
     from ..runtime import parse_model_spec
 
-    path = Path(parse_model_spec(model)[0])
+    path = artifact_of(parse_model_spec(model)[0])  # a deploy folder: the artifact it chose
     kind = artifact_kind(path)
     if kind == "torch":
         return None

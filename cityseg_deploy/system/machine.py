@@ -119,3 +119,38 @@ def session_threads() -> int:
         return max(0, int(os.environ.get("OMP_NUM_THREADS", "") or 0))
     except ValueError:
         return 0
+
+
+#: The libraries whose version can change which runner is fastest (and what it computes).
+FINGERPRINT_VERSIONS = ("torch", "onnxruntime", "openvino", "tensorrt")
+
+
+def fingerprint() -> dict[str, Any]:
+    """What a measured ranking of runners depends on: CPU model and instruction sets, usable
+    CPUs, GPU, and the versions of the runtimes (not the load: that changes by the minute).
+
+    Why its own block: a deploy record (``deploy.json``) written on one machine is honest only
+    there; :func:`fingerprint_differences` names what differs when it is used elsewhere.
+    """
+    info = machine_info(None)
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    gpu = info.get("gpu")
+    return {"cpu": info["cpu"], "cpu_flags": info["cpu_flags"], "usable_cpus": usable,
+            "gpu": gpu["name"] if gpu else None,
+            "versions": {k: v for k, v in info["versions"].items() if k in FINGERPRINT_VERSIONS}}
+
+
+def fingerprint_differences(recorded: dict[str, Any], here: dict[str, Any]) -> list[str]:
+    """``["cpu 'X' (recorded 'Y')", "onnxruntime 1.22 (recorded 1.20)", ...]``; empty = same."""
+    out = []
+    for key in ("cpu", "cpu_flags", "usable_cpus", "gpu"):
+        if recorded.get(key) != here.get(key):
+            mine, theirs = here.get(key), recorded.get(key)
+            if key == "cpu_flags":
+                mine, theirs = ",".join(mine or []) or "none", ",".join(theirs or []) or "none"
+            out.append(f"{key.replace('_', ' ')} {mine!s} (recorded {theirs!s})")
+    rec_v, here_v = recorded.get("versions") or {}, here.get("versions") or {}
+    for name in FINGERPRINT_VERSIONS:
+        if rec_v.get(name) != here_v.get(name):
+            out.append(f"{name} {here_v.get(name) or 'absent'} (recorded {rec_v.get(name) or 'absent'})")
+    return out
