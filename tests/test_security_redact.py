@@ -7,6 +7,8 @@ output file and folder names.  The secret must appear nowhere; ``alice:***@`` mu
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import pytest
 from hypothesis import given, settings
@@ -25,8 +27,11 @@ SECRET = "s3cret"
 def _drops_after(n: int):
     """A capture factory: each target streams ``n`` frames once, then refuses to reconnect."""
     seen: set = set()
+    real = cv2.VideoCapture  # the writer's read-back check opens the local file it wrote
 
-    def factory(target):
+    def factory(target, *args):
+        if isinstance(target, str) and Path(target).is_file():
+            return real(target, *args)
         if target in seen:
             return None
         seen.add(target)
