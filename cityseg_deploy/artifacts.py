@@ -48,10 +48,10 @@ def artifact_kind(path: str | os.PathLike) -> str:
         in_folder = any(by_suffix.get(path.suffix.lower()) == f.name for f in folders)
         recover_swap(path.parent if in_folder else path)
     if path.is_dir():
-        from .deploy import is_deploy_folder, resolve
+        from .deploy import artifact_of, is_deploy_folder
 
         if is_deploy_folder(path):  # cityseg optimize's folder: the kind of the artifact it chose
-            return resolve(path, quiet=True).kind
+            return artifact_kind(artifact_of(path))
         for fmt in folders:
             if path.name.endswith(fmt.folder) or any(path.glob(f"*{fmt.suffixes[0]}")):
                 return fmt.name

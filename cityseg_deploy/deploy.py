@@ -35,7 +35,6 @@ class Resolved:
 
     folder: Path
     artifact: Path
-    kind: str
     precision: str | None
     options: dict[str, Any] = field(default_factory=dict)
     threads: int | None = None
@@ -94,7 +93,6 @@ def resolve(path: str | os.PathLike, *, quiet: bool = False) -> Resolved:
     machine's core count means nothing here).  ``quiet``: no warning (metadata look-ups that
     precede the load, so the user reads it once).
     """
-    from .artifacts import artifact_kind
     from .system.machine import fingerprint, fingerprint_differences
 
     folder = Path(path)
@@ -105,7 +103,6 @@ def resolve(path: str | os.PathLike, *, quiet: bool = False) -> Resolved:
         raise _bad(folder, f"the chosen artifact {pick['artifact']!r} is missing from the folder")
     if is_deploy_folder(artifact):
         raise _bad(folder, "the chosen artifact is itself a deploy folder")
-    kind = artifact_kind(artifact)
     differences = tuple(fingerprint_differences(data.get("machine") or {}, fingerprint()))
     key = str(folder.resolve())
     if differences and not quiet and key not in _warned:
@@ -113,7 +110,7 @@ def resolve(path: str | os.PathLike, *, quiet: bool = False) -> Resolved:
         warn(f"warning: {folder} was optimized on another machine ({'; '.join(differences[:3])}"
              f"{'; …' if len(differences) > 3 else ''}); running its pick {pick.get('name') or pick['artifact']!r} "
              "anyway — 'cityseg optimize' here finds this machine's fastest")
-    return Resolved(folder=folder, artifact=artifact, kind=kind, precision=pick.get("precision"),
+    return Resolved(folder=folder, artifact=artifact, precision=pick.get("precision"),
                     options=dict(pick.get("options") or {}),
                     threads=None if differences else pick.get("threads"),
                     device=pick.get("device", "cpu"), record=data, differences=differences)
