@@ -34,7 +34,11 @@ def test_available_cpus_follow_affinity_and_quota(monkeypatch):
     assert threads.available_cpus() == 6
     monkeypatch.setattr(threads, "cgroup_cpu_limit", lambda root=None: 2.5)
     assert threads.available_cpus() == 3  # a 2.5-CPU quota: 3 threads, not the host's count
-    assert 1 <= threads.default_threads() <= 3
+    # one thread per physical core, capped by the quota: 6 cores -> 3 (the quota), 2 cores -> 2
+    monkeypatch.setattr(threads, "_physical_cores", lambda cpus: 6)
+    assert threads.default_threads() == 3
+    monkeypatch.setattr(threads, "_physical_cores", lambda cpus: 2)
+    assert threads.default_threads() == 2
 
 
 def test_torch_threads_are_put_back():
