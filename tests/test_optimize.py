@@ -154,10 +154,11 @@ def test_missing_inputs_are_one_error_line(ckpt, synth_root, tmp_path, capsys):
 
 
 def test_interleaved_timing_keeps_going_past_a_runner_that_fails(ckpt, tmp_path):
-    from cityseg_deploy.bench.interleaved import Entry, time_interleaved
+    from cityseg_deploy.bench.auto import Candidate
+    from cityseg_deploy.bench.interleaved import time_interleaved
 
-    rows = time_interleaved([Entry("torch", str(ckpt)), Entry("gone", str(tmp_path / "gone.onnx")),
-                             Entry("torch again", str(ckpt), options={"fuse_bn": False})],
+    rows = time_interleaved([Candidate("torch", str(ckpt)), Candidate("gone", str(tmp_path / "gone.onnx")),
+                             Candidate("torch again", str(ckpt), options={"fuse_bn": False})],
                             rounds=3, warmup=0, threads=1)
     assert rows["gone"]["status"] == "failed" and "gone.onnx" in rows["gone"]["error"]
     for name in ("torch", "torch again"):
@@ -203,7 +204,7 @@ def test_interleaved_timing_runs_torch_at_its_own_width_beside_onnxruntime(ckpt,
 
     order = [0, 1, 1, 0]  # rounds rotate: torch, onnx | onnx, torch
     monkeypatch.setattr(interleaved, "StageTimer", timer)
-    interleaved.time_interleaved([interleaved.Entry("torch", str(ckpt)), interleaved.Entry("onnx", str(onnx))],
+    interleaved.time_interleaved([interleaved.Candidate("torch", str(ckpt)), interleaved.Candidate("onnx", str(onnx))],
                                  rounds=2, warmup=0, threads=2)
     assert seen["torch"] == [2, 2] and seen["onnxruntime"] == [1, 1]
     assert torch.get_num_threads() == before

@@ -10,32 +10,15 @@ runner every command uses) and timed end to end, uint8 image in → labels out.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-import numpy as np
-
 from ..errors import CitysegError, first_line
-from ..system.timing import StageTimer
+from ..system.threads import TorchThreads, torch_threads
+from ..system.timing import StageTimer, stats
+from .auto import Candidate
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One runner to time: a model spec (path or deploy folder), its precision and options."""
-
-    name: str
-    spec: str
-    precision: str | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-def _stats(ms: Sequence[float]) -> dict[str, float]:
-    a = np.asarray(ms, dtype=np.float64)
-    return {"min": float(a.min()), "median": float(np.median(a)), "mean": float(a.mean()),
-            "p90": float(np.percentile(a, 90)), "max": float(a.max())}
-
-
-def time_interleaved(entries: Sequence[Entry], *, device: str = "cpu", threads: int | None = None,
+def time_interleaved(entries: Sequence[Candidate], *, device: str = "cpu", threads: int | None = None,
                      rounds: int = 20, warmup: int = 3, batch: int = 1,
                      size: Sequence[int] | None = None, budget_s: float | None = None,
                      min_rounds: int = 5,
@@ -48,18 +31,18 @@ def time_interleaved(entries: Sequence[Entry], *, device: str = "cpu", threads: 
     ``min_rounds`` are done (a slow network on a CPU: 9 runners x 20 rounds x 1 s each is long,
     and every round already compares all runners under one load)."""
     from .. import runtime
-    from .benchmark import _images
+    from .benchmark import _close_quietly, _images
 
     if rounds < 1 or warmup < 0:
         raise CitysegError(f"rounds {rounds}, warmup {warmup}: need at least one round")
     import torch
 
     rows: dict[str, dict[str, Any]] = {}
-    loaded: list[tuple[Entry, Any]] = []
+    loaded: list[tuple[Candidate, Any]] = []
     width: dict[str, int] = {}  # torch's pool as each runner set it at load (alone, it would keep it)
-    torch_before = torch.get_num_threads()
     images = None
     cuda = str(device).startswith("cuda")
+    pool = TorchThreads(torch.get_num_threads())  # put back after every runner has closed
     try:
         for e in entries:
             row: dict[str, Any] = {"status": "failed", "error": None, "backend": None,
@@ -87,16 +70,15 @@ def time_interleaved(entries: Sequence[Entry], *, device: str = "cpu", threads: 
                 # every runner under the thread settings it has alone: an onnxruntime or OpenVINO
                 # runner holds torch at 1 thread while open (system/threads.py), which would
                 # otherwise time the torch runner loaded before it at one thread
-                if torch.get_num_threads() != width[e.name]:
-                    torch.set_num_threads(width[e.name])
-                timer = StageTimer(device if cuda else "cpu")
-                timer.begin()
-                try:
-                    seg.run(images, timer=timer)
-                except Exception as exc:
-                    rows[e.name]["error"] = f"{type(exc).__name__}: {first_line(exc, 300)}"
-                    continue
-                times[e.name].append(timer.step())
+                with torch_threads(width[e.name]):
+                    timer = StageTimer(device if cuda else "cpu")
+                    timer.begin()
+                    try:
+                        seg.run(images, timer=timer)
+                    except Exception as exc:
+                        rows[e.name]["error"] = f"{type(exc).__name__}: {first_line(exc, 300)}"
+                        continue
+                    times[e.name].append(timer.step())
             if on_round is not None:
                 on_round(r)
             if budget_s is not None and r + 1 >= min_rounds and time.perf_counter() - start > budget_s:
@@ -104,15 +86,12 @@ def time_interleaved(entries: Sequence[Entry], *, device: str = "cpu", threads: 
         for e, _ in loaded:
             ms = times[e.name]
             if ms and rows[e.name]["error"] is None:
-                rows[e.name].update(status="ok", latency_ms=_stats(ms), rounds=len(ms))
+                rows[e.name].update(status="ok", latency_ms=stats(ms), rounds=len(ms))
     finally:
         for _, seg in reversed(loaded):  # each runner restores what the one before it set
-            try:
-                seg.close()
-            except Exception:
-                pass
-        torch.set_num_threads(torch_before)
+            _close_quietly(seg)
+        pool.restore()
     return rows
 
 
-__all__ = ["Entry", "time_interleaved"]
+__all__ = ["time_interleaved"]

@@ -177,7 +177,8 @@ def time_all(checked: list[Candidate], artifacts: dict[str, Path], device: str, 
               timing: tuple[int, int, float | None], state: State, keys: dict[str, str],
               rows: dict[str, dict], bar) -> None:
     """Time every checked candidate in one interleaved run (reused when none of them changed)."""
-    from ..bench.interleaved import Entry, time_interleaved
+    from ..bench.auto import Candidate as Runner  # what to load: spec, precision, options
+    from ..bench.interleaved import time_interleaved
 
     rounds, warmup, budget_s = timing
     _step(bar, f"time {len(checked)} runner(s), {rounds} interleaved rounds")
@@ -185,7 +186,7 @@ def time_all(checked: list[Candidate], artifacts: dict[str, Path], device: str, 
                   "rounds": rounds, "warmup": warmup, "budget_s": budget_s})
     timed = state.timing(key)
     if timed is None:
-        entries = [Entry(c.name, str(artifacts[c.slug]), c.precision, dict(c.options)) for c in checked]
+        entries = [Runner(c.name, str(artifacts[c.slug]), c.precision, dict(c.options)) for c in checked]
         timed = time_interleaved(entries, device=device, threads=threads, rounds=rounds, warmup=warmup,
                                  budget_s=budget_s, min_rounds=min(5, rounds))
         state.put_timing(key, timed)
