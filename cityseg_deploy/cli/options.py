@@ -116,8 +116,9 @@ def int_list(value: str | None, what: str) -> list[int]:
 
 
 def parse_runner_options(values: tuple[str, ...] | list[str]) -> dict[str, Any]:
-    """``("cuda_graphs=true", "streams=2")`` → ``{"cuda_graphs": True, "streams": 2}`` (YAML scalars)."""
-    import yaml
+    """``("cuda_graphs=true", "streams=2")`` → ``{"cuda_graphs": True, "streams": 2}`` (YAML scalars,
+    read by the project's one YAML reader; what it refuses stays the plain text)."""
+    from ..yamlfile import parse_yaml
 
     out: dict[str, Any] = {}
     for item in values or ():
@@ -126,8 +127,8 @@ def parse_runner_options(values: tuple[str, ...] | list[str]) -> dict[str, Any]:
         if not sep or not key.isidentifier():
             raise CitysegError(f"--runner-option {item!r}: expected KEY=VALUE, e.g. cuda_graphs=true")
         try:
-            value = yaml.safe_load(text) if text.strip() else ""
-        except yaml.YAMLError:
+            value = parse_yaml(text, "--runner-option") if text.strip() else ""
+        except CitysegError:
             value = text
         if isinstance(value, (dict, list)) or value is None:
             value = text  # a plain string, not a structure
