@@ -5,21 +5,17 @@ import click
 
 from ..errors import CitysegError
 from ._app import app
-from .options import option, runner_options
+from .options import model_run_options, option, runner_options
 
 
 @app.command("bench")
 @click.argument("models", nargs=-1)
-@option("device")
 @option("batches")
 @option("sizes")
 @click.option("--warmup", type=int, default=3, show_default=True)
 @click.option("--iters", type=int, default=None, help="timed iterations (default 20)")
 @click.option("--duration", type=float, default=None, help="time each row for S seconds instead")
-@option("threads")
-@option("trust_code")
-@option("precision")
-@option("runner_option")
+@model_run_options(precision=True)
 @click.option("--reference", default=None, help="row name the ratios refer to (default: first)")
 @click.option("--sgemm", is_flag=True, help="also measure sgemm GFLOP/s and report fractions of it")
 @option("json")

@@ -5,7 +5,7 @@ import click
 
 from ._app import app
 from ._engine import engine_options, ray_options
-from .options import option, runner_options
+from .options import model_run_options, option, runner_options
 
 
 @app.command("check")
@@ -19,11 +19,7 @@ from .options import option, runner_options
 @click.option("--max-miou-drop", type=float, default=None,
               help="gate: exit 1 when a candidate's mIoU is more than PTS points below the baseline")
 @click.option("--out", default=None, help="folder for Markdown/CSV tables, JSON and the delta plot")
-@option("device")
-@option("threads")
-@option("trust_code")
-@option("batch")
-@option("runner_option")
+@model_run_options(batch=True)
 @click.option("--logit-images", type=int, default=4, show_default=True,
               help="images over which logit error statistics are computed")
 @click.option("--emulate-bf16", is_flag=True,

@@ -6,7 +6,7 @@ import click
 from ..errors import CitysegError
 from ._app import app
 from ._engine import engine_options, ray_options
-from .options import option, runner_options
+from .options import model_run_options, option, runner_options
 
 
 @app.command("eval")
@@ -20,12 +20,7 @@ from .options import option, runner_options
               show_default=True)
 @click.option("--label-set", default=None, help="class set of the data (default: the model's; "
                                                  "cityscapes19 for --pred-dir)")
-@option("device")
-@option("precision")
-@option("threads")
-@option("trust_code")
-@option("batch")
-@option("runner_option")
+@model_run_options(precision=True, batch=True)
 @click.option("--no-progress", is_flag=True)
 @engine_options
 def eval_cmd(model, data_root, split, json_path, pred_dir, pred_format, label_set, device, precision,

@@ -102,6 +102,20 @@ def option(name: str, **overrides: Any) -> Callable:
     return click.option(*spec.decls, help=spec.help, **{**spec.kw, **overrides})
 
 
+def model_run_options(*, precision: bool = False, batch: bool = False) -> Callable:
+    """The options every command that runs a model takes, in one order: ``--device``
+    [``--precision``], ``--threads``, ``--trust-code`` [``--batch``], ``--runner-option``.
+    Why a group: a new run command cannot forget the trust switch or the runner options."""
+    names = ["device", *(["precision"] if precision else []), "threads", "trust_code",
+             *(["batch"] if batch else []), "runner_option"]
+
+    def apply(fn: Callable) -> Callable:
+        for name in reversed(names):  # click lists options in decorator order, top down
+            fn = option(name)(fn)
+        return fn
+    return apply
+
+
 def int_list(value: str | None, what: str) -> list[int]:
     """``"1,4"`` → ``[1, 4]``; each at least 1."""
     if not value:
@@ -152,4 +166,4 @@ def runner_options(values: tuple[str, ...] | list[str], *models: str) -> dict[st
     return options
 
 
-__all__ = ["SHARED", "Shared", "int_list", "option", "parse_runner_options", "runner_options"]
+__all__ = ["SHARED", "Shared", "int_list", "model_run_options", "option", "parse_runner_options", "runner_options"]

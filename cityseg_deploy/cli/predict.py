@@ -8,7 +8,7 @@ import click
 from ..errors import CitysegError
 from ._app import app
 from ._engine import engine_options, ray_options
-from .options import option, runner_options
+from .options import model_run_options, option, runner_options
 
 
 @app.command("predict")
@@ -22,12 +22,7 @@ from .options import option, runner_options
 @click.option("--out", required=True, help="output folder for the PNGs")
 @click.option("--format", "fmt", type=click.Choice(["labelIds", "trainIds", "color", "overlay"]),
               default="labelIds", show_default=True)
-@option("device")
-@option("precision")
-@option("threads")
-@option("trust_code")
-@option("batch")
-@option("runner_option")
+@model_run_options(precision=True, batch=True)
 @click.option("--no-progress", is_flag=True)
 @click.option("--layout", type=click.Choice(["flat", "cities"]), default="flat", show_default=True,
               help="flat: OUT/<stem>_leftImg8bit.png; cities: OUT/<city>/... (official layout; "

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from ._app import app
-from .options import option, runner_options
+from .options import model_run_options, option, runner_options
 
 
 @app.command("serve")
@@ -38,10 +38,7 @@ from .options import option, runner_options
               help="largest request body accepted (413 above)")
 @click.option("--address", default=None,
               help="Ray cluster: auto | HOST:PORT | ray://HOST:PORT (default: start a local one)")
-@option("device")
-@option("threads")
-@option("trust_code")
-@option("runner_option")
+@model_run_options()
 def serve_cmd(model, name, route_prefix, host, port, replicas, gpus_per_replica, cpus_per_replica, max_batch,
               batch_wait_ms, max_queue, timeout_s, body_timeout_s, max_per_client, max_body_mb, address,
               device, threads, runner_option) -> None:

@@ -17,7 +17,7 @@ import click
 from ..errors import CitysegError
 from ._app import app
 from ._engine import engine_options, ray_options
-from .options import option, runner_options
+from .options import model_run_options, option, runner_options
 
 
 def _load_segmenter(path: str, *, device: str, threads: int | None, **options):
@@ -39,11 +39,7 @@ def _load_segmenter(path: str, *, device: str, threads: int | None, **options):
               help="Process every N-th frame.")
 @click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Stop after N processed frames.")
 @click.option("--show", is_flag=True, help="Show the result in a window (q quits).")
-@option("batch")
-@option("device")
-@option("threads")
-@option("trust_code")
-@option("runner_option")
+@model_run_options(batch=True)
 @click.option("--mode", type=click.Choice(["overlay", "side-by-side", "mask"]), default="overlay",
               show_default=True)
 @click.option("--alpha", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True,
