@@ -90,21 +90,9 @@ def closed_loop(host: str, port: int, bodies: list[bytes], clients: int, duratio
 
 def build(folder: Path, n: int, size: tuple[int, int]) -> tuple[Path, Path]:
     """Synthetic images and a batch-dynamic int8 DeepLabV3-small ONNX graph (calibrated on them)."""
-    import torch
+    from cityseg_deploy.bench.fixtures import synthetic_int8_onnx
 
-    from cityseg_deploy.data.synth import synthesize
-    from cityseg_deploy.export import export
-    from cityseg_deploy.models.checkpoint import ModelMeta, save_checkpoint
-    from cityseg_deploy.models.registry import build_model
-
-    root = synthesize(folder / "data", n_train=8, n_val=n, size=size, seed=0)
-    torch.manual_seed(0)
-    meta = ModelMeta.for_arch("deeplabv3_small", input_size=size)
-    ckpt = folder / "deeplabv3_small.pt"
-    save_checkpoint(ckpt, build_model("deeplabv3_small", **meta.arch_args).eval(), meta)
-    res = export(ckpt, format="onnx", precision="int8", calib_data=root, calib_images=8, dynamic=True,
-                 out=str(folder / "segA.onnx"), verify=False, log=lambda *_: None)
-    return root, Path(res.path)
+    return synthetic_int8_onnx(folder, n, size, dynamic=True, out=str(folder / "segA.onnx"))
 
 
 def batch_counts(url: str) -> dict[int, float]:
