@@ -86,6 +86,19 @@ def read_record(folder: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
+def _chosen(path: str | os.PathLike) -> tuple[Path, dict[str, Any], dict[str, Any], Path]:
+    """(folder, record, its pick, the pick's artifact path), the artifact checked to be there."""
+    folder = Path(path)
+    data = read_record(folder)
+    pick = data["pick"]
+    artifact = folder / pick["artifact"]
+    if not artifact.exists():
+        raise _bad(folder, f"the chosen artifact {pick['artifact']!r} is missing from the folder")
+    if is_deploy_folder(artifact):
+        raise _bad(folder, "the chosen artifact is itself a deploy folder")
+    return folder, data, pick, artifact
+
+
 def resolve(path: str | os.PathLike, *, quiet: bool = False) -> Resolved:
     """The artifact, precision, runner options and threads a deploy folder names.
 
@@ -95,14 +108,7 @@ def resolve(path: str | os.PathLike, *, quiet: bool = False) -> Resolved:
     """
     from .system.machine import fingerprint, fingerprint_differences
 
-    folder = Path(path)
-    data = read_record(folder)
-    pick = data["pick"]
-    artifact = folder / pick["artifact"]
-    if not artifact.exists():
-        raise _bad(folder, f"the chosen artifact {pick['artifact']!r} is missing from the folder")
-    if is_deploy_folder(artifact):
-        raise _bad(folder, "the chosen artifact is itself a deploy folder")
+    folder, data, pick, artifact = _chosen(path)
     differences = tuple(fingerprint_differences(data.get("machine") or {}, fingerprint()))
     key = str(folder.resolve())
     if differences and not quiet and key not in _warned:
@@ -117,8 +123,9 @@ def resolve(path: str | os.PathLike, *, quiet: bool = False) -> Resolved:
 
 
 def artifact_of(path: str | os.PathLike) -> Path:
-    """``path`` itself, or the artifact inside it when it is a deploy folder (no warning)."""
-    return resolve(path, quiet=True).artifact if is_deploy_folder(path) else Path(path)
+    """``path`` itself, or the artifact inside it when it is a deploy folder (no warning, and no
+    machine fingerprint: only the path is wanted)."""
+    return _chosen(path)[3] if is_deploy_folder(path) else Path(path)
 
 
 __all__ = ["RECORD", "Resolved", "artifact_of", "is_deploy_folder", "read_record", "resolve"]
