@@ -1,4 +1,4 @@
-"""onnxruntime's intra-op pool spinning on vs off, quiet and under generated load (issue 24 item 6).
+"""onnxruntime's intra-op pool settings, quiet and under generated load (issue 24 item 6).
 
 Why: with the OpenMP pools told to yield (``OMP_WAIT_POLICY=PASSIVE``, the CLI's default),
 onnxruntime's own pool still spun between operators (its ``session.intra_op.allow_spinning``
@@ -6,7 +6,10 @@ defaults to on): on 2 CPUs with two busy processes an int8 DeepLabV3-small frame
 where it took ~52 ms without them (bench/results/shared_load_h25_only.md), so the quickstart's
 backend ratios moved with the load.  The runner now follows the same wait policy (spinning off
 under PASSIVE).  This script times both settings through the real runner (``runtime.load``; the
-policy is read when the session is made), interleaved, with ``--busy`` processes and without.
+policy is read when the session is made), interleaved, with ``--busy`` processes and without:
+spinning on; spinning off; spinning off with ``session.dynamic_block_base`` 4 (the runner's
+default under PASSIVE: a loop's work in shrinking blocks, so a thread the OS runs late holds up
+less of it).
 
     python bench/ort_spinning_ab.py [--busy 2] [--rounds 4]
 """
@@ -43,12 +46,16 @@ def build(tmp: Path, size: tuple[int, int]) -> Path:
                   log=None).path
 
 
-def load(path: Path, spin: bool, threads: int):
+SETTINGS = {"spinning on": (True, 0), "spinning off": (False, 0), "spinning off, dynamic blocks 4": (False, 4)}
+
+
+def load(path: Path, setting: str, threads: int):
     from cityseg_deploy import runtime
 
+    spin, block = SETTINGS[setting]
     os.environ["OMP_WAIT_POLICY"] = "ACTIVE" if spin else "PASSIVE"
-    seg = runtime.load(path, threads=threads)
-    assert seg.describe()["spinning"] is spin, seg.describe()
+    seg = runtime.load(path, threads=threads, dynamic_block_base=block)
+    assert seg.describe()["spinning"] is spin and seg.describe()["dynamic_block_base"] == block, seg.describe()
     return seg
 
 
@@ -78,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     image = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
     with tempfile.TemporaryDirectory() as tmp:
         onnx = build(Path(tmp), size)
-        segs = {spin: load(onnx, spin, args.threads) for spin in (True, False)}
+        segs = {name: load(onnx, name, args.threads) for name in SETTINGS}
         for seg in segs.values():
             median_ms(seg, image, 2)
         rows = []
@@ -86,18 +93,20 @@ def main(argv: list[str] | None = None) -> int:
             procs = [subprocess.Popen([sys.executable, "-c", "while True:\n    pass\n"]) for _ in range(busy)]
             time.sleep(1.0 if busy else 0.0)
             try:
+                names = list(SETTINGS)
                 for r in range(args.rounds):
-                    for spin in ((True, False) if r % 2 == 0 else (False, True)):
-                        rows.append({"busy": busy, "round": r, "spinning": spin,
+                    k = r % len(names)
+                    for name in names[k:] + names[:k]:  # rotating order
+                        rows.append({"busy": busy, "round": r, "setting": name,
                                      "load_before": os.getloadavg()[0],
-                                     "median_ms": median_ms(segs[spin], image, args.iters)})
+                                     "median_ms": median_ms(segs[name], image, args.iters)})
             finally:
                 for p in procs:
                     p.kill()
                     p.wait()
-    summary = {f"busy={b} spinning={'on' if s else 'off'}":
-               statistics.median(r["median_ms"] for r in rows if r["busy"] == b and r["spinning"] is s)
-               for b in (0, args.busy) for s in (True, False)}
+    summary = {f"busy={b} {name}":
+               statistics.median(r["median_ms"] for r in rows if r["busy"] == b and r["setting"] == name)
+               for b in (0, args.busy) for name in SETTINGS}
     info = machine_info()
     doc = {"machine": {"cpu": info.get("cpu"), "cpu_flags": info.get("cpu_flags"),
                        "cpus_usable": len(os.sched_getaffinity(0))},
@@ -106,15 +115,16 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
     loads = [r["load_before"] for r in rows]
-    md = [f"# onnxruntime pool spinning on/off ({doc['machine']['cpu']}, {doc['machine']['cpus_usable']} CPUs)", "",
+    md = [f"# onnxruntime pool settings ({doc['machine']['cpu']}, {doc['machine']['cpus_usable']} CPUs)", "",
           f"CPU flags: {' '.join(doc['machine']['cpu_flags'] or [])}; {doc['setup']['model']} at "
           f"{size[0]}x{size[1]}, {args.threads} threads, median of {args.iters} predict() calls per "
           f"round, {args.rounds} interleaved rounds per condition; 1-min load average "
           f"{min(loads):.1f}–{max(loads):.1f} (background jobs included).", "",
-          "| condition | spinning on (ms) | spinning off (ms) |", "| --- | --- | --- |"]
+          "| condition | " + " | ".join(f"{name} (ms)" for name in SETTINGS) + " |",
+          "| --- |" + " --- |" * len(SETTINGS)]
     for b in (0, args.busy):
-        md.append(f"| {b} busy processes | {summary[f'busy={b} spinning=on']:.1f} | "
-                  f"{summary[f'busy={b} spinning=off']:.1f} |")
+        md.append(f"| {b} busy processes | " + " | ".join(f"{summary[f'busy={b} {name}']:.1f}"
+                                                          for name in SETTINGS) + " |")
     args.out.with_suffix(".md").write_text("\n".join(md + [""]))
     print(json.dumps(summary))
     return 0

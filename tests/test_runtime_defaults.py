@@ -151,3 +151,16 @@ def test_onnxruntime_pool_follows_the_openmp_wait_policy(ckpt, tmp_path, monkeyp
         assert (entry == "0") is (not spinning)
         assert seg.describe()["spinning"] is spinning
         assert seg.runner() == "onnxruntime fp32 on cpu (1 thread)"
+        # a sleeping pool hands out work in dynamic blocks (a late thread holds up less of a loop)
+        assert _config(seg, "session.dynamic_block_base") == (None if spinning else "4")
+        assert seg.describe()["dynamic_block_base"] == (0 if spinning else 4)
+    with runtime.load(onnx, threads=1, dynamic_block_base=0) as seg:  # --runner-option turns it off
+        assert _config(seg, "session.dynamic_block_base") is None
+
+
+def _config(seg, key: str) -> str | None:
+    """A session config entry as the runner set it, None where unset."""
+    try:
+        return seg.session_options.get_session_config_entry(key)
+    except RuntimeError:
+        return None

@@ -107,51 +107,151 @@ def _load(spec: str, runner: str, *, device, precision, threads, size, options):
     return cls(path, threads=threads, precision=precision or spec_precision, **options)
 
 
+class _RowRun:
+    """One bench row in three steps — load (:meth:`__init__`), :meth:`warm`, timed :meth:`step`
+    calls, :meth:`finish` — so rows can be timed one after another or round-robin.
+
+    Never raises for a failing backend: the row turns ``failed`` with the reason and the runner
+    is closed.  ``torch_width`` is torch's pool as this runner set it at load: an onnxruntime or
+    OpenVINO runner holds torch at 1 thread while open (system/threads.py), which would time a
+    torch runner loaded before it at one thread; each step runs under its own runner's width.
+    """
+
+    def __init__(self, spec: str, *, device: str, batch: int, size: Sequence[int] | None,
+                 threads: int | None, precision: str | None, runner: str | None,
+                 label: str | None, options: dict | None) -> None:
+        from ..runtime import parse_model_spec
+
+        path, spec_precision = parse_model_spec(spec)
+        self.row: dict[str, Any] = {
+            "model": label or Path(path).name + (f"@{precision or spec_precision}" if (precision or spec_precision) else ""),
+            "path": str(path), "backend": None, "precision": precision or spec_precision, "device": device,
+            "batch": int(batch), "size": list(size) if size else None, "status": "failed", "error": None,
+            "latency_ms": None, "throughput_fps": None, "peak_mem_mb": None, "file_mb": _artifact_mb(path),
+        }
+        self.seg = None
+        self.cuda = str(device).startswith("cuda")
+        self.timer = StageTimer(device if self.cuda else "cpu")
+        self.count = 0
+        try:
+            import torch
+
+            self.memory = _MemoryMark.now(self.cuda)
+            self.seg = _load(spec, runner, device=device, precision=precision, threads=threads,
+                             size=size, options=options or {})
+            self.torch_width = torch.get_num_threads()
+            self.row["backend"] = self.seg.backend
+            self.row["precision"] = self.seg.precision
+            self.row["detail"] = self.seg.describe()
+            self.row["runner"] = describe_runner(self.row["detail"])  # bench's own runners too
+            self.run_size = tuple(size) if size else tuple(self.seg.input_size)
+            self.row["size"] = list(self.run_size)
+            self.images = _images(int(batch), self.run_size)
+        except Exception as exc:  # one failing backend must not abort the others
+            self._fail(exc)
+
+    @property
+    def alive(self) -> bool:
+        return self.seg is not None
+
+    def _fail(self, exc: BaseException) -> None:
+        message = first_line(exc, 300) if str(exc).strip() else ""
+        self.row["error"] = message if isinstance(exc, CitysegError) else f"{type(exc).__name__}: {message}"
+        self.close()
+
+    def _guarded(self, fn) -> None:
+        if not self.alive:
+            return
+        try:
+            with torch_threads(self.torch_width):
+                fn()
+        except Exception as exc:
+            self._fail(exc)
+
+    def warm(self, warmup: int) -> None:
+        """Warm-up runs, then the memory this row's model added at peak (before any other row
+        loads, so the figure is its own)."""
+        def run() -> None:
+            for _ in range(max(0, int(warmup))):
+                _timed_run(self.seg, self.images, self.timer)
+            self.row.update(self.memory.peaks())
+            self.timer.reset()
+        self._guarded(run)
+
+    def step(self) -> None:
+        def run() -> None:
+            _timed_run(self.seg, self.images, self.timer)
+            self.count += 1
+        self._guarded(run)
+
+    def finish(self) -> dict[str, Any]:
+        """The row's figures (``ok``) from the timed steps; closes the runner."""
+        if self.alive:
+            try:
+                summary = self.timer.summary()
+                row = self.row
+                row["latency_ms"] = summary["end_to_end"]
+                row["stages"] = {k: summary[k] for k in STAGES if k in summary}
+                row["iters"] = self.count
+                row["throughput_fps"] = 1000.0 * row["batch"] / row["latency_ms"]["mean"]
+                row.update(_flops_fields(self.seg.meta, self.run_size, row["batch"], summary))
+                row["status"] = "ok"
+            except Exception as exc:
+                self._fail(exc)
+        self.close()
+        return self.row
+
+    def close(self) -> None:
+        _close_quietly(self.seg)
+        self.seg = None
+        gc.collect()
+
+
 def bench_one(spec: str, *, device: str = "cpu", batch: int = 1, size: Sequence[int] | None = None,
               warmup: int = 3, iters: int | None = 20, duration: float | None = None,
               threads: int | None = None, precision: str | None = None, runner: str | None = None,
               label: str | None = None, options: dict | None = None) -> dict[str, Any]:
-    """One row of the bench JSON; never raises for a failing backend (status ``failed``)."""
-    from ..runtime import parse_model_spec
+    """One row of the bench JSON, timed on its own; never raises for a failing backend (status
+    ``failed``).  ``iters`` whole runs, or as many as fit in ``duration`` s (at least 2)."""
+    run = _RowRun(spec, device=device, batch=batch, size=size, threads=threads, precision=precision,
+                  runner=runner, label=label, options=options)
+    run.warm(warmup)
+    t_end = time.perf_counter() + duration if duration else None
+    while run.alive:
+        run.step()
+        if t_end is not None:
+            if time.perf_counter() >= t_end and run.count >= 2:
+                break
+        elif run.count >= max(1, int(iters or 1)):
+            break
+    return run.finish()
 
-    path, spec_precision = parse_model_spec(spec)
-    row: dict[str, Any] = {
-        "model": label or Path(path).name + (f"@{precision or spec_precision}" if (precision or spec_precision) else ""),
-        "path": str(path), "backend": None, "precision": precision or spec_precision, "device": device,
-        "batch": int(batch), "size": list(size) if size else None, "status": "failed", "error": None,
-        "latency_ms": None, "throughput_fps": None, "peak_mem_mb": None, "file_mb": _artifact_mb(path),
-    }
-    seg = None
+
+def bench_interleaved(entries: Sequence[dict], *, device: str = "cpu", batch: int = 1,
+                      size: Sequence[int] | None = None, warmup: int = 3, iters: int = 20,
+                      threads: int | None = None, precision: str | None = None) -> list[dict]:
+    """Rows for ``entries`` timed round-robin: every runner loaded and warmed, then ``iters``
+    rounds of one run each, in an order that rotates every round; rows in ``entries``' order.
+
+    Why: timed one block after another, runners see different background loads on a shared
+    machine (a ratio between two rows then measures the load; bench/results/shared_load.md);
+    round-robin puts each round of every runner under the same load."""
+    runs: list[_RowRun] = []
     try:
-        cuda = str(device).startswith("cuda")
-        memory = _MemoryMark.now(cuda)
-        seg = _load(spec, runner, device=device, precision=precision, threads=threads, size=size,
-                    options=options or {})
-        row["backend"] = seg.backend
-        row["precision"] = seg.precision
-        row["detail"] = seg.describe()
-        row["runner"] = describe_runner(row["detail"])  # bench's own runners (plain OpenVINO) too
-        run_size = tuple(size) if size else tuple(seg.input_size)
-        row["size"] = list(run_size)
-        timer = StageTimer(device if cuda else "cpu")
-        count = _time_runs(seg, _images(int(batch), run_size), timer, warmup=warmup, iters=iters,
-                           duration=duration)
-        summary = timer.summary()
-        row["latency_ms"] = summary["end_to_end"]
-        row["stages"] = {k: summary[k] for k in STAGES if k in summary}
-        row["iters"] = count
-        row["throughput_fps"] = 1000.0 * int(batch) / row["latency_ms"]["mean"]
-        row.update(memory.peaks())
-        row.update(_flops_fields(seg.meta, run_size, int(batch), summary))
-        row["status"] = "ok"
-    except Exception as exc:  # one failing backend must not abort the others
-        message = first_line(exc, 300) if str(exc).strip() else ""
-        row["error"] = message if isinstance(exc, CitysegError) else f"{type(exc).__name__}: {message}"
-    finally:
-        _close_quietly(seg)
-        del seg
-        gc.collect()
-    return row
+        for e in entries:  # each warmed as it loads: its memory figure is its own
+            runs.append(_RowRun(str(e["model"]), device=device, batch=batch, size=size,
+                                threads=threads, precision=e.get("precision", precision),
+                                runner=e.get("runner"), label=e.get("label"), options=e.get("options")))
+            runs[-1].warm(warmup)
+        for r in range(max(1, int(iters))):
+            k = r % len(runs)
+            for run in runs[k:] + runs[:k]:
+                run.step()
+    finally:  # closed last-loaded first: each runner restores the thread count it found
+        rows = [run.finish() for run in reversed(runs)][::-1]
+    for row in rows:
+        row["timing"] = "interleaved"
+    return rows
 
 
 def _artifact_mb(path: str) -> float | None:
@@ -194,24 +294,6 @@ class _MemoryMark:
             peaks["device_peak_mb"] = round((torch.cuda.max_memory_allocated() - self.device_bytes) / 2**20, 1)
             peaks["peak_mem_mb"] = peaks["device_peak_mb"]
         return peaks
-
-
-def _time_runs(seg, images: np.ndarray, timer: StageTimer, *, warmup: int, iters: int | None,
-               duration: float | None) -> int:
-    """Warm up, then time whole runs: ``iters`` of them, or for ``duration`` s (at least 2)."""
-    for _ in range(max(0, int(warmup))):
-        _timed_run(seg, images, timer)
-    timer.reset()
-    t_end = time.perf_counter() + duration if duration else None
-    count = 0
-    while True:
-        _timed_run(seg, images, timer)
-        count += 1
-        if t_end is not None:
-            if time.perf_counter() >= t_end and count >= 2:
-                return count
-        elif count >= max(1, int(iters or 1)):
-            return count
 
 
 def _timed_run(seg, images: np.ndarray, timer: StageTimer) -> None:
@@ -273,20 +355,34 @@ def benchmark(models: Sequence, *, device: str = "cpu", batches: Sequence[int] =
               iters: int | None = 20, duration: float | None = None, threads: int | None = None,
               precision: str | None = None, reference: str | None = None,
               sgemm: bool = False, progress: bool = True, json_path=None, md_path=None,
-              plot_path=None, title: str | None = None) -> dict:
+              plot_path=None, title: str | None = None, interleave: bool = True) -> dict:
     """Measure every model (path, ``path@precision`` or a dict with ``model``, ``label``,
     ``precision``, ``runner``, ``options``, ``group``, ``measured_row``: a row :func:`bench_one`
     already measured with these settings, used as it is) at every batch x size; returns the bench
-    JSON dict.  Ratios refer to ``reference`` or to the first row of the same ``group``."""
+    JSON dict.  Ratios refer to ``reference`` or to the first row of the same ``group``.
+
+    ``interleave`` (with ``iters``, not ``duration``): the rows of one group and setting are
+    timed round-robin (:func:`bench_interleaved`), so their ratios hold on a shared machine;
+    off, one row after another, each alone in memory."""
     with torch_threads(threads):  # set for the run, put back after it (system/threads.py)
         return _benchmark(models, device=device, batches=batches, sizes=sizes, warmup=warmup,
                           iters=iters, duration=duration, threads=threads, precision=precision,
                           reference=reference, sgemm=sgemm, progress=progress, json_path=json_path,
-                          md_path=md_path, plot_path=plot_path, title=title)
+                          md_path=md_path, plot_path=plot_path, title=title, interleave=interleave)
+
+
+def _timing_groups(entries: Sequence[dict]) -> list[list[int]]:
+    """Entry indices timed together: one list per ``group`` (the quickstart's networks), in first-
+    seen order; entries without a group form one.  Ratios are taken within a group, so rounds
+    need only span it — and only one group's runners are loaded at a time."""
+    groups: dict[Any, list[int]] = {}
+    for i, e in enumerate(entries):
+        groups.setdefault(e.get("group"), []).append(i)
+    return list(groups.values())
 
 
 def _benchmark(models, *, device, batches, sizes, warmup, iters, duration, threads, precision,
-               reference, sgemm, progress, json_path, md_path, plot_path, title) -> dict:
+               reference, sgemm, progress, json_path, md_path, plot_path, title, interleave) -> dict:
     machine = machine_info(threads)
     entries = [_parse_entry(m) for m in models]
     if not entries:
@@ -299,27 +395,42 @@ def _benchmark(models, *, device, batches, sizes, warmup, iters, duration, threa
         from tqdm import tqdm
 
         bar = tqdm(total=total, desc="bench", unit="row", dynamic_ncols=True)
-    for entry in entries:
-        for b, s in settings:
-            if bar is not None:
-                bar.set_postfix_str(f"{entry.get('label') or Path(str(entry['model'])).name} b{b}")
-            measured = entry.get("measured_row")
-            if measured is not None and len(settings) == 1:
-                # measured already, in this process, with these settings (--backend auto's winner):
-                # the row is that measurement, not a second one that could disagree with it
-                row = dict(measured, model=entry.get("label") or measured["model"])
+    rows: dict[tuple[int, int], dict] = {}
+    for k, (b, s) in enumerate(settings):
+        for group in _timing_groups(entries):
+            timed = [i for i in group if not (entries[i].get("measured_row") is not None and len(settings) == 1)]
+            for i in group:
+                if i not in timed:
+                    # measured already, in this process, with these settings (--backend auto's
+                    # winner): the row is that measurement, not a second one that could disagree
+                    measured = entries[i]["measured_row"]
+                    rows[i, k] = dict(measured, model=entries[i].get("label") or measured["model"])
+            if bar is not None and timed:
+                names = [entries[i].get("label") or Path(str(entries[i]["model"])).name for i in timed]
+                bar.set_postfix_str(f"{', '.join(names)[:60]} b{b}")
+            if interleave and duration is None and len(timed) > 1:
+                got = bench_interleaved([entries[i] for i in timed], device=device, batch=b, size=s,
+                                        warmup=warmup, iters=int(iters or 20), threads=threads,
+                                        precision=precision)
+                rows.update({(i, k): row for i, row in zip(timed, got)})
             else:
-                row = bench_one(str(entry["model"]), device=device, batch=b, size=s, warmup=warmup,
-                                iters=iters, duration=duration, threads=threads,
-                                precision=entry.get("precision", precision), runner=entry.get("runner"),
-                                label=entry.get("label"), options=entry.get("options"))
+                for i in timed:
+                    e = entries[i]
+                    rows[i, k] = bench_one(str(e["model"]), device=device, batch=b, size=s,
+                                           warmup=warmup, iters=iters, duration=duration,
+                                           threads=threads, precision=e.get("precision", precision),
+                                           runner=e.get("runner"), label=e.get("label"),
+                                           options=e.get("options"))
+            if bar is not None:
+                bar.update(len(group))
+    for i, entry in enumerate(entries):
+        for k in range(len(settings)):
+            row = rows[i, k]
             if entry.get("group") is not None:
                 row["group"] = str(entry["group"])
             if entry.get("auto_measured_ms") is not None:  # auto's cached figure, beside this one
                 row.update(auto_measured_ms=entry["auto_measured_ms"], auto_cached=True)
             results.append(row)
-            if bar is not None:
-                bar.update(1)
     if bar is not None:
         bar.close()
     sgemm_rate = None
@@ -331,8 +442,10 @@ def _benchmark(models, *, device, batches, sizes, warmup, iters, duration, threa
         machine["sgemm_gflops"] = sgemm_rate
     machine["load_average_end"] = load_average()
     add_ratios(results, reference, sgemm_rate)
+    timing = "interleaved" if interleave and duration is None else "sequential"
     report = {"machine": machine, "settings": {"device": device, "warmup": warmup, "iters": iters,
-                                               "duration": duration, "threads": threads},
+                                               "duration": duration, "threads": threads,
+                                               "timing": timing},
               "results": results}
     if title:
         report["title"] = title
@@ -358,6 +471,11 @@ def format_markdown(report: dict) -> str:
         lines += [f"# {report['title']}", ""]
     lines += [f"Machine: {machine_line(m)}" + (f"; sgemm {m['sgemm_gflops']:.0f} GFLOP/s"
                                                 if m.get("sgemm_gflops") else ""), ""]
+    timing = (report.get("settings") or {}).get("timing")
+    if timing and len(report["results"]) > 1:
+        lines += [("Timing: interleaved rounds (one run of each row per round, rotating order), so "
+                   "every row saw the same load." if timing == "interleaved" else
+                   "Timing: one row after another."), ""]
     has_sgemm = any(r.get("sgemm_fraction") for r in report["results"])
     head = ["model", "backend", "precision", "device", "batch", "size", "status", "mean ms", "p50 ms",
             "p99 ms", "pre ms", "compute ms", "d2h ms", "fps", "x ref", "GFLOP/s"]

@@ -29,10 +29,14 @@ from .options import model_run_options, option, runner_options
                    "them on this device and shape, bench the fastest and say why (cached per machine)")
 @click.option("--auto-compile", is_flag=True, help="with --backend auto: also try torch.compile (30-60 s once)")
 @click.option("--auto-refresh", is_flag=True, help="with --backend auto: measure again instead of using the cache")
+@click.option("--interleave/--sequential", default=True, show_default=True,
+              help="interleave: several MODELS are timed round-robin (one run each per round), so "
+                   "a shared machine's changing load hits them alike; sequential: one after "
+                   "another, one model in memory at a time")
 @click.option("--no-progress", is_flag=True)
 def bench_cmd(models, device, batches, sizes, warmup, iters, duration, threads, precision,
               runner_option, reference, sgemm, json_path, md_path, plot_path, suite, backend,
-              auto_compile, auto_refresh, no_progress):
+              auto_compile, auto_refresh, interleave, no_progress):
     """Latency per stage, throughput and memory of MODEL artifacts (MODEL@bf16 for a precision)."""
     from ..bench.benchmark import benchmark, format_markdown
 
@@ -61,7 +65,7 @@ def bench_cmd(models, device, batches, sizes, warmup, iters, duration, threads, 
                        warmup=warmup, iters=iters if iters is not None else (None if duration else 20),
                        duration=duration, threads=threads, precision=precision, reference=reference,
                        sgemm=sgemm, progress=not no_progress, json_path=json_path, md_path=md_path,
-                       plot_path=plot_path)
+                       plot_path=plot_path, interleave=interleave)
     for line in runner_lines(report["results"]):
         click.echo(line)
     if backend == "auto":
@@ -69,6 +73,9 @@ def bench_cmd(models, device, batches, sizes, warmup, iters, duration, threads, 
         if note:
             click.echo(note, err=True)
     click.echo(format_markdown(report))
+    warning = load_warning(report)
+    if warning:
+        click.echo(warning, err=True)
     for path in (json_path, md_path, plot_path):
         if path:
             click.echo(f"wrote {path}")
@@ -79,6 +86,24 @@ def bench_cmd(models, device, batches, sizes, warmup, iters, duration, threads, 
                            f"{(failed[0].get('error') or 'unknown error').splitlines()[0]}")
     if failed:
         click.echo(f"{len(failed)} of {len(report['results'])} rows failed (see the note column)", err=True)
+
+
+def load_warning(report: dict) -> str | None:
+    """A warning when the 1-minute load average, at the start or the end of the run, exceeded the
+    CPUs this process may use: the latencies then measure the other work too (on 2 shared vCPUs
+    torch ran 3-10x slower than quiet), and only ratios from interleaved rounds hold."""
+    from ..system.threads import available_cpus
+
+    machine, cpus = report["machine"], available_cpus()
+    loads = [v[0] for v in (machine.get("load_average"), machine.get("load_average_end")) if v]
+    if not loads or max(loads) <= cpus:
+        return None
+    return (f"warning: load average {max(loads):.1f} on {cpus} CPUs: other work shared this "
+            "machine, so the latencies are slower than a quiet machine's; "
+            + ("compare the rows as ratios (timed in interleaved rounds), not against another run"
+               if report["settings"].get("timing") == "interleaved" else
+               "the rows were timed one after another (--sequential), so even their ratios may "
+               "measure the load"))
 
 
 def runner_lines(rows: list[dict]) -> list[str]:

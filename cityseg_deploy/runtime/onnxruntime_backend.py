@@ -21,6 +21,13 @@ from .base import Segmenter, artifact_metadata, check_precision, device_normalis
 from ..graphs.ort_int8 import onnxruntime_cpu_graph
 from .graph_check import check_onnx
 
+# A parallel loop's work in shrinking blocks that idle threads claim, instead of one fixed share
+# per thread: a thread the OS runs late (a shared machine) then holds up less of the loop.
+# 4: never slower in our A/Bs on 2 CPUs, quiet or with two busy processes; int8 DeepLabV3-small
+# through the runner 13.6 vs 13.9 ms loaded (bench/results/ort_spinning_ab.md), the bare session
+# 6.3 vs 8.2 ms (bench/results/ort_dynamic_block_notes.md).
+DYNAMIC_BLOCK_BASE = 4
+
 ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8,
              "tensor(int64)": np.int64, "tensor(int32)": np.int32}
 
@@ -37,6 +44,7 @@ class OnnxRuntimeSegmenter(Segmenter):
                  tensorrt_ep: bool = False, providers: list | None = None,
                  cpu_int8_rewrite: bool = True, cuda_graph: bool = False,
                  cuda_options: dict[str, Any] | None = None,
+                 dynamic_block_base: int | None = None,
                  metadata: tuple[ModelMeta, dict[str, Any]] | None = None):
         ort = _import_ort()
         meta, io = artifact_metadata(path, "onnx", metadata)
@@ -59,6 +67,11 @@ class OnnxRuntimeSegmenter(Segmenter):
         if not self.spinning:  # the pool sleeps between operators, as OpenMP's do (system/threads.py)
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
             so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        self.dynamic_block_base = int(dynamic_block_base if dynamic_block_base is not None else
+                                      (0 if self.spinning or str(device).startswith("cuda") else
+                                       DYNAMIC_BLOCK_BASE))
+        if self.dynamic_block_base > 0:
+            so.add_session_config_entry("session.dynamic_block_base", str(self.dynamic_block_base))
         self.session_options = so
         available = ort.get_available_providers()
         self.cuda = str(device).startswith("cuda")
@@ -119,6 +132,7 @@ class OnnxRuntimeSegmenter(Segmenter):
         d["providers"] = self.session.get_providers()
         d["threads"] = self.pool_threads
         d["spinning"] = self.spinning
+        d["dynamic_block_base"] = self.dynamic_block_base
         d["cuda_graph"] = self.cuda_graph
         if self.int8_rewrite:
             d["int8_rewrite"] = dict(self.int8_rewrite)
