@@ -10,7 +10,9 @@ conditions alike:
 - torch eager latency (``cityseg bench CKPT``, median end to end) loaded vs quiet: target <= 2x;
 - one training epoch of a tiny preset (``cityseg train``, the epoch's own seconds from log.csv)
   loaded vs quiet: target <= 2.5x;
-- the backend ratio onnxruntime int8 / torch (speed) loaded vs quiet: within 25 %.
+- the quickstart report's speed ratios — ONNX fp32, ONNX int8 and OpenVINO int8 over torch
+  fp32, from one ``cityseg bench`` of the four artifacts the quickstart exports per network
+  (the same :func:`benchmark` call, interleaved rounds) — loaded vs quiet: each within 25 %.
 
 Every measurement runs as a user would run it: a fresh ``python -m cityseg_deploy`` process
 with the default thread policy (no --threads), so what is measured is the policy.  The machine
@@ -35,6 +37,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 TARGETS = {"torch_latency_x": 2.0, "train_epoch_x": 2.5, "backend_ratio_change": 0.25}
+ARTIFACTS = {"onnx fp32": ("onnx", "fp32", "dl.onnx"), "onnx int8": ("onnx", "int8", "dl_int8.onnx"),
+             "openvino int8": ("openvino", "int8", "dl_ov_int8")}  # quickstart._artifact_plan
 BUSY = {"python": "while True:\n    pass\n",
         "matmul": "import numpy as np\na = np.ones((512, 512))\nwhile True:\n    a @ a\n"}
 THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
@@ -84,7 +88,8 @@ class Load:
 
 
 def prepare(tmp: Path, size: tuple[int, int], train_size: tuple[int, int]) -> dict[str, Path]:
-    """Synthetic data, a random DeepLabV3-small checkpoint, its int8 ONNX graph, a tiny recipe."""
+    """Synthetic data, a random DeepLabV3-small checkpoint, the quickstart's three exports of it,
+    a tiny training recipe."""
     data = tmp / "data"
     cli("data", "synth", str(data), "--train", "8", "--val", "2", "--size", f"{train_size[0]}x{train_size[1]}")
     sys.path.insert(0, str(REPO))
@@ -97,29 +102,36 @@ def prepare(tmp: Path, size: tuple[int, int], train_size: tuple[int, int]) -> di
     meta = ModelMeta.for_arch("deeplabv3_small", input_size=size)
     ckpt = tmp / "dl.pt"
     save_checkpoint(ckpt, build_model("deeplabv3_small", **meta.arch_args).eval(), meta)
-    onnx = tmp / "dl_int8.onnx"
-    cli("export", str(ckpt), "--format", "onnx", "--precision", "int8", "--calib-data", str(data),
-        "--out", str(onnx))
+    artifacts = {}
+    for label, (fmt, precision, name) in ARTIFACTS.items():
+        artifacts[label] = tmp / name
+        cli("export", str(ckpt), "--format", fmt, "--precision", precision, "--calib-data", str(data),
+            "--out", str(artifacts[label]))
     recipe = tmp / "tiny.yaml"
     recipe.write_text(
         "model: unet_small\narch_args: {}\nlabel_set: cityscapes10\nepochs: 1\nbatch_size: 4\n"
         "optimizer: adam\nlr: 3.0e-3\nloss: ce+dice\n"
         f"train_size: [{train_size[0]}, {train_size[1]}]\nval_size: [{train_size[0]}, {train_size[1]}]\n"
         "augment: {scale: [1.0, 1.0], crop: null, hflip: 0.5, jitter: false}\namp: auto\nseed: 0\nworkers: 0\n")
-    return {"data": data, "ckpt": ckpt, "onnx": onnx, "recipe": recipe}
+    return {"data": data, "ckpt": ckpt, "artifacts": artifacts, "recipe": recipe}
 
 
 def measure_bench(files: dict[str, Path], tmp: Path, iters: int) -> dict:
-    """torch eager and onnxruntime int8, median end-to-end ms, from one ``cityseg bench``."""
+    """torch fp32 latency and each artifact's speed over it (median end to end), from one
+    ``cityseg bench`` of the checkpoint and the three exports, as the quickstart report has them."""
     js = tmp / "bench.json"
-    cli("bench", str(files["ckpt"]), str(files["onnx"]), "--warmup", "3", "--iters", str(iters),
-        "--json", str(js), "--no-progress")
+    labels = list(files["artifacts"])
+    cli("bench", str(files["ckpt"]), *(str(files["artifacts"][k]) for k in labels), "--warmup", "3",
+        "--iters", str(iters), "--json", str(js), "--no-progress")
     doc = json.loads(js.read_text())
-    rows = {r["backend"]: r for r in doc["results"]}
-    torch_ms, ort_ms = rows["torch"]["latency_ms"]["median"], rows["onnxruntime"]["latency_ms"]["median"]
-    return {"torch_ms": torch_ms, "ort_int8_ms": ort_ms, "ort_over_torch_speed": torch_ms / ort_ms,
-            "threads": doc["machine"].get("threads"),
-            "runner_torch": rows["torch"].get("runner"), "runner_ort": rows["onnxruntime"].get("runner")}
+    rows = doc["results"]
+    torch_ms = rows[0]["latency_ms"]["median"]
+    return {"torch_ms": torch_ms,
+            "ms": {label: row["latency_ms"]["median"] for label, row in zip(labels, rows[1:])},
+            "speed_over_torch": {label: torch_ms / row["latency_ms"]["median"]
+                                 for label, row in zip(labels, rows[1:])},
+            "timing": doc["settings"].get("timing", "sequential"), "threads": doc["machine"].get("threads"),
+            "runners": [row.get("runner") for row in rows]}
 
 
 def measure_train(files: dict[str, Path], tmp: Path, k: int) -> dict:
@@ -144,45 +156,57 @@ def machine() -> dict:
 
 
 def summarise(rounds: list[dict]) -> dict:
-    def med(cond: str, key: str) -> float:
-        return statistics.median(r[key] for r in rounds if r["condition"] == cond)
+    def med(cond: str, get) -> float:
+        return statistics.median(get(r) for r in rounds if r["condition"] == cond)
 
-    quiet = {k: med("quiet", k) for k in ("torch_ms", "ort_int8_ms", "ort_over_torch_speed", "train_epoch_s")}
-    loaded = {k: med("loaded", k) for k in quiet}
-    ratio_change = loaded["ort_over_torch_speed"] / quiet["ort_over_torch_speed"] - 1.0
+    labels = list(rounds[0]["speed_over_torch"])
+    quiet = {"torch_ms": med("quiet", lambda r: r["torch_ms"]),
+             "train_epoch_s": med("quiet", lambda r: r["train_epoch_s"]),
+             **{label: med("quiet", lambda r, k=label: r["speed_over_torch"][k]) for label in labels}}
+    loaded = {"torch_ms": med("loaded", lambda r: r["torch_ms"]),
+              "train_epoch_s": med("loaded", lambda r: r["train_epoch_s"]),
+              **{label: med("loaded", lambda r, k=label: r["speed_over_torch"][k]) for label in labels}}
+    change = {label: loaded[label] / quiet[label] - 1.0 for label in labels}
     figures = {"torch_latency_x": loaded["torch_ms"] / quiet["torch_ms"],
                "train_epoch_x": loaded["train_epoch_s"] / quiet["train_epoch_s"],
-               "backend_ratio_change": ratio_change}
+               "backend_ratio_change": change}
     verdict = {"torch_latency_x": figures["torch_latency_x"] <= TARGETS["torch_latency_x"],
                "train_epoch_x": figures["train_epoch_x"] <= TARGETS["train_epoch_x"],
-               "backend_ratio_change": abs(ratio_change) <= TARGETS["backend_ratio_change"]}
+               "backend_ratio_change": all(abs(v) <= TARGETS["backend_ratio_change"] for v in change.values())}
     return {"quiet": quiet, "loaded": loaded, "figures": figures, "targets": TARGETS, "pass": verdict}
 
 
 def markdown(doc: dict) -> str:
     m, s = doc["machine"], doc["summary"]
+    labels = list(doc["rounds"][0]["speed_over_torch"])
     lines = [f"# Shared-machine benchmark ({m['cpu']}, {m['cpus_usable']} usable CPUs)", "",
              f"Code: {doc['setup'].get('code') or 'this checkout'}.", "",
              f"CPU flags: {' '.join(m['cpu_flags'] or [])}", "",
              f"Load: {doc['setup']['busy']} busy {doc['setup']['busy_kind']} processes; "
              f"thread environment: {m['thread_env'] or 'none set'}; commands run with cityseg's "
              f"default thread policy (no --threads).  Rounds interleaved; 1-min load average "
-             f"before/after each measurement.", "",
-             "| round | condition | torch eager ms | ort int8 ms | ort/torch speed | train epoch s | load avg before → after |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             f"before/after each measurement.  Speed ratios: one `cityseg bench` of the "
+             f"quickstart's four artifacts per measurement (timing: {doc['rounds'][0]['timing']}).", "",
+             "| round | condition | torch fp32 ms | " + " | ".join(f"{k} / torch" for k in labels)
+             + " | train epoch s | load avg before → after |",
+             "| --- | --- | --- | " + " | ".join("---" for _ in labels) + " | --- | --- |"]
     for r in doc["rounds"]:
-        lines.append(f"| {r['round']} | {r['condition']} | {r['torch_ms']:.1f} | {r['ort_int8_ms']:.1f} | "
-                     f"{r['ort_over_torch_speed']:.2f} | {r['train_epoch_s']:.2f} | "
-                     f"{r['load_before']:.2f} → {r['load_after']:.2f} |")
+        lines.append(f"| {r['round']} | {r['condition']} | {r['torch_ms']:.1f} | "
+                     + " | ".join(f"{r['speed_over_torch'][k]:.2f}" for k in labels)
+                     + f" | {r['train_epoch_s']:.2f} | {r['load_before']:.2f} → {r['load_after']:.2f} |")
     f, t, ok = s["figures"], s["targets"], s["pass"]
     lines += ["", "| figure (medians) | measured | target | |", "| --- | --- | --- | --- |",
               f"| torch eager loaded / quiet | {f['torch_latency_x']:.2f}x | <= {t['torch_latency_x']}x | "
               f"{'pass' if ok['torch_latency_x'] else 'FAIL'} |",
               f"| train epoch loaded / quiet | {f['train_epoch_x']:.2f}x | <= {t['train_epoch_x']}x | "
-              f"{'pass' if ok['train_epoch_x'] else 'FAIL'} |",
-              f"| ort int8 / torch speed ratio, loaded vs quiet | {100 * f['backend_ratio_change']:+.1f} % | "
-              f"within ±{100 * t['backend_ratio_change']:.0f} % | {'pass' if ok['backend_ratio_change'] else 'FAIL'} |",
-              "", f"Runners: `{doc['rounds'][0]['runner_torch']}`, `{doc['rounds'][0]['runner_ort']}`.", ""]
+              f"{'pass' if ok['train_epoch_x'] else 'FAIL'} |"]
+    for k in labels:
+        change = f["backend_ratio_change"][k]
+        lines.append(f"| {k} / torch speed ratio, loaded vs quiet ({s['quiet'][k]:.2f} → "
+                     f"{s['loaded'][k]:.2f}) | {100 * change:+.1f} % | within ±"
+                     f"{100 * t['backend_ratio_change']:.0f} % | "
+                     f"{'pass' if abs(change) <= t['backend_ratio_change'] else 'FAIL'} |")
+    lines += ["", "Runners: " + ", ".join(f"`{x}`" for x in doc["rounds"][0]["runners"]) + ".", ""]
     quiet_load = [r["load_before"] for r in doc["rounds"] if r["condition"] == "quiet"]
     if quiet_load and max(quiet_load) > m["cpus_usable"]:
         lines += [f"**Background load**: the 1-min load average before the quiet measurements was "
@@ -194,7 +218,7 @@ def markdown(doc: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=3, help="each round measures quiet and loaded")
+    ap.add_argument("--rounds", type=int, default=4, help="each round measures quiet and loaded")
     ap.add_argument("--busy", type=int, default=2, help="competing busy processes")
     ap.add_argument("--busy-kind", choices=sorted(BUSY), default="python")
     ap.add_argument("--size", default="128x256", help="inference size HxW")
@@ -218,8 +242,9 @@ def main(argv: list[str] | None = None) -> int:
                     row.update(measure_train(files, tmp, len(rounds)))
                 row["load_after"] = os.getloadavg()[0]
                 rounds.append(row)
-                print(f"round {r} {cond}: torch {row['torch_ms']:.1f} ms, ort int8 {row['ort_int8_ms']:.1f} ms, "
-                      f"train epoch {row['train_epoch_s']:.2f} s, load {row['load_before']:.2f} → "
+                print(f"round {r} {cond}: torch {row['torch_ms']:.1f} ms, speed over torch "
+                      + ", ".join(f"{k} {v:.2f}" for k, v in row["speed_over_torch"].items())
+                      + f", train epoch {row['train_epoch_s']:.2f} s, load {row['load_before']:.2f} → "
                       f"{row['load_after']:.2f}", flush=True)
     doc = {"machine": machine(), "setup": {"code": args.label, "busy": args.busy, "busy_kind": args.busy_kind,
                                            "size": list(size), "train_size": list(train_size),

@@ -19,6 +19,7 @@ from cityseg_deploy.runtime.base import describe_runner
 from cityseg_deploy.runtime.torch_backend import overflowing_parameters
 from cityseg_deploy.runtime.torch_defaults import TorchRunPlan, fp16_fallback, torch_run_plan
 from support import random_checkpoint
+from test_runtime_artifacts import arts  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -164,3 +165,15 @@ def _config(seg, key: str) -> str | None:
         return seg.session_options.get_session_config_entry(key)
     except RuntimeError:
         return None
+
+
+def test_openvino_runner_line_names_the_threads_it_compiled_with(arts):
+    """The line reads the count back from the compiled model (it said 'default threads' while
+    the runner had set one per core)."""
+    from cityseg_deploy.system.threads import default_threads
+
+    with runtime.load(arts["ov"]) as seg:
+        n = default_threads()
+        assert seg.runner().endswith(f"on CPU ({n} thread{'' if n == 1 else 's'})")
+    with runtime.load(arts["ov"], threads=1) as seg:
+        assert seg.runner().endswith("on CPU (1 thread)")

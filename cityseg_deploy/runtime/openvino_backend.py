@@ -143,6 +143,11 @@ class OpenVINOSegmenter(Segmenter):
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         d.update(ov_device=self.ov_device, inference_precision=self.actual_precision(), mode=self.mode)
+        if self.ov_device == "CPU" and d.get("threads") is None:  # the count it compiled with, read back
+            try:
+                d["threads"] = int(self.compiled.get_property("INFERENCE_NUM_THREADS")) or None
+            except Exception:  # a plugin without the property: the line says "default threads"
+                pass
         if self._throughput is not None:
             d["streams"] = int(self._throughput.get_property("NUM_STREAMS"))
         return d
