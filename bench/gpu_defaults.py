@@ -90,16 +90,9 @@ def bench_row(spec: str, device: str, work: Path, logs: Path, name: str, iters: 
 
 def make_checkpoint(arch: str, size: tuple[int, int], work: Path) -> Path:
     sys.path.insert(0, str(REPO))
-    import torch
+    from cityseg_deploy.bench.fixtures import seeded_checkpoint
 
-    from cityseg_deploy.models.checkpoint import ModelMeta, save_checkpoint
-    from cityseg_deploy.models.registry import build_model
-
-    path = work / f"{arch}.pt"
-    torch.manual_seed(0)
-    meta = ModelMeta.for_arch(arch, input_size=size)
-    save_checkpoint(path, build_model(arch, **meta.arch_args).eval(), meta)
-    return path
+    return seeded_checkpoint(work / f"{arch}.pt", arch, size)
 
 
 def make_clip(path: Path, frames: int, size: tuple[int, int]) -> Path:

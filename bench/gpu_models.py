@@ -76,17 +76,10 @@ def parse_setting(text: str) -> tuple[int, int, int]:
 
 
 def make_checkpoint(arch: str, size: tuple[int, int], folder: Path) -> Path:
-    import torch
-
-    from cityseg_deploy.models.checkpoint import ModelMeta, save_checkpoint
-    from cityseg_deploy.models.registry import build_model
+    from cityseg_deploy.bench.fixtures import seeded_checkpoint
 
     path = folder / f"{arch}_{size[0]}x{size[1]}.pt"
-    if not path.exists():
-        torch.manual_seed(0)
-        meta = ModelMeta.for_arch(arch, input_size=size)
-        save_checkpoint(path, build_model(arch, **meta.arch_args).eval(), meta)
-    return path
+    return path if path.exists() else seeded_checkpoint(path, arch, size)
 
 
 def gemm_fp16_tflops(n: int = 8192, iters: int = 20) -> float:

@@ -49,20 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "omp_spin_ab")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(REPO))
-    import torch
-
-    from cityseg_deploy.models.checkpoint import ModelMeta, save_checkpoint
-    from cityseg_deploy.models.registry import build_model
+    from cityseg_deploy.bench.fixtures import seeded_checkpoint
     from cityseg_deploy.system.machine import machine_info
 
     size = tuple(int(v) for v in args.size.split("x"))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        torch.manual_seed(0)
-        meta = ModelMeta.for_arch("deeplabv3_small", input_size=size)
-        ckpt = tmp / "dl.pt"
-        save_checkpoint(ckpt, build_model("deeplabv3_small", **meta.arch_args).eval(), meta)
+        ckpt = seeded_checkpoint(tmp / "dl.pt", "deeplabv3_small", size)
         names = list(VARIANTS)
         for r in range(args.rounds):
             for busy in ((0, args.busy) if r % 2 == 0 else (args.busy, 0)):

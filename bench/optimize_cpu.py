@@ -36,12 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     from cityseg_deploy.system.threads import yield_when_idle
 
     yield_when_idle()  # as the CLI does before torch is imported (OMP_WAIT_POLICY=PASSIVE)
-    import torch
-
     from cityseg_deploy.bench.records import write_record
     from cityseg_deploy.data.synth import synthesize
-    from cityseg_deploy.models.checkpoint import ModelMeta, save_checkpoint
-    from cityseg_deploy.models.registry import build_model
+    from cityseg_deploy.bench.fixtures import seeded_checkpoint
     from cityseg_deploy.optimize import optimize
     from cityseg_deploy.system.machine import load_average, machine_info, machine_line
 
@@ -50,10 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     data = synthesize(work / "data", n_train=48, n_val=12, size=(h, w), seed=0)
     runs = []
     for arch in [m.strip() for m in args.models.split(",") if m.strip()]:
-        torch.manual_seed(0)
-        meta = ModelMeta.for_arch(arch, input_size=(h, w))
-        ckpt = work / f"{arch}.pt"
-        save_checkpoint(ckpt, build_model(arch, **meta.arch_args).eval(), meta)
+        ckpt = seeded_checkpoint(work / f"{arch}.pt", arch, (h, w))
         out = work / f"{arch}_deploy"
         load_start = load_average()
         wall, cpu = time.perf_counter(), time.process_time()

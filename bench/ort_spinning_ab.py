@@ -30,17 +30,11 @@ sys.path.insert(0, str(REPO))
 
 
 def build(tmp: Path, size: tuple[int, int]) -> Path:
-    import torch
-
+    from cityseg_deploy.bench.fixtures import seeded_checkpoint
     from cityseg_deploy.data.synth import synthesize
     from cityseg_deploy.export import export
-    from cityseg_deploy.models.checkpoint import ModelMeta, save_checkpoint
-    from cityseg_deploy.models.registry import build_model
 
-    torch.manual_seed(0)
-    meta = ModelMeta.for_arch("deeplabv3_small", input_size=size)
-    ckpt = tmp / "dl.pt"
-    save_checkpoint(ckpt, build_model("deeplabv3_small", **meta.arch_args).eval(), meta)
+    ckpt = seeded_checkpoint(tmp / "dl.pt", "deeplabv3_small", size)
     data = synthesize(tmp / "data", n_train=4, n_val=2, size=(64, 128), seed=0)
     return export(ckpt, format="onnx", precision="int8", calib_data=data, out=tmp / "dl_int8.onnx",
                   log=None).path

@@ -93,15 +93,9 @@ def prepare(tmp: Path, size: tuple[int, int], train_size: tuple[int, int]) -> di
     data = tmp / "data"
     cli("data", "synth", str(data), "--train", "8", "--val", "2", "--size", f"{train_size[0]}x{train_size[1]}")
     sys.path.insert(0, str(REPO))
-    import torch
+    from cityseg_deploy.bench.fixtures import seeded_checkpoint
 
-    from cityseg_deploy.models.checkpoint import ModelMeta, save_checkpoint
-    from cityseg_deploy.models.registry import build_model
-
-    torch.manual_seed(0)
-    meta = ModelMeta.for_arch("deeplabv3_small", input_size=size)
-    ckpt = tmp / "dl.pt"
-    save_checkpoint(ckpt, build_model("deeplabv3_small", **meta.arch_args).eval(), meta)
+    ckpt = seeded_checkpoint(tmp / "dl.pt", "deeplabv3_small", size)
     artifacts = {}
     for label, (fmt, precision, name) in ARTIFACTS.items():
         artifacts[label] = tmp / name

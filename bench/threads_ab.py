@@ -26,21 +26,16 @@ ROOT = HERE.parent
 
 
 def _prepare(work: Path, n_images: int, size: tuple[int, int]) -> tuple[Path, Path]:
-    import torch
-
     from cityseg_deploy.data.synth import synthesize
     from cityseg_deploy.export import export
-    from cityseg_deploy.models.checkpoint import ModelMeta, save_checkpoint
-    from cityseg_deploy.models.registry import build_model
+    from cityseg_deploy.bench.fixtures import seeded_checkpoint
 
     data = work / "data"
     if not (data / "leftImg8bit").is_dir():
         synthesize(data, n_train=8, n_val=n_images, size=size, seed=0)
     model = work / "m_int8.onnx"
     if not model.is_file():
-        torch.manual_seed(0)
-        meta = ModelMeta.for_arch("unet_small", input_size=list(size))
-        save_checkpoint(work / "m.pt", build_model("unet_small", **meta.arch_args).eval(), meta)
+        seeded_checkpoint(work / "m.pt", "unet_small", size)
         export(work / "m.pt", format="onnx", precision="int8", out=model, calib_data=data,
                calib_images=8, verify=False, log=None)
     return model, data / "leftImg8bit" / "val"

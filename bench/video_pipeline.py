@@ -50,14 +50,9 @@ def cpu_info() -> dict:
 
 def make_checkpoint(folder: Path, size: tuple[int, int], arch: str = "deeplabv3_small") -> Path:
     """``arch`` with random weights (speed does not depend on the weights)."""
-    from cityseg_deploy.models.checkpoint import ModelMeta, save_checkpoint
-    from cityseg_deploy.models.registry import build_model
+    from cityseg_deploy.bench.fixtures import seeded_checkpoint
 
-    torch.manual_seed(0)
-    meta = ModelMeta.for_arch(arch, input_size=size)
-    path = folder / f"{arch}.pt"
-    save_checkpoint(path, build_model(arch, **meta.arch_args).eval(), meta)
-    return path
+    return seeded_checkpoint(folder / f"{arch}.pt", arch, size)
 
 
 def make_clip(path: Path, n: int, size: tuple[int, int], fps: float = 25.0) -> Path:
