@@ -190,35 +190,26 @@ def test_interleaved_timing_runs_torch_at_its_own_width_beside_onnxruntime(ckpt,
     from cityseg_deploy.export import export
 
     onnx = export(ckpt, format="onnx", out=tmp_path / "m.onnx", log=None, verify=False).path
-    seen: dict[str, list[int]] = {"torch": [], "onnxruntime": []}
-    real = interleaved.StageTimer
-
-    class Spy(real):
-        def begin(self):
-            seen.setdefault(self._who, []).append(torch.get_num_threads())
-            super().begin()
-
+    seen: list[tuple[str, int]] = []
     before = torch.get_num_threads()
-    loaded = []
     from cityseg_deploy import runtime
 
     real_load = runtime.load
 
-    def load(*a, **k):
+    def load(*a, **k):  # every run logs (backend, torch's thread count at that moment)
         seg = real_load(*a, **k)
-        loaded.append(seg)
+        real_run = seg.run
+
+        def run(*args, **kwargs):
+            seen.append((seg.backend, torch.get_num_threads()))
+            return real_run(*args, **kwargs)
+
+        seg.run = run
         return seg
 
     monkeypatch.setattr(runtime, "load", load)
-
-    def timer(device):
-        t = Spy(device)
-        t._who = loaded[order.pop(0)].backend
-        return t
-
-    order = [0, 1, 1, 0]  # rounds rotate: torch, onnx | onnx, torch
-    monkeypatch.setattr(interleaved, "StageTimer", timer)
     interleaved.time_interleaved([interleaved.Candidate("torch", str(ckpt)), interleaved.Candidate("onnx", str(onnx))],
                                  rounds=2, warmup=0, threads=2)
-    assert seen["torch"] == [2, 2] and seen["onnxruntime"] == [1, 1]
+    # rounds rotate: torch, onnx | onnx, torch
+    assert seen == [("torch", 2), ("onnxruntime", 1), ("onnxruntime", 1), ("torch", 2)]
     assert torch.get_num_threads() == before

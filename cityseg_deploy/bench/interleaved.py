@@ -12,9 +12,8 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Sequence
 
-from ..errors import CitysegError, first_line
-from ..system.threads import TorchThreads, torch_threads
-from ..system.timing import StageTimer, stats
+from ..errors import CitysegError
+from ..system.threads import TorchThreads
 from .auto import Candidate
 
 
@@ -29,69 +28,40 @@ def time_interleaved(entries: Sequence[Candidate], *, device: str = "cpu", threa
 
     ``budget_s``: stop after the round that passes this many seconds of timing, once
     ``min_rounds`` are done (a slow network on a CPU: 9 runners x 20 rounds x 1 s each is long,
-    and every round already compares all runners under one load)."""
-    from .. import runtime
-    from .benchmark import _close_quietly, _images
+    and every round already compares all runners under one load).  The rows are bench's
+    (:class:`~.benchmark._RowRun`: each runner timed at its own torch width, warmed as it loads).
+    """
+    from .benchmark import _RowRun
 
     if rounds < 1 or warmup < 0:
         raise CitysegError(f"rounds {rounds}, warmup {warmup}: need at least one round")
     import torch
 
-    rows: dict[str, dict[str, Any]] = {}
-    loaded: list[tuple[Candidate, Any]] = []
-    width: dict[str, int] = {}  # torch's pool as each runner set it at load (alone, it would keep it)
-    images = None
-    cuda = str(device).startswith("cuda")
     pool = TorchThreads(torch.get_num_threads())  # put back after every runner has closed
+    runs: list[tuple[Candidate, _RowRun]] = []
     try:
         for e in entries:
-            row: dict[str, Any] = {"status": "failed", "error": None, "backend": None,
-                                   "precision": e.precision, "latency_ms": None, "rounds": 0}
-            rows[e.name] = row
-            try:
-                options = dict(e.options, size=tuple(size)) if size else dict(e.options)
-                seg = runtime.load(e.spec, device=device, precision=e.precision, threads=threads,
-                                   **options)
-                width[e.name] = torch.get_num_threads()
-                row.update(backend=seg.backend, precision=seg.precision)
-                if images is None:
-                    images = _images(int(batch), tuple(size) if size else tuple(seg.input_size))
-                for _ in range(int(warmup)):
-                    seg.run(images)
-                loaded.append((e, seg))
-            except Exception as exc:  # one runner failing must not sink the others
-                row["error"] = (first_line(exc, 300) if isinstance(exc, CitysegError)
-                                else f"{type(exc).__name__}: {first_line(exc, 300)}")
-        times: dict[str, list[float]] = {e.name: [] for e, _ in loaded}
+            run = _RowRun(e.spec, device=device, batch=batch, size=size, threads=threads,
+                          precision=e.precision, runner=None, label=e.name, options=e.options)
+            run.warm(warmup)
+            runs.append((e, run))
         start = time.perf_counter()
         for r in range(int(rounds)):
-            k = r % max(1, len(loaded))
-            for e, seg in loaded[k:] + loaded[:k]:
-                # every runner under the thread settings it has alone: an onnxruntime or OpenVINO
-                # runner holds torch at 1 thread while open (system/threads.py), which would
-                # otherwise time the torch runner loaded before it at one thread
-                with torch_threads(width[e.name]):
-                    timer = StageTimer(device if cuda else "cpu")
-                    timer.begin()
-                    try:
-                        seg.run(images, timer=timer)
-                    except Exception as exc:
-                        rows[e.name]["error"] = f"{type(exc).__name__}: {first_line(exc, 300)}"
-                        continue
-                    times[e.name].append(timer.step())
+            live = [run for _, run in runs if run.alive]
+            k = r % max(1, len(live))
+            for run in live[k:] + live[:k]:
+                run.step()
             if on_round is not None:
                 on_round(r)
             if budget_s is not None and r + 1 >= min_rounds and time.perf_counter() - start > budget_s:
                 break
-        for e, _ in loaded:
-            ms = times[e.name]
-            if ms and rows[e.name]["error"] is None:
-                rows[e.name].update(status="ok", latency_ms=stats(ms), rounds=len(ms))
-    finally:
-        for _, seg in reversed(loaded):  # each runner restores what the one before it set
-            _close_quietly(seg)
+    finally:  # closed last-loaded first: each runner restores the thread count it found
+        rows = {e.name: run.finish() for e, run in reversed(runs)}
         pool.restore()
-    return rows
+    return {e.name: {"status": rows[e.name]["status"], "error": rows[e.name]["error"],
+                     "backend": rows[e.name]["backend"], "precision": rows[e.name]["precision"] or e.precision,
+                     "latency_ms": rows[e.name]["latency_ms"], "rounds": rows[e.name].get("iters", 0)}
+            for e in entries}
 
 
 __all__ = ["time_interleaved"]
