@@ -16,7 +16,7 @@ import tempfile
 import time
 import zlib
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import cv2
 import numpy as np
@@ -67,25 +67,52 @@ def clean_stale_temporaries(folder: str | os.PathLike, prefix: str, suffixes: tu
     ``prefix`` and last modified before this run started are touched: a concurrent job writing
     another file, or this run's own temporaries, are left alone.
     """
-    folder = Path(folder)
-    removed: list[Path] = []
     try:
-        entries = list(folder.iterdir())
+        entries = list(Path(folder).iterdir())
     except OSError:
-        return removed
-    for entry in entries:
-        if not _is_temp_of(entry.name, prefix, suffixes):
-            continue
+        return []
+    return [entry for entry in entries
+            if _is_temp_of(entry.name, prefix, suffixes) and _remove_if_stale(entry)]
+
+
+def _remove_if_stale(entry: Path) -> bool:
+    """Remove ``entry`` (a file or folder) if it was last modified before this run started."""
+    try:
+        if entry.lstat().st_mtime >= RUN_STARTED:
+            return False
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+        return True
+    except OSError:
+        return False
+
+
+_TEMP_NAME = re.compile(r"\.(?P<target>.+)\.[A-Za-z0-9_]{8}(?P<suffix>\.[^.]+)")
+
+
+def clean_stale_for(targets: Iterable[str | os.PathLike]) -> list[Path]:
+    """:func:`clean_stale_temporaries` for many files at once: one listing per folder.
+
+    Why: a job writing one file per image (``predict``) scanned its whole output folder before
+    every write, O(images²); it cleans once here, then writes with ``clean_stale=False``.
+    """
+    by_folder: dict[Path, set[str]] = {}
+    for target in map(Path, targets):
+        by_folder.setdefault(target.parent, set()).add(target.name)
+    removed: list[Path] = []
+    for folder, names in by_folder.items():
         try:
-            if entry.lstat().st_mtime >= RUN_STARTED:
-                continue
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-            removed.append(entry)
+            entries = list(folder.iterdir())
         except OSError:
-            pass
+            continue
+        for entry in entries:
+            match = _TEMP_NAME.fullmatch(entry.name)
+            if (match and match["target"] in names
+                    and match["suffix"] in (".tmp", Path(match["target"]).suffix)
+                    and _remove_if_stale(entry)):
+                removed.append(entry)
     return removed
 
 

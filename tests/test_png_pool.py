@@ -1,14 +1,16 @@
-"""The writer pool (png_pool.PngPool) that segment --labels-dir writes through: bounded, errors
-in the caller, clean stops."""
+"""The writer pool (png_pool.PngPool) and the read-ahead (prefetch.prefetched) that predict,
+eval and segment --labels-dir run on: bounded, in order, errors in the caller, clean stops."""
 from __future__ import annotations
 
 import threading
 import time
+from contextlib import closing
 
 import pytest
 
 from cityseg_deploy import png_pool
 from cityseg_deploy.png_pool import PngPool, default_workers
+from cityseg_deploy.prefetch import prefetched
 
 
 def _threads(prefix: str) -> list[threading.Thread]:
@@ -105,3 +107,40 @@ def test_an_error_in_the_loop_stops_the_pool_and_drops_queued_jobs():
             raise KeyboardInterrupt
     assert ran == ["running"]
     assert not _threads("cityseg-png")
+
+
+def test_prefetched_is_in_order_and_bounded():
+    seen = []
+
+    def read(k):
+        seen.append(k)
+        return k * 10
+
+    with closing(prefetched(read, range(20), ahead=3)) as items:
+        assert next(items) == 0
+        time.sleep(0.05)
+        assert max(seen) <= 3  # the one handed out and at most 3 ahead
+        assert list(items) == [k * 10 for k in range(1, 20)]
+
+
+def test_prefetched_error_raises_at_its_turn():
+    def read(k):
+        if k == 4:
+            raise ValueError("corrupt image 4")
+        return k
+
+    got = []
+    with pytest.raises(ValueError, match="corrupt image 4"):
+        for value in prefetched(read, range(10), ahead=2):
+            got.append(value)
+    assert got == [0, 1, 2, 3]
+    assert not _threads("cityseg-read")
+
+
+def test_closing_prefetched_early_stops_its_thread():
+    seen = []
+    items = prefetched(lambda k: seen.append(k) or k, range(1000), ahead=4)
+    with closing(items):
+        assert next(items) == 0
+    time.sleep(0.05)
+    assert len(seen) <= 6 and not _threads("cityseg-read")
