@@ -231,15 +231,8 @@ def atomic_path(final: str | os.PathLike, *, is_dir: bool = False, clean_stale: 
     8.9 ms a PNG at 1000 frames).
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{final.name}."
-    if clean_stale:
-        clean_stale_temporaries(final.parent, prefix, (".tmp", final.suffix))
-    if is_dir:
-        recover_swap(final)
-    fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=final.parent)
+    fd, tmp = _temporary_beside(final, is_dir=is_dir, clean_stale=clean_stale)
     os.close(fd)
-    tmp = Path(tmp_name)
     if is_dir:
         tmp.unlink()
         tmp.mkdir()
@@ -249,23 +242,63 @@ def atomic_path(final: str | os.PathLike, *, is_dir: bool = False, clean_stale: 
             _swap_dir_in(tmp, final)
         else:
             if tmp.is_file():
-                # mkstemp creates 0600; the artifact gets what open() would have given it.
-                os.chmod(tmp, final.stat().st_mode & 0o777 if final.is_file() else new_file_mode())
+                os.chmod(tmp, _file_mode(final))
             os.replace(tmp, final)
     except BaseException as exc:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif tmp.exists():
-            tmp.unlink()
-        full = storage_error(exc, final) if isinstance(exc, Exception) else None
-        if full is not None:  # after the temporary is gone, so the space it took is counted
-            raise full from None
+        _discard(tmp, exc, final)
         raise
 
 
+def _temporary_beside(final: Path, *, is_dir: bool, clean_stale: bool) -> tuple[int, Path]:
+    """(open descriptor, path) of a new hidden temporary file next to ``final`` (its folder made,
+    stale temporaries of it cleaned unless ``clean_stale`` is off, a folder swap recovered)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{final.name}."
+    if clean_stale:
+        clean_stale_temporaries(final.parent, prefix, (".tmp", final.suffix))
+    if is_dir:
+        recover_swap(final)
+    fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=final.parent)
+    return fd, Path(tmp_name)
+
+
+def _file_mode(final: Path) -> int:
+    """The permission bits the new ``final`` gets: its predecessor's, else what open() would
+    give (mkstemp creates 0600)."""
+    return final.stat().st_mode & 0o777 if final.is_file() else new_file_mode()
+
+
+def _discard(tmp: Path, exc: BaseException, final: Path) -> None:
+    """Remove a failed write's temporary; a full or failing disk raises as its one-line error
+    (after the temporary is gone, so the space it took is counted), else the caller re-raises."""
+    if tmp.is_dir():
+        shutil.rmtree(tmp, ignore_errors=True)
+    elif tmp.exists():
+        tmp.unlink()
+    full = storage_error(exc, final) if isinstance(exc, Exception) else None
+    if full is not None:
+        raise full from None
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, clean_stale: bool = True) -> None:
-    with atomic_path(path, clean_stale=clean_stale) as tmp:
-        tmp.write_bytes(data)
+    """:func:`atomic_path` for bytes, written through the descriptor the temporary was created
+    with.  Why: ``predict`` and ``segment --labels-dir`` write a PNG per image; reopening the
+    temporary by name and its extra stats were half of a small PNG's write (0.25 of 0.4 ms of
+    CPU), on a machine where that CPU is taken from the model."""
+    final = Path(path)
+    fd, tmp = _temporary_beside(final, is_dir=False, clean_stale=clean_stale)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fchmod(fd, _file_mode(final))
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+    except BaseException as exc:
+        _discard(tmp, exc, final)
+        raise
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
