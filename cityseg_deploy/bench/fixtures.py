@@ -1,4 +1,4 @@
-"""What several ``bench/`` scripts time: synthetic scenes and a seeded small network's int8 ONNX.
+"""What several ``bench/`` scripts time: synthetic scenes, a seeded small network and its int8 ONNX.
 
 Why one builder: the Ray and serve benchmarks compare against each other's records, so they must
 time the same graph built the same way (seed 0, calibrated on the same 8 train scenes).
@@ -8,23 +8,31 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def seeded_checkpoint(path: Path, size: tuple[int, int], *, arch: str = "deeplabv3_small",
+                      seed: int = 0) -> Path:
+    """``arch`` with random weights (seed ``seed``) at ``size``, saved as a checkpoint: speed
+    does not depend on the weights, and the same seed makes the same network in every script."""
+    import torch
+
+    from ..models.checkpoint import ModelMeta, save_checkpoint
+    from ..models.registry import build_model
+
+    torch.manual_seed(seed)
+    meta = ModelMeta.for_arch(arch, input_size=size)
+    save_checkpoint(path, build_model(arch, **meta.arch_args).eval(), meta)
+    return Path(path)
+
+
 def synthetic_int8_onnx(folder: Path, n: int, size: tuple[int, int], *, dynamic: bool = False,
                         out: str | None = None) -> tuple[Path, Path]:
     """``(data root, onnx path)``: ``n`` val scenes at ``size`` and DeepLabV3-small (random
     weights, seed 0) exported to int8 ONNX, calibrated on 8 train scenes (``dynamic``: batch-
     dynamic graph; ``out``: its path, default next to the checkpoint)."""
-    import torch
-
     from ..data.synth import synthesize
     from ..export import export
-    from ..models.checkpoint import ModelMeta, save_checkpoint
-    from ..models.registry import build_model
 
     root = synthesize(folder / "data", n_train=8, n_val=n, size=size, seed=0)
-    torch.manual_seed(0)
-    meta = ModelMeta.for_arch("deeplabv3_small", input_size=size)
-    ckpt = folder / "deeplabv3_small.pt"
-    save_checkpoint(ckpt, build_model("deeplabv3_small", **meta.arch_args).eval(), meta)
+    ckpt = seeded_checkpoint(folder / "deeplabv3_small.pt", size)
     extra = {"dynamic": True} if dynamic else {}
     if out is not None:
         extra["out"] = out
@@ -33,4 +41,4 @@ def synthetic_int8_onnx(folder: Path, n: int, size: tuple[int, int], *, dynamic:
     return root, Path(res.path)
 
 
-__all__ = ["synthetic_int8_onnx"]
+__all__ = ["seeded_checkpoint", "synthetic_int8_onnx"]
