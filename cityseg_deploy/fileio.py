@@ -16,7 +16,7 @@ import tempfile
 import time
 import zlib
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import cv2
 import numpy as np
@@ -67,25 +67,52 @@ def clean_stale_temporaries(folder: str | os.PathLike, prefix: str, suffixes: tu
     ``prefix`` and last modified before this run started are touched: a concurrent job writing
     another file, or this run's own temporaries, are left alone.
     """
-    folder = Path(folder)
-    removed: list[Path] = []
     try:
-        entries = list(folder.iterdir())
+        entries = list(Path(folder).iterdir())
     except OSError:
-        return removed
-    for entry in entries:
-        if not _is_temp_of(entry.name, prefix, suffixes):
-            continue
+        return []
+    return [entry for entry in entries
+            if _is_temp_of(entry.name, prefix, suffixes) and _remove_if_stale(entry)]
+
+
+def _remove_if_stale(entry: Path) -> bool:
+    """Remove ``entry`` (a file or folder) if it was last modified before this run started."""
+    try:
+        if entry.lstat().st_mtime >= RUN_STARTED:
+            return False
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+        return True
+    except OSError:
+        return False
+
+
+_TEMP_NAME = re.compile(r"\.(?P<target>.+)\.[A-Za-z0-9_]{8}(?P<suffix>\.[^.]+)")
+
+
+def clean_stale_for(targets: Iterable[str | os.PathLike]) -> list[Path]:
+    """:func:`clean_stale_temporaries` for many files at once: one listing per folder.
+
+    Why: a job writing one file per image (``predict``) scanned its whole output folder before
+    every write, O(images²); it cleans once here, then writes with ``clean_stale=False``.
+    """
+    by_folder: dict[Path, set[str]] = {}
+    for target in map(Path, targets):
+        by_folder.setdefault(target.parent, set()).add(target.name)
+    removed: list[Path] = []
+    for folder, names in by_folder.items():
         try:
-            if entry.lstat().st_mtime >= RUN_STARTED:
-                continue
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-            removed.append(entry)
+            entries = list(folder.iterdir())
         except OSError:
-            pass
+            continue
+        for entry in entries:
+            match = _TEMP_NAME.fullmatch(entry.name)
+            if (match and match["target"] in names
+                    and match["suffix"] in (".tmp", Path(match["target"]).suffix)
+                    and _remove_if_stale(entry)):
+                removed.append(entry)
     return removed
 
 
@@ -204,15 +231,8 @@ def atomic_path(final: str | os.PathLike, *, is_dir: bool = False, clean_stale: 
     8.9 ms a PNG at 1000 frames).
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{final.name}."
-    if clean_stale:
-        clean_stale_temporaries(final.parent, prefix, (".tmp", final.suffix))
-    if is_dir:
-        recover_swap(final)
-    fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=final.parent)
+    fd, tmp = _temporary_beside(final, is_dir=is_dir, clean_stale=clean_stale)
     os.close(fd)
-    tmp = Path(tmp_name)
     if is_dir:
         tmp.unlink()
         tmp.mkdir()
@@ -222,23 +242,63 @@ def atomic_path(final: str | os.PathLike, *, is_dir: bool = False, clean_stale: 
             _swap_dir_in(tmp, final)
         else:
             if tmp.is_file():
-                # mkstemp creates 0600; the artifact gets what open() would have given it.
-                os.chmod(tmp, final.stat().st_mode & 0o777 if final.is_file() else new_file_mode())
+                os.chmod(tmp, _file_mode(final))
             os.replace(tmp, final)
     except BaseException as exc:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif tmp.exists():
-            tmp.unlink()
-        full = storage_error(exc, final) if isinstance(exc, Exception) else None
-        if full is not None:  # after the temporary is gone, so the space it took is counted
-            raise full from None
+        _discard(tmp, exc, final)
         raise
 
 
+def _temporary_beside(final: Path, *, is_dir: bool, clean_stale: bool) -> tuple[int, Path]:
+    """(open descriptor, path) of a new hidden temporary file next to ``final`` (its folder made,
+    stale temporaries of it cleaned unless ``clean_stale`` is off, a folder swap recovered)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{final.name}."
+    if clean_stale:
+        clean_stale_temporaries(final.parent, prefix, (".tmp", final.suffix))
+    if is_dir:
+        recover_swap(final)
+    fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=final.parent)
+    return fd, Path(tmp_name)
+
+
+def _file_mode(final: Path) -> int:
+    """The permission bits the new ``final`` gets: its predecessor's, else what open() would
+    give (mkstemp creates 0600)."""
+    return final.stat().st_mode & 0o777 if final.is_file() else new_file_mode()
+
+
+def _discard(tmp: Path, exc: BaseException, final: Path) -> None:
+    """Remove a failed write's temporary; a full or failing disk raises as its one-line error
+    (after the temporary is gone, so the space it took is counted), else the caller re-raises."""
+    if tmp.is_dir():
+        shutil.rmtree(tmp, ignore_errors=True)
+    elif tmp.exists():
+        tmp.unlink()
+    full = storage_error(exc, final) if isinstance(exc, Exception) else None
+    if full is not None:
+        raise full from None
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, clean_stale: bool = True) -> None:
-    with atomic_path(path, clean_stale=clean_stale) as tmp:
-        tmp.write_bytes(data)
+    """:func:`atomic_path` for bytes, written through the descriptor the temporary was created
+    with.  Why: ``predict`` and ``segment --labels-dir`` write a PNG per image; reopening the
+    temporary by name and its extra stats were half of a small PNG's write (0.25 of 0.4 ms of
+    CPU), on a machine where that CPU is taken from the model."""
+    final = Path(path)
+    fd, tmp = _temporary_beside(final, is_dir=False, clean_stale=clean_stale)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fchmod(fd, _file_mode(final))
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+    except BaseException as exc:
+        _discard(tmp, exc, final)
+        raise
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

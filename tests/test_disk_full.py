@@ -145,14 +145,21 @@ def test_the_video_is_read_back_before_it_replaces_anything(tiny_fs, tmp_path, m
 # ------------------------------------------------------------------ monkeypatched (any machine)
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO, errno.EDQUOT])
-def test_an_atomic_write_that_fails_on_the_disk_names_path_and_space(tmp_path, monkeypatch, code):
-    def failing(self, data):
-        raise OSError(code, os.strerror(code), str(self))
+@pytest.mark.parametrize("how", ["write_bytes_atomic", "atomic_path"])
+def test_an_atomic_write_that_fails_on_the_disk_names_path_and_space(tmp_path, monkeypatch, code, how):
+    def failing(where, data):
+        raise OSError(code, os.strerror(code), str(where))
 
-    monkeypatch.setattr(Path, "write_bytes", failing)
     target = tmp_path / "out.bin"
     with pytest.raises(CitysegError) as info:
-        fileio.write_bytes_atomic(target, b"x")
+        if how == "write_bytes_atomic":  # writes through the temporary's descriptor
+            monkeypatch.setattr(fileio.os, "write", failing)
+            fileio.write_bytes_atomic(target, b"x")
+        else:
+            monkeypatch.setattr(Path, "write_bytes", failing)
+            with fileio.atomic_path(target) as tmp:
+                tmp.write_bytes(b"x")
+    monkeypatch.undo()
     message = str(info.value)
     assert message.startswith(f"{target}: cannot write ({os.strerror(code)})") and "MB free" in message
     assert list(tmp_path.iterdir()) == []

@@ -27,10 +27,11 @@ from .options import model_run_options, option, runner_options
 @click.option("--layout", type=click.Choice(["flat", "cities"]), default="flat", show_default=True,
               help="flat: OUT/<stem>_leftImg8bit.png; cities: OUT/<city>/... (official layout; "
                    "needed when two cities hold the same image name)")
+@option("json")
 @engine_options
 @click.option("--overwrite", is_flag=True, help="--engine ray: redo outputs that are already complete")
 def predict_cmd(model, data_root, images, split, out, fmt, device, precision, threads, batch,
-                runner_option, no_progress, layout, overwrite, **engine_kw):
+                runner_option, no_progress, layout, json_path, overwrite, **engine_kw):
     """Write one PNG per image of a split (labelIds = the official submission format) or of
     any folder of frames (--images)."""
     from ..evaluation import predict_split
@@ -46,9 +47,10 @@ def predict_cmd(model, data_root, images, split, out, fmt, device, precision, th
         if layout != "flat":  # frames have no city: the option would be silently ignored
             raise CitysegError("--layout cities needs --data (the official layout's city folders); "
                                "--images writes OUT/<stem>.png")
-        _predict_images(model, images, out, ray, fmt=fmt, device=device, precision=precision,
-                        threads=threads, batch=batch, progress=not no_progress, overwrite=overwrite,
-                        options=options)
+        res = _predict_images(model, images, out, ray, fmt=fmt, device=device, precision=precision,
+                              threads=threads, batch=batch, progress=not no_progress,
+                              overwrite=overwrite, options=options)
+        _write_json(json_path, res)
         return
     if ray is not None:
         from ..scale.ray_batch import ray_predict
@@ -60,6 +62,7 @@ def predict_cmd(model, data_root, images, split, out, fmt, device, precision, th
             click.echo(f"skipped {res['skipped']} complete outputs (--overwrite redoes them)")
         if res["metrics"] is None:
             click.echo(f"nothing to do: all {res['skipped']} outputs in {res['out']} are complete")
+            _write_json(json_path, res)
             return
     else:
         res = predict_split(model, data_root, out, split=split, fmt=fmt, device=device,
@@ -68,17 +71,39 @@ def predict_cmd(model, data_root, images, split, out, fmt, device, precision, th
         if res["metrics"] is None:  # a model of another label set (coco21, custom2): nothing to score
             if res.get("runner"):
                 click.echo(f"runner: {res['runner']}")
-            click.echo(f"wrote {res['written']} {fmt} PNGs to {res['out']} (not scored: the model's "
-                       "label set is not a Cityscapes one)")
+            click.echo(_wrote(res, fmt, "not scored: the model's label set is not a Cityscapes one"))
+            _write_json(json_path, res)
             return
     if res.get("runner"):
         click.echo(f"runner: {res['runner']}")
-    click.echo(f"wrote {res['written']} {fmt} PNGs to {res['out']} (mIoU on the way: "
-               f"{100 * res['metrics']['miou']:.2f}); {_predict_hint(model, data_root, split, res['out'], fmt)}")
+    miou = f"mIoU on the way: {100 * res['metrics']['miou']:.2f}"
+    click.echo(f"{_wrote(res, fmt, miou)}; {_predict_hint(model, data_root, split, res['out'], fmt)}")
+    _write_json(json_path, res)
+
+
+def _wrote(res: dict, fmt: str, note: str | None = None) -> str:
+    """``wrote N FMT PNGs to OUT in S s (R img/s; NOTE)``: the speed where this process timed
+    its loop (a Ray run has none), then ``note``."""
+    timed = res.get("seconds") is not None
+    parts = ([f"{res['images_per_s']:.1f} img/s"] if timed else []) + ([note] if note else [])
+    return (f"wrote {res['written']} {fmt} PNGs to {res['out']}"
+            + (f" in {res['seconds']:.2f} s" if timed else "")
+            + (f" ({'; '.join(parts)})" if parts else ""))
+
+
+def _write_json(path: str | None, res: dict) -> None:
+    """``--json FILE``: the result (written, out, format, runner, seconds, images_per_s, metrics)."""
+    if path:
+        import json
+
+        from ..fileio import write_text_atomic
+
+        write_text_atomic(path, json.dumps(res, indent=2) + "\n")
+        click.echo(f"wrote {path}")
 
 
 def _predict_images(model, images, out, ray, *, fmt, device, precision, threads, batch, progress,
-                    overwrite, options) -> None:
+                    overwrite, options) -> dict:
     """``predict --images`` on this process or (``ray`` not None) on a Ray actor pool."""
     if ray is not None:
         from ..scale.ray_batch import ray_predict_images
@@ -94,7 +119,8 @@ def _predict_images(model, images, out, ray, *, fmt, device, precision, threads,
                              threads=threads, batch=batch, progress=progress, **options)
     if res.get("runner"):
         click.echo(f"runner: {res['runner']}")
-    click.echo(f"wrote {res['written']} {fmt} PNGs to {res['out']}")
+    click.echo(_wrote(res, fmt))
+    return res
 
 
 def _predict_hint(model: str, data_root: str, split: str, out: str, fmt: str) -> str:

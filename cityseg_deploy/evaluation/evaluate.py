@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from contextlib import closing
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,6 +21,7 @@ from ..fileio import read_label, read_rgb
 from ..labels import LABEL_SETS, LabelSet, get_label_set
 from ..metrics import ConfusionMatrix
 from ..metrics.tables import eval_json
+from ..prefetch import prefetched
 
 STEM_RE = re.compile(r"(?P<stem>.+?_\d{6}_\d{6})")
 PRED_FORMATS = ("labelIds", "trainIds")
@@ -71,6 +73,10 @@ def run_split(segmenter, data_root: str | os.PathLike, *, split: str = "val", la
               ) -> ConfusionMatrix | None:
     """One pass of ``segmenter`` over ``split``; returns the confusion matrix.
 
+    The next images (and labels) are decoded in a background thread while the model runs
+    (:func:`cityseg_deploy.prefetch.prefetched`); predictions, scores and callbacks stay in
+    order, in the calling thread.
+
     ``on_prediction(sample, image, labels, logits)`` sees every prediction (check, predict use
     it); ``want_logits(index)`` says for which images logits are wanted (None: never).
     """
@@ -95,19 +101,26 @@ def run_split(segmenter, data_root: str | os.PathLike, *, split: str = "val", la
             bar.update(len(pending))
         pending.clear()
 
+    def load(sample: Sample) -> tuple[np.ndarray, np.ndarray | None]:
+        return load_sample(sample, labels_set) if labels_set is not None else (read_rgb(sample.image), None)
+
     try:
-        for index, sample in enumerate(samples):
-            image, truth = (load_sample(sample, labels_set) if labels_set is not None
-                            else (read_rgb(sample.image), None))
-            pending.append((sample, image, index, truth))
-            if len(pending) >= batch:
+        with closing(prefetched(load, samples, ahead=prefetch_depth(batch))) as loaded:
+            for index, (sample, (image, truth)) in enumerate(zip(samples, loaded)):
+                pending.append((sample, image, index, truth))
+                if len(pending) >= batch:
+                    flush()
+            if pending:
                 flush()
-        if pending:
-            flush()
     finally:
         if hasattr(bar, "close"):
             bar.close()
     return cm
+
+
+def prefetch_depth(batch: int) -> int:
+    """Images decoded ahead of the model: two batches (the next one ready, one being read)."""
+    return 2 * max(1, int(batch))
 
 
 def evaluate(model, data_root: str | os.PathLike, *, split: str = "val", device: str = "cpu",

@@ -14,16 +14,20 @@ no score, ``OUT/<stem>.png`` each, every name and header checked before the firs
 from __future__ import annotations
 
 import os
+import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import CitysegError
-from ..fileio import write_png
+from ..fileio import clean_stale_for, write_png
 from ..labels import LABEL_SETS
+from ..png_pool import PngPool
+from ..prefetch import prefetched
 from ..runtime.base import runner_of
-from .evaluate import _image_samples, label_set_of_model, run_split
+from .evaluate import _image_samples, label_set_of_model, prefetch_depth, run_split
 
 FORMATS = ("labelIds", "trainIds", "color", "overlay")
 
@@ -114,11 +118,29 @@ def _check_header(image: Path) -> None:
                            "re-create or remove it")
 
 
+def write_prediction(path: Path, labels: np.ndarray, image: np.ndarray, label_set, fmt: str) -> None:
+    """Render one prediction in ``fmt`` and write it (a :class:`PngPool` job: the folder was
+    cleaned of stale temporaries once, by :func:`clean_stale_for`, before the first write)."""
+    array, rgb = render(labels, image, label_set, fmt)
+    write_png(path, array, rgb=rgb, clean_stale=False)
+
+
+def speed(written: int, seconds: float) -> dict:
+    """``{"seconds", "images_per_s"}`` of an image loop (what ``predict`` prints and returns)."""
+    return {"seconds": seconds, "images_per_s": written / seconds if seconds > 0 else 0.0}
+
+
 def predict_images(model, images: str, out: str | os.PathLike, *, fmt: str = "labelIds",
                    device: str = "cpu", precision: str | None = None, threads: int | None = None,
-                   batch: int = 1, progress: bool = True, **options: Any) -> dict:
+                   batch: int = 1, progress: bool = True, png_workers: int | None = None,
+                   **options: Any) -> dict:
     """``predict --images``: ``OUT/<stem>.png`` for each image of a folder, glob or list (no
-    labels, no score); returns ``{"written", "out", "format"}``."""
+    labels, no score); returns ``{"written", "out", "format", "runner", "seconds", "images_per_s"}``.
+
+    The next images are decoded in a background thread and the PNGs written by a
+    :class:`PngPool` (``png_workers``: its threads, default by the CPUs), so the loop runs at the
+    model's speed; ``seconds`` spans the first decode to the last PNG on disk (model load excluded).
+    """
     from .. import runtime
     from ..fileio import read_rgb
     from .evaluate import _progress
@@ -130,22 +152,26 @@ def predict_images(model, images: str, out: str | os.PathLike, *, fmt: str = "la
         model, device=device, precision=precision, threads=threads, **options)
     label_set = output_label_set(segmenter.meta, fmt, where=str(segmenter.path))
     Path(out).mkdir(parents=True, exist_ok=True)
+    clean_stale_for(target for _, target in pairs)
     batch = max(1, int(batch))
     bar = _progress(range(len(pairs)), len(pairs), f"predict {Path(segmenter.path).name}", progress)
+    start = time.perf_counter()
     try:
-        for start in range(0, len(pairs), batch):
-            chunk = pairs[start:start + batch]
-            frames = [read_rgb(image) for image, _ in chunk]
-            preds, _, _ = segmenter.run(frames)
-            for (_, target), frame, pred in zip(chunk, frames, preds):
-                array, rgb = render(pred, frame, label_set, fmt)
-                write_png(target, array, rgb=rgb)
-            if hasattr(bar, "update"):
-                bar.update(len(chunk))
+        with PngPool(png_workers) as pool, \
+                closing(prefetched(read_rgb, [image for image, _ in pairs],
+                                   ahead=prefetch_depth(batch))) as frames:
+            for first in range(0, len(pairs), batch):
+                chunk = [(target, next(frames)) for _, target in pairs[first:first + batch]]
+                preds, _, _ = segmenter.run([frame for _, frame in chunk])
+                for (target, frame), pred in zip(chunk, preds):
+                    pool.submit(write_prediction, target, pred, frame, label_set, fmt)
+                if hasattr(bar, "update"):
+                    bar.update(len(chunk))
     finally:
         if hasattr(bar, "close"):
             bar.close()
-    return {"written": len(pairs), "out": str(out), "format": fmt, "runner": runner_of(segmenter)}
+    return {"written": len(pairs), "out": str(out), "format": fmt, "runner": runner_of(segmenter),
+            **speed(len(pairs), time.perf_counter() - start)}
 
 
 def check_flat_names(samples) -> None:
@@ -162,16 +188,23 @@ def check_flat_names(samples) -> None:
 def predict_split(model, data_root: str | os.PathLike, out: str | os.PathLike, *, split: str = "val",
                   fmt: str = "labelIds", device: str = "cpu", precision: str | None = None,
                   threads: int | None = None, batch: int = 1, progress: bool = True,
-                  layout: str = "flat", **options: Any) -> dict:
-    """Predict every image of ``split`` into ``out``; returns ``{"written", "out", "metrics"}``."""
+                  layout: str = "flat", png_workers: int | None = None, **options: Any) -> dict:
+    """Predict every image of ``split`` into ``out``; returns ``{"written", "out", "format",
+    "metrics", "runner", "seconds", "images_per_s"}``.
+
+    Decoding runs ahead in :func:`run_split`, the PNGs are written by a :class:`PngPool` (the
+    score is taken in the loop, from the predictions themselves); ``seconds`` spans the first
+    decode to the last PNG on disk.
+    """
     from .. import runtime
 
     if fmt not in FORMATS:
         raise CitysegError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
     if layout not in LAYOUTS:
         raise CitysegError(f"--layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
+    images = _image_samples(data_root, split)
     if layout == "flat":
-        check_flat_names(_image_samples(data_root, split))
+        check_flat_names(images)
     segmenter = model if hasattr(model, "run") else runtime.load(
         model, device=device, precision=precision, threads=threads, **options)
     meta = segmenter.meta
@@ -179,17 +212,21 @@ def predict_split(model, data_root: str | os.PathLike, out: str | os.PathLike, *
     label_set = output_label_set(meta, fmt, where=str(segmenter.path))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+
+    def target(sample) -> Path:
+        return (out / sample.city if layout == "cities" else out) / f"{sample.stem}_leftImg8bit.png"
+
+    clean_stale_for(map(target, images))
     written: list[str] = []
+    start = time.perf_counter()
+    with PngPool(png_workers) as pool:
+        def save(sample, image, labels, _logits):
+            path = target(sample)
+            pool.submit(write_prediction, path, labels, image, label_set, fmt)
+            written.append(str(path))
 
-    def save(sample, image, labels, _logits):
-        array, rgb = render(labels, image, label_set, fmt)
-        folder = out / sample.city if layout == "cities" else out
-        path = folder / f"{sample.stem}_leftImg8bit.png"
-        write_png(path, array, rgb=rgb)
-        written.append(str(path))
-
-    cm = run_split(segmenter, data_root, split=split, batch=batch, progress=progress,
-                   desc=f"predict {Path(segmenter.path).name}", on_prediction=save, score=score)
+        cm = run_split(segmenter, data_root, split=split, batch=batch, progress=progress,
+                       desc=f"predict {Path(segmenter.path).name}", on_prediction=save, score=score)
     return {"written": len(written), "out": str(out), "format": fmt,
             "metrics": cm.compute(meta.class_names) if cm is not None else None,
-            "runner": runner_of(segmenter)}
+            "runner": runner_of(segmenter), **speed(len(written), time.perf_counter() - start)}

@@ -34,6 +34,7 @@ import numpy as np
 
 from ..fileio import child_path
 from ..errors import CitysegError
+from ..png_pool import default_workers
 from .device_stage import HostStage, TorchDeviceStage, device_stage
 from .encode import ThreadedVideoSink, hardware_params, probe_hardware
 from .overlay import Renderer
@@ -424,10 +425,10 @@ def run_source(source: Source, segmenter: SegmenterLike, *, out: str | os.PathLi
 
 
 def png_workers(opts: PipelineOptions) -> int:
-    """Label PNG writer threads: as asked, else one per two CPUs this process may use (0-4)."""
+    """Label PNG writer threads: as asked, else :func:`cityseg_deploy.png_pool.default_workers`."""
     if opts.png_workers is not None:
         return max(0, int(opts.png_workers))
-    return min(4, len(os.sched_getaffinity(0)) // 2) if hasattr(os, "sched_getaffinity") else 1
+    return default_workers()
 
 
 def open_video(out: str | os.PathLike, fps: float, opts: PipelineOptions

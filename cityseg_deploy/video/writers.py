@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import CitysegError
 from ..fileio import clean_stale_temporaries, free_bytes, new_file_mode, storage_error, write_png
+from ..png_pool import PngPool
 
 #: below this much free space the encoder's next writes fail (FFmpeg drops them silently)
 MIN_FREE_BYTES = 256 * 1024
@@ -143,9 +144,9 @@ class LabelPngSink:
     is written atomically, so an interrupted run leaves only complete files.
 
     Why ``workers``: a 512x1024 PNG costs ~4 ms to encode, serial in the pipeline's writer it
-    capped ``segment --labels-dir`` below the model's speed on a GPU (58 FPS where the video
-    alone ran 73); the encoder releases the GIL, so a small pool writes frames side by side (at
-    most ``2 * workers`` in flight; :meth:`close` waits for them and raises the first error).
+    capped ``segment --labels-dir`` below the model's speed on a GPU; frames are written by a
+    :class:`~cityseg_deploy.png_pool.PngPool` (at most ``2 * workers`` in flight; :meth:`close`
+    waits for them and raises the first error).
     No per-frame scan for stale temporaries (it listed the whole folder on every write, O(frames²):
     8.9 ms a frame at 1000 frames): the run starts from an empty folder or one
     :func:`clear_labels_dir` emptied of frames and their temporaries (:func:`check_labels_dir`).
@@ -157,13 +158,8 @@ class LabelPngSink:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.lut, self.pattern = lut, pattern
         self.frames = 0
-        self._pool = None
-        self._pending: list = []
-        self.workers = int(workers)
-        if self.workers > 0:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="cityseg-png")
+        self._pool = PngPool(workers)
+        self.workers = self._pool.workers
 
     def _write_one(self, index: int, labels: np.ndarray) -> None:
         if self.lut is not None:
@@ -171,24 +167,12 @@ class LabelPngSink:
         write_png(self.folder / self.pattern.format(index), labels, clean_stale=False)
 
     def write(self, index: int, labels: np.ndarray) -> None:
-        if self._pool is None:
-            self._write_one(index, labels)
-        else:
-            while len(self._pending) >= 2 * self.workers:
-                self._pending.pop(0).result()  # raises a worker's error here, in the writer
-            self._pending.append(self._pool.submit(self._write_one, index, labels))
+        self._pool.submit(self._write_one, index, labels)  # an earlier frame's error raises here
         self.frames += 1
 
     def close(self) -> None:
         """Wait for the frames in flight; the first failed write raises here.  Idempotent."""
-        pending, self._pending = self._pending, []
-        try:
-            for future in pending:
-                future.result()
-        finally:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
-                self._pool = None
+        self._pool.close()
 
 
 def check_labels_dir(folder: str | os.PathLike, *, overwrite: bool) -> None:
