@@ -14,7 +14,6 @@ dropped: nothing more is written after a failure.  Each write is atomic on its o
 """
 from __future__ import annotations
 
-import os
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,8 +26,9 @@ MAX_WORKERS = 4
 def default_workers() -> int:
     """Writer threads: one per two CPUs this process may use, 0-4 (0: write in the calling
     thread — on one CPU a thread only adds switches)."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
-    return min(MAX_WORKERS, cpus // 2)
+    from .system.threads import available_cpus  # affinity and cgroup quota, one home
+
+    return min(MAX_WORKERS, available_cpus() // 2)
 
 
 class PngPool:

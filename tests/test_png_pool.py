@@ -8,7 +8,7 @@ from contextlib import closing
 
 import pytest
 
-from cityseg_deploy import png_pool
+from cityseg_deploy.system import threads
 from cityseg_deploy.png_pool import PngPool, default_workers
 from cityseg_deploy.prefetch import prefetched
 
@@ -18,8 +18,9 @@ def _threads(prefix: str) -> list[threading.Thread]:
 
 
 def test_default_workers_is_one_per_two_cpus_at_most_four(monkeypatch):
-    for cpus, workers in [(1, 0), (2, 1), (5, 2), (8, 4), (64, 4)]:
-        monkeypatch.setattr(png_pool.os, "sched_getaffinity", lambda _pid, n=cpus: set(range(n)))
+    for cpus, workers in [(1, 0), (2, 1), (5, 2), (8, 4), (64, 4)]:  # CPUs this process may use
+        monkeypatch.setattr(threads, "_affinity", lambda n=cpus: set(range(n)))
+        monkeypatch.setattr(threads, "cgroup_cpu_limit", lambda: None)
         assert default_workers() == workers
         assert PngPool().workers == workers
 
