@@ -133,3 +133,10 @@ def test_load_warning_when_the_load_exceeds_the_cpus(monkeypatch, loads, cpus, w
     assert (warning is not None) == warns
     if warns:
         assert warning.startswith("warning: load average") and f"on {cpus} CPUs" in warning
+
+
+def test_interleaved_rounds_report_progress(fakes):
+    seen = []
+    bm.bench_interleaved([{"model": fakes.paths[n]} for n in "ab"], warmup=0, iters=3,
+                         on_round=lambda done, total: seen.append((done, total)))
+    assert seen == [(1, 3), (2, 3), (3, 3)]

@@ -16,7 +16,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -229,7 +229,8 @@ def bench_one(spec: str, *, device: str = "cpu", batch: int = 1, size: Sequence[
 
 def bench_interleaved(entries: Sequence[dict], *, device: str = "cpu", batch: int = 1,
                       size: Sequence[int] | None = None, warmup: int = 3, iters: int = 20,
-                      threads: int | None = None, precision: str | None = None) -> list[dict]:
+                      threads: int | None = None, precision: str | None = None,
+                      on_round: Callable[[int, int], None] | None = None) -> list[dict]:
     """Rows for ``entries`` timed round-robin: every runner loaded and warmed, then ``iters``
     rounds of one run each, in an order that rotates every round; rows in ``entries``' order.
 
@@ -243,10 +244,13 @@ def bench_interleaved(entries: Sequence[dict], *, device: str = "cpu", batch: in
                                 threads=threads, precision=e.get("precision", precision),
                                 runner=e.get("runner"), label=e.get("label"), options=e.get("options")))
             runs[-1].warm(warmup)
-        for r in range(max(1, int(iters))):
+        rounds = max(1, int(iters))
+        for r in range(rounds):
             k = r % len(runs)
             for run in runs[k:] + runs[:k]:
                 run.step()
+            if on_round is not None:  # (rounds done, rounds): a progress bar's postfix
+                on_round(r + 1, rounds)
     finally:  # closed last-loaded first: each runner restores the thread count it found
         rows = [run.finish() for run in reversed(runs)][::-1]
     for row in rows:
@@ -405,13 +409,18 @@ def _benchmark(models, *, device, batches, sizes, warmup, iters, duration, threa
                     # winner): the row is that measurement, not a second one that could disagree
                     measured = entries[i]["measured_row"]
                     rows[i, k] = dict(measured, model=entries[i].get("label") or measured["model"])
+            label = ", ".join(entries[i].get("label") or Path(str(entries[i]["model"])).name
+                              for i in timed)[:60] + f" b{b}"
             if bar is not None and timed:
-                names = [entries[i].get("label") or Path(str(entries[i]["model"])).name for i in timed]
-                bar.set_postfix_str(f"{', '.join(names)[:60]} b{b}")
+                bar.set_postfix_str(label)
             if interleave and duration is None and len(timed) > 1:
+                def show(done: int, total: int, label: str = label) -> None:
+                    if bar is not None:
+                        bar.set_postfix_str(f"{label} round {done}/{total}")
+
                 got = bench_interleaved([entries[i] for i in timed], device=device, batch=b, size=s,
                                         warmup=warmup, iters=int(iters or 20), threads=threads,
-                                        precision=precision)
+                                        precision=precision, on_round=show)
                 rows.update({(i, k): row for i, row in zip(timed, got)})
             else:
                 for i in timed:
