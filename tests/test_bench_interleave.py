@@ -140,3 +140,32 @@ def test_interleaved_rounds_report_progress(fakes):
     bm.bench_interleaved([{"model": fakes.paths[n]} for n in "ab"], warmup=0, iters=3,
                          on_round=lambda done, total: seen.append((done, total)))
     assert seen == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_a_runner_out_of_memory_beside_the_others_is_timed_alone(fakes, monkeypatch):
+    """Interleaving holds every runner of a group at once; one that does not fit beside the
+    others (here: b's load fails for memory while a is loaded) is timed alone and says so."""
+    real = bm._load
+    open_now: list[str] = []
+
+    def load(path, runner, **kw):
+        seg = real(path, runner, **kw)
+        if seg.name == "b" and open_now:
+            seg.close()
+            raise MemoryError("out of memory")
+        open_now.append(seg.name)
+        close = seg.close
+
+        def closed():
+            open_now.remove(seg.name)
+            close()
+
+        seg.close = closed
+        return seg
+
+    monkeypatch.setattr(bm, "_load", load)
+    report = bm.benchmark([fakes.paths[n] for n in "abc"], warmup=0, iters=2, progress=False)
+    rows = {r["model"]: r for r in report["results"]}
+    assert all(r["status"] == "ok" for r in rows.values())
+    assert rows["b.onnx"]["timing"].startswith("alone") and rows["a.onnx"]["timing"] == "interleaved"
+    assert [n for n, _ in fakes.log] == list("acca" "bb")

@@ -130,6 +130,7 @@ class _RowRun:
             "latency_ms": None, "throughput_fps": None, "peak_mem_mb": None, "file_mb": _artifact_mb(path),
         }
         self.seg = None
+        self.out_of_memory = False  # at load: it may fit alone (bench_interleaved retries it so)
         self.cuda = str(device).startswith("cuda")
         self.timer = StageTimer(device if self.cuda else "cpu")
         self.count = 0
@@ -148,6 +149,7 @@ class _RowRun:
             self.row["size"] = list(self.run_size)
             self.images = _images(int(batch), self.run_size)
         except Exception as exc:  # one failing backend must not abort the others
+            self.out_of_memory = _out_of_memory(exc)
             self._fail(exc)
 
     @property
@@ -255,7 +257,23 @@ def bench_interleaved(entries: Sequence[dict], *, device: str = "cpu", batch: in
         rows = [run.finish() for run in reversed(runs)][::-1]
     for row in rows:
         row["timing"] = "interleaved"
+    for i, (e, run) in enumerate(zip(entries, runs)):
+        if run.out_of_memory:  # did not fit beside the others: timed alone, and it says so
+            rows[i] = bench_one(str(e["model"]), device=device, batch=batch, size=size, warmup=warmup,
+                                iters=iters, threads=threads, precision=e.get("precision", precision),
+                                runner=e.get("runner"), label=e.get("label"), options=e.get("options"))
+            rows[i]["timing"] = "alone (out of memory beside the other rows)"
     return rows
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether loading failed for memory (host or CUDA) rather than for the artifact itself."""
+    if isinstance(exc, MemoryError):
+        return True
+    import torch
+
+    oom = getattr(torch.cuda, "OutOfMemoryError", None)
+    return (oom is not None and isinstance(exc, oom)) or "out of memory" in str(exc).lower()
 
 
 def _artifact_mb(path: str) -> float | None:
@@ -519,7 +537,10 @@ def format_markdown(report: dict) -> str:
 def _row_note(row: dict) -> str:
     """What the runner changed about the artifact it timed, said next to the figure."""
     detail = row.get("detail") or {}
-    return "int8 reshaped for onnxruntime at load" if detail.get("int8_rewrite") else ""
+    notes = ["int8 reshaped for onnxruntime at load"] if detail.get("int8_rewrite") else []
+    if str(row.get("timing", "")).startswith("alone"):
+        notes.append("timed alone: out of memory beside the other rows")
+    return "; ".join(notes)
 
 
 def plot(report: dict, path: str | os.PathLike, dpi: int = 110) -> Path:
