@@ -281,9 +281,9 @@ def main(argv: list[str] | None = None) -> int:
                      "candidates": args.candidates, "iters": args.iters, "chosen": files["chosen"],
                      "model": "deeplabv3_small (random init, seed 0)"},
            "rounds": rounds, "summary": summarise(rounds, args.target), "profile": costs}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(doc))
+    from cityseg_deploy.bench.records import write_record
+
+    write_record(args.out, doc, markdown(doc))
     print(json.dumps(doc["summary"]["ratios"]), json.dumps(doc["summary"]["pass"]))
     return 0
 

@@ -342,8 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     gpu = doc["environment"].get("gpu") or ("cpu-dry-run" if args.tiny else "cpu")
     slug = re.sub(r"[^a-z0-9]+", "_", gpu.lower().replace("nvidia", "")).strip("_")
     stem = args.out / f"gpu_defaults_{slug}"
-    stem.with_suffix(".json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    stem.with_suffix(".md").write_text(markdown(doc, archs))
+    from cityseg_deploy.bench.records import write_record
+
+    write_record(stem, doc, markdown(doc, archs))
     with tarfile.open(args.out / "gpu_defaults_logs.tgz", "w:gz") as tar:
         tar.add(logs, arcname="logs")
     log(f"wrote {stem}.md/.json; verdict {json.dumps(doc['verdict'])}")

@@ -296,10 +296,9 @@ def report(rows_files: list[str], out: Path) -> str:
             f"{r.get('pct_peak', '')} | {r.get('pct_gemm', '')} | {r.get('setup_s', '')} | "
             f"{r.get('device_peak_mb', '')} |")
     text = "\n".join(lines) + "\n"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text(text)
-    out.with_suffix(".json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2,
-                                                   default=str) + "\n")
+    from cityseg_deploy.bench.records import write_record
+
+    write_record(out, {"machine": machine, "rows": rows}, text)
     return text
 
 

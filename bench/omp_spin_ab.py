@@ -82,8 +82,6 @@ def main(argv: list[str] | None = None) -> int:
                        "cpus_usable": len(os.sched_getaffinity(0))},
            "setup": {"model": "deeplabv3_small (random init)", "size": list(size), "iters": args.iters,
                      "variants": VARIANTS, "busy": args.busy}, "rows": rows, "summary_ms": summary}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
     loads = [x["load_before"] for x in rows]
     md = [f"# OpenMP spin before sleep: torch eager ({doc['machine']['cpu']}, "
           f"{doc['machine']['cpus_usable']} CPUs)", "",
@@ -95,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in VARIANTS:
         q, l = summary[f"{name}, busy 0"], summary[f"{name}, busy {args.busy}"]
         md.append(f"| {name} | {q:.1f} | {l:.1f} | {l / q:.2f} |")
-    args.out.with_suffix(".md").write_text("\n".join(md + [""]))
+    from cityseg_deploy.bench.records import write_record
+
+    write_record(args.out, doc, "\n".join(md))
     print(json.dumps(summary))
     return 0
 

@@ -106,8 +106,6 @@ def main(argv: list[str] | None = None) -> int:
                        "cpus_usable": len(os.sched_getaffinity(0))},
            "setup": {"model": "deeplabv3_small int8 ONNX (random init)", "size": list(size),
                      "threads": args.threads, "iters": args.iters}, "rows": rows, "summary_ms": summary}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
     loads = [r["load_before"] for r in rows]
     md = [f"# onnxruntime pool settings ({doc['machine']['cpu']}, {doc['machine']['cpus_usable']} CPUs)", "",
           f"CPU flags: {' '.join(doc['machine']['cpu_flags'] or [])}; {doc['setup']['model']} at "
@@ -119,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     for b in (0, args.busy):
         md.append(f"| {b} busy processes | " + " | ".join(f"{summary[f'busy={b} {name}']:.1f}"
                                                           for name in SETTINGS) + " |")
-    args.out.with_suffix(".md").write_text("\n".join(md + [""]))
+    from cityseg_deploy.bench.records import write_record
+
+    write_record(args.out, doc, "\n".join(md))
     print(json.dumps(summary))
     return 0
 

@@ -245,9 +245,9 @@ def main(argv: list[str] | None = None) -> int:
                                            "iters": args.iters, "model": "deeplabv3_small (random init)",
                                            "train_recipe": "unet_small, 8 images, batch 4, 1 epoch"},
            "rounds": rounds, "summary": summarise(rounds)}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(doc))
+    from cityseg_deploy.bench.records import write_record
+
+    write_record(args.out, doc, markdown(doc))
     print(json.dumps(doc["summary"]["figures"]), json.dumps(doc["summary"]["pass"]))
     return 0
 

@@ -153,8 +153,6 @@ def main(argv: list[str] | None = None) -> int:
         "target_ratio": args.target,
         "note": "rounds interleaved; load_avg_1min per round", "pass": paired >= args.target,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     where = (result["machine"]["gpu"] or {}).get("name") if args.device.startswith("cuda") else None
     where = where or f"{result['machine']['cpu']}, {args.threads} threads"
     md = [f"# segment pipeline vs model-only ({where})", "",
@@ -174,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
            f"(target ≥ {args.target}: {'pass' if result['pass'] else 'FAIL'}).", "",
            f"Backend: {result['setup']['backend']}; 1-min load average per round in the JSON; "
            f"rounds interleaved.", ""]
-    args.out.with_suffix(".md").write_text("\n".join(md))
+    from cityseg_deploy.bench.records import write_record
+
+    write_record(args.out, result, "\n".join(md))
     print(json.dumps({k: result[k] for k in ("model_only_fps", "pipeline_fps", "ratio", "pass")}))
     return 0
 

@@ -78,7 +78,12 @@ def default_threads() -> int:
 def yield_when_idle() -> None:
     """``OMP_WAIT_POLICY=PASSIVE`` unless set: OpenMP threads sleep instead of spinning between
     parallel regions, so they do not steal CPU from another pool.  Must run before torch (its
-    OpenMP runtime) is imported: the CLI entry calls it first."""
+    OpenMP runtime) is imported: the CLI entry calls it first.
+
+    The price: on a quiet box a small network pays each worker's wake-up (torch eager at 128x256
+    18.4 ms vs 13.2 spinning; loaded 25.5 vs 35; bench/results/omp_spin_ab_quiet.md).  libgomp
+    reads its spin count once, so spinning cannot be chosen per moment; ``GOMP_SPINCOUNT`` in the
+    environment still applies for a user whose box is their own."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
