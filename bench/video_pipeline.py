@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--arch", default="deeplabv3_small", help="e.g. deeplabv3_resnet50 on a GPU")
+    ap.add_argument("--model", type=Path, default=None,
+                    help="time this MODEL instead (any artifact or a deploy folder; give its --size)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default=None, help="fp16/bf16 autocast (CUDA)")
     ap.add_argument("--cuda-graphs", action="store_true")
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        ckpt = make_checkpoint(tmp, size, args.arch)
+        ckpt = args.model or make_checkpoint(tmp, size, args.arch)
         clip = make_clip(tmp / "clip.mp4", args.frames, size)
         seg = load_segmenter(ckpt, args)
         cap = cv2.VideoCapture(str(clip))
@@ -140,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {**cpu_info(), "torch_threads": args.threads, "gpu": gpu_info(),
                     "versions": {"python": platform.python_version(), "torch": torch.__version__,
                                  "opencv": cv2.__version__, "numpy": np.__version__}},
-        "setup": {"model": f"{args.arch} (random init)", "backend": getattr(seg, "backend", "torch"),
+        "setup": {"model": str(args.model) if args.model else f"{args.arch} (random init)", "backend": getattr(seg, "backend", "torch"),
                   "runner": seg.runner(), "stage": res.stage, "encoder": res.encoder,
                   "device": args.device, "precision": seg.precision, "cuda_graphs": args.cuda_graphs,
                   "size": list(size), "frames": len(frames), "batch": args.batch,
@@ -157,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     where = where or f"{result['machine']['cpu']}, {args.threads} threads"
     md = [f"# segment pipeline vs model-only ({where})", "",
           f"CPU flags: {' '.join(result['machine']['cpu_flags'])}", "",
-          f"{args.arch} (random init) on {args.device} {seg.precision}"
+          f"{result['setup']['model']} on {args.device} {seg.precision}"
           f"{' + CUDA graphs' if args.cuda_graphs else ''}, {size[0]}x{size[1]}, {len(frames)} frames, batch {args.batch}; "
           f"pipeline = decode mp4 → infer → {OUTPUTS[args.outputs]}.", "",
           f"Runner: `{seg.runner()}`; inference stage: {res.stage}; encoder: {res.encoder or '–'}.", "",
