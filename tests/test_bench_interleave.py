@@ -169,3 +169,25 @@ def test_a_runner_out_of_memory_beside_the_others_is_timed_alone(fakes, monkeypa
     assert all(r["status"] == "ok" for r in rows.values())
     assert rows["b.onnx"]["timing"].startswith("alone") and rows["a.onnx"]["timing"] == "interleaved"
     assert [n for n, _ in fakes.log] == list("acca" "bb")
+
+
+def test_a_runner_out_of_memory_at_its_first_run_is_timed_alone_too(fakes, monkeypatch):
+    """CUDA memory often runs out at the first run (activations), not at load."""
+    real = bm._load
+    calls = {"b": 0}
+
+    def load(path, runner, **kw):
+        seg = real(path, runner, **kw)
+        if seg.name == "b":
+            calls["b"] += 1
+            if calls["b"] == 1:  # beside a and c: its warm-up does not fit
+                def run(images, timer=None):
+                    raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+                seg.run = run
+        return seg
+
+    monkeypatch.setattr(bm, "_load", load)
+    report = bm.benchmark([fakes.paths[n] for n in "abc"], warmup=1, iters=2, progress=False)
+    rows = {r["model"]: r for r in report["results"]}
+    assert rows["b.onnx"]["status"] == "ok" and rows["b.onnx"]["timing"].startswith("alone")
+    assert "timed alone" in bm.format_markdown(report)

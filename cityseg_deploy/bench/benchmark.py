@@ -130,7 +130,7 @@ class _RowRun:
             "latency_ms": None, "throughput_fps": None, "peak_mem_mb": None, "file_mb": _artifact_mb(path),
         }
         self.seg = None
-        self.out_of_memory = False  # at load: it may fit alone (bench_interleaved retries it so)
+        self.out_of_memory = False  # beside the other rows: it may fit alone (bench_interleaved retries it so)
         self.cuda = str(device).startswith("cuda")
         self.timer = StageTimer(device if self.cuda else "cpu")
         self.count = 0
@@ -168,6 +168,7 @@ class _RowRun:
             with torch_threads(self.torch_width):
                 fn()
         except Exception as exc:
+            self.out_of_memory = _out_of_memory(exc)  # a first run's activations may not fit either
             self._fail(exc)
 
     def warm(self, warmup: int) -> None:
@@ -267,7 +268,7 @@ def bench_interleaved(entries: Sequence[dict], *, device: str = "cpu", batch: in
 
 
 def _out_of_memory(exc: BaseException) -> bool:
-    """Whether loading failed for memory (host or CUDA) rather than for the artifact itself."""
+    """Whether a runner failed for memory (host or CUDA) rather than for the artifact itself."""
     if isinstance(exc, MemoryError):
         return True
     import torch
