@@ -89,9 +89,6 @@ def _remove_if_stale(entry: Path) -> bool:
         return False
 
 
-_TEMP_NAME = re.compile(r"\.(?P<target>.+)\.[A-Za-z0-9_]{8}(?P<suffix>\.[^.]+)")
-
-
 def clean_stale_for(targets: Iterable[str | os.PathLike]) -> list[Path]:
     """:func:`clean_stale_temporaries` for many files at once: one listing per folder.
 
@@ -108,9 +105,10 @@ def clean_stale_for(targets: Iterable[str | os.PathLike]) -> list[Path]:
         except OSError:
             continue
         for entry in entries:
-            match = _TEMP_NAME.fullmatch(entry.name)
-            if (match and match["target"] in names
-                    and match["suffix"] in (".tmp", Path(match["target"]).suffix)
+            # ".<target>.<8 random chars>.<suffix>": the target is what precedes the last two dots
+            target = entry.name[1:].rsplit(".", 2)[0] if entry.name.startswith(".") else ""
+            if (target in names
+                    and _is_temp_of(entry.name, f".{target}.", (".tmp", Path(target).suffix))
                     and _remove_if_stale(entry)):
                 removed.append(entry)
     return removed
