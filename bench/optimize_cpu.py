@@ -15,7 +15,6 @@ Writes bench/results/optimize_cpu.{json,md}.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time

@@ -82,8 +82,6 @@ def test_optimize_writes_a_deploy_folder_and_resumes(ckpt, synth_root, tmp_path,
     assert record["candidates"][0]["agreement"] == 1.0  # the baseline against itself
     # the pick's agreement, measured again without optimize: the deploy folder's runner against
     # the checkpoint's, label for label on the same val images
-    import numpy as np
-
     from cityseg_deploy import runtime
     from cityseg_deploy.data.cityscapes import find_samples
     from cityseg_deploy.fileio import read_rgb
