@@ -320,6 +320,34 @@ def path_mb(*paths: str | os.PathLike) -> float | None:
     return round(total / 1e6, 3) if found else None
 
 
+def check_writable_folder(folder: str | os.PathLike, *, what: str) -> None:
+    """Refuse, before any work, a destination whose nearest existing folder is a file or cannot be
+    written in; ``what`` names the destination in the error (``--out X``).
+
+    Why: such a path failed only at the final rename or mkdir — a traceback after the whole job
+    (an export, an optimize run, a bench or predict report) had run.
+    """
+    parent = Path(folder)
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise CitysegError(f"{what}: {parent} is a file, not a folder; choose a path in a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CitysegError(f"{what}: cannot write in {parent} (permission denied)")
+
+
+def check_output_file(path: str | os.PathLike, *, option: str) -> Path:
+    """:func:`check_writable_folder` for a one-file report (``--json``, ``--md``, ``--plot``),
+    which also must not be an existing folder."""
+    path = Path(path)
+    if path.is_dir():
+        example = path / ("report" + {"--json": ".json", "--md": ".md"}.get(option, ".png"))
+        raise CitysegError(f"{option} {path}: an existing folder; give a file name "
+                           f"(for example {example})")
+    check_writable_folder(path.parent, what=f"{option} {path}")
+    return path
+
+
 def child_path(root: str | os.PathLike, name: str, *, what: str) -> Path:
     """``root/name``, refused unless it resolves to a path strictly inside ``root``.
 

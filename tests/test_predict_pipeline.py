@@ -176,3 +176,23 @@ def test_stale_temporaries_of_earlier_runs_are_cleaned_once(ckpt, root, tmp_path
     predict_images(ckpt, str(root / "leftImg8bit" / "val" / "*" / "*.png"), out, fmt="trainIds",
                    threads=1, progress=False)
     assert not stale.exists() and other.exists()
+
+
+@pytest.mark.parametrize("command,option", [("predict", "--json"), ("eval", "--json"),
+                                            ("bench", "--json"), ("bench", "--md"), ("bench", "--plot")])
+@pytest.mark.parametrize("where", ["folder", "under a file"])
+def test_a_report_path_that_cannot_be_written_is_refused_before_any_work(ckpt, root, tmp_path, capsys,
+                                                                         command, option, where):
+    """A folder, or a path under a file, failed only at the final write — a traceback after the
+    whole run; it is now one error line before the model is even loaded."""
+    (tmp_path / "a_file").write_text("x")
+    dest = tmp_path if where == "folder" else tmp_path / "a_file" / "report.out"
+    out = tmp_path / "pngs"
+    args = {"predict": ["predict", str(ckpt), "--data", str(root), "--out", str(out)],
+            "eval": ["eval", str(ckpt), "--data", str(root)],
+            "bench": ["bench", str(ckpt), "--iters", "1"]}[command]
+    assert run(args + [option, str(dest), "--no-progress"]) == 2
+    line = error_line(capsys)
+    assert line.startswith(f"error: {option} {dest}: ")
+    assert ("an existing folder" if where == "folder" else "is a file, not a folder") in line
+    assert not out.exists()  # refused before any work

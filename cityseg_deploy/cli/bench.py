@@ -5,7 +5,7 @@ import click
 
 from ..errors import CitysegError
 from ._app import app
-from .options import model_run_options, option, runner_options
+from .options import model_run_options, option, report_path, runner_options
 
 
 @app.command("bench")
@@ -20,7 +20,7 @@ from .options import model_run_options, option, runner_options
 @click.option("--sgemm", is_flag=True, help="also measure sgemm GFLOP/s and report fractions of it")
 @option("json")
 @option("md")
-@click.option("--plot", "plot_path", default=None, metavar="FILE",
+@click.option("--plot", "plot_path", default=None, metavar="FILE", callback=report_path,
               help="write a latency/throughput chart here (PNG; needs matplotlib)")
 @click.option("--suite", default=None,
               help="run a YAML suite instead of MODELS: a path or a shipped name (cpu_backends; see bench/)")

@@ -35,6 +35,16 @@ def _batches(ctx, param, value):
     return int_list(value, "--batch")
 
 
+def report_path(ctx, param, value):
+    """A report's destination checked before the command runs (a folder, or a path under a file,
+    failed at the final write, after all the work)."""
+    if value:
+        from ..fileio import check_output_file
+
+        check_output_file(value, option=param.opts[0])
+    return value
+
+
 def _trust_code(ctx, param, value):
     if value:  # the process-wide switch (trust.py); each untrusted file loaded is named in a warning
         from ..trust import allow_untrusted
@@ -72,8 +82,10 @@ SHARED: dict[str, Shared] = {
                    {"default": None, "metavar": "HxW", "callback": _size}),
     "sizes": Shared(("--size", "sizes"), "input HxW, or HxW,HxW,... for a row each (default: each "
                     "model's size)", {"default": None, "metavar": "HxW", "callback": _sizes}),
-    "json": Shared(("--json", "json_path"), "write the JSON report here", {"default": None, "metavar": "FILE"}),
-    "md": Shared(("--md", "md_path"), "write the Markdown report here", {"default": None, "metavar": "FILE"}),
+    "json": Shared(("--json", "json_path"), "write the JSON report here",
+                   {"default": None, "metavar": "FILE", "callback": report_path}),
+    "md": Shared(("--md", "md_path"), "write the Markdown report here",
+                 {"default": None, "metavar": "FILE", "callback": report_path}),
     "split": Shared(("--split",), "dataset split", {"default": "val", "show_default": True}),
     # every command that loads a model; not passed to the command (it sets trust.py's switch)
     "trust_code": Shared(("--trust-code",), "load .pt2 packages and TensorRT engines that this "

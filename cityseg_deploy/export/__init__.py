@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import CitysegError
+from ..fileio import check_writable_folder
 from ..precision import PRECISIONS
 from ..formats import Format
 from .formats import default_output, export_formats, get_format
@@ -129,13 +130,7 @@ def check_destination(out: Path, fmt: Format) -> None:
         ending = f" ending in {fmt.folder}" if fmt.folder else ""
         raise CitysegError(f"--out {out}: an existing file; --format {fmt.cli} writes a folder — "
                            f"give a new folder name{ending}")
-    parent = out.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if parent.exists() and not parent.is_dir():
-        raise CitysegError(f"--out {out}: {parent} is a file, not a folder; choose a path in a folder")
-    if parent.is_dir() and not os.access(parent, os.W_OK | os.X_OK):
-        raise CitysegError(f"--out {out}: cannot write in {parent} (permission denied)")
+    check_writable_folder(out.parent, what=f"--out {out}")
 
 
 def export(model_path: str | os.PathLike, *, format: str = "onnx", precision: str = "fp32",

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..errors import CitysegError
+from ..fileio import check_writable_folder
 from .candidates import candidates_for
 from .pick import pick as apply_rule
 from .record import State, data_digest, digest, make_record, write_deploy_folder
@@ -52,13 +53,7 @@ def _validate(checkpoint: Path, data: Path, device: str, max_drop: float, out: P
     samples = find_samples(data, "val")
     if out.exists() and not out.is_dir():
         raise CitysegError(f"--out {out}: an existing file; optimize writes a folder")
-    parent = out
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise CitysegError(f"--out {out}: {parent} is a file, not a folder; choose a path in a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise CitysegError(f"--out {out}: cannot write in {parent} (permission denied)")
+    check_writable_folder(out, what=f"--out {out}")
     return meta, samples
 
 
